@@ -1,0 +1,3 @@
+from foodcls.cli import app
+
+app(prog_name="foodcls")

@@ -1,0 +1,89 @@
+"""Checkpoints: one safetensors file (arrays) with JSON metadata. Saved atomically; never unpickled."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from foodcls.errors import CheckpointError
+from foodcls.fileio import atomic_write
+
+FORMAT = "foodcls-checkpoint"
+FORMAT_VERSION = 1
+METADATA_KEY = "foodcls"
+WEIGHT_PREFIX = "net."
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Arrays by name (weights `net.<i>.weight`, `scale`, optimizer state…) and the JSON metadata."""
+
+    arrays: dict[str, np.ndarray]
+    meta: dict[str, Any]
+    path: Path
+
+
+def save_checkpoint(path: str | Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    from safetensors.numpy import save
+
+    payload = save(
+        {name: np.ascontiguousarray(a) for name, a in arrays.items()},
+        metadata={METADATA_KEY: json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **meta})},
+    )
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(payload))
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """Accept a checkpoint file, a run directory, or a run's checkpoints/ directory (→ best)."""
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / "best.safetensors", path / "best.safetensors"):
+            if candidate.is_file():
+                return candidate
+        raise CheckpointError(f"{path}: no best checkpoint in this directory")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    from safetensors import SafetensorError, safe_open
+
+    path = resolve_checkpoint_path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        with safe_open(str(path), framework="np") as handle:
+            raw_meta = (handle.metadata() or {}).get(METADATA_KEY)
+            arrays = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path}: not a valid foodcls checkpoint (corrupt, truncated or not safetensors: {reason})") from None
+    if raw_meta is None:
+        raise CheckpointError(f"{path}: safetensors file without foodcls metadata")
+    try:
+        meta = json.loads(raw_meta)
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: corrupt foodcls metadata") from None
+    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: unsupported checkpoint format {meta.get('format')!r} v{meta.get('format_version')}")
+    for required in ("classes", "features", "model", "config"):
+        if required not in meta:
+            raise CheckpointError(f"{path}: checkpoint metadata lacks {required!r}")
+    if "scale" not in arrays or not any(n.startswith(WEIGHT_PREFIX) for n in arrays):
+        raise CheckpointError(f"{path}: checkpoint lacks weights or feature scaling")
+    return Checkpoint(arrays, meta, path)
+
+
+def weight_arrays(checkpoint: Checkpoint) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(weight, bias) of each Linear layer, first to last."""
+    indices = sorted({int(n.split(".")[1]) for n in checkpoint.arrays if n.startswith(WEIGHT_PREFIX)})
+    try:
+        return [
+            (checkpoint.arrays[f"{WEIGHT_PREFIX}{i}.weight"], checkpoint.arrays[f"{WEIGHT_PREFIX}{i}.bias"])
+            for i in indices
+        ]
+    except KeyError as missing:
+        raise CheckpointError(f"{checkpoint.path}: checkpoint lacks {missing}") from None

@@ -1,0 +1,244 @@
+"""The `foodcls` command line: parse options, call the library, print. Heavy imports stay inside commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from foodcls import __version__
+from foodcls.errors import FoodclsError
+
+app = typer.Typer(
+    name="foodcls",
+    help="Train a small neural network that sorts packaged food into beverages, meats, snacks and desserts.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Make datasets: the synthetic demo set, Open Food Facts downloads and builds.", no_args_is_help=True)
+runs_app = typer.Typer(help="List and compare run directories.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(runs_app, name="runs")
+
+stdout = Console()
+stderr = Console(stderr=True)
+
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]
+SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: KEY=VALUE (repeatable).")]
+RunsRootOption = Annotated[Path, typer.Option("--runs-root", help="Where run directories live.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+CheckpointOption = Annotated[
+    Optional[Path], typer.Option("--checkpoint", help="Checkpoint file or run directory [default: best of the newest run in ./runs].")
+]
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """Our own errors become one line on stderr and exit code 1; never a traceback."""
+    try:
+        yield
+    except FoodclsError as error:
+        stderr.print(f"[red]error:[/red] {error}", highlight=False, markup=True, soft_wrap=True)
+        raise typer.Exit(code=1) from None
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"foodcls {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
+) -> None:
+    """foodcls: YAML-configured MLP training, evaluation and instant prediction."""
+
+
+def _default_checkpoint(checkpoint: Path | None) -> Path:
+    from foodcls.runs import newest_best_checkpoint
+
+    return checkpoint if checkpoint is not None else newest_best_checkpoint("runs")
+
+
+def _epoch_progress(total: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("epoch"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, transient=False,
+    )
+
+
+@app.command()
+def train(
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    runs_root: RunsRootOption = Path("runs"),
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue this run directory from its last checkpoint.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Train a model from a YAML config into a new run directory (or --resume one)."""
+    with reported_errors():
+        from foodcls import train as training
+        from foodcls.config import load_config
+
+        if (config is None) == (resume is None):
+            raise FoodclsError("give --config PATH for a new run or --resume RUN_DIR, not both")
+        if config is not None:
+            cfg = load_config(config, overrides or [])
+            epochs = cfg.train.epochs
+        else:
+            epochs = load_config(resume / "config.yaml", overrides or []).train.epochs if (resume / "config.yaml").exists() else 0
+        with _epoch_progress(epochs) as progress:
+            task = progress.add_task("train", total=epochs, stats="")
+
+            def on_epoch(record: dict[str, Any]) -> None:
+                stats = f"loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f}"
+                if "val_accuracy" in record:
+                    stats += f" val {record['val_accuracy']:.4f}"
+                progress.update(task, completed=record["epoch"], stats=stats)
+
+            if config is not None:
+                result = training.train(cfg, runs_root=runs_root, name=config.stem, on_epoch=on_epoch)
+            else:
+                result = training.resume(resume, overrides or [], on_epoch=on_epoch)
+    if as_json:
+        print_json(result.to_json())
+    else:
+        stdout.print(f"run: {result.run_dir}  ({result.status}, {result.epochs_run} epochs, best epoch {result.best_epoch}, {result.train_seconds:.1f} s)")
+        if result.val_accuracy is not None:
+            stdout.print(f"val accuracy: {result.val_accuracy:.4f}")
+        if result.test_accuracy is not None:
+            stdout.print(f"test accuracy: {result.test_accuracy:.4f}")
+        stdout.print(f"best checkpoint: {result.best_checkpoint}")
+    if result.status == "interrupted":
+        stderr.print(f"interrupted: resume with `foodcls train --resume {result.run_dir}`")
+        raise typer.Exit(code=130)
+
+
+def _metrics_tables(report: dict[str, Any]) -> list[Table]:
+    per_class = Table(title=f"accuracy {report['accuracy']:.4f} on {report['n']} rows (macro-F1 {report['macro_f1']:.4f}, balanced accuracy {report['balanced_accuracy']:.4f})")
+    for column in ("class", "precision", "recall", "f1", "support"):
+        per_class.add_column(column, justify="left" if column == "class" else "right")
+    for name, m in report["per_class"].items():
+        per_class.add_row(name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", str(m["support"]))
+    confusion = Table(title="confusion matrix (rows: true class, columns: predicted)")
+    confusion.add_column("true \\ predicted")
+    for name in report["classes"]:
+        confusion.add_column(name, justify="right")
+    for name, row in zip(report["classes"], report["confusion_matrix"]):
+        confusion.add_row(name, *(str(v) for v in row))
+    return [per_class, confusion]
+
+
+@app.command("eval")
+def eval_(
+    checkpoint: CheckpointOption = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Labelled CSV [default: the test file in the checkpoint's config].")] = None,
+    baselines: Annotated[bool, typer.Option("--baselines", help="Also train and score majority, logistic regression and gradient boosting.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Score a checkpoint: accuracy, per-class precision/recall/F1, confusion matrix."""
+    with reported_errors():
+        from foodcls.evaluate import evaluate_checkpoint
+
+        path = _default_checkpoint(checkpoint)
+        report = evaluate_checkpoint(path, data)
+        if baselines:
+            from foodcls.baselines import baseline_scores
+
+            report["baselines"], report["baseline_details"] = baseline_scores(path, report["data"])
+    if as_json:
+        print_json(report)
+        return
+    stdout.print(f"checkpoint: {path}\ndata: {report['data']}")
+    for table in _metrics_tables(report):
+        stdout.print(table)
+    if baselines:
+        table = Table(title="baselines (same training data, same evaluation data)")
+        for column in ("model", "accuracy", "macro-F1"):
+            table.add_column(column, justify="left" if column == "model" else "right")
+        table.add_row("foodcls MLP", f"{report['accuracy']:.4f}", f"{report['macro_f1']:.4f}", style="bold")
+        for name, details in report["baseline_details"].items():
+            table.add_row(name, f"{details['accuracy']:.4f}", f"{details['macro_f1']:.4f}")
+        stdout.print(table)
+
+
+@app.command()
+def predict(
+    checkpoint: CheckpointOption = None,
+    protein: Annotated[Optional[float], typer.Option("--protein", help="Protein, g per 100 g (0-100).")] = None,
+    carbs: Annotated[Optional[float], typer.Option("--carbs", help="Carbohydrates, g per 100 g (0-100).")] = None,
+    fat: Annotated[Optional[float], typer.Option("--fat", help="Fat, g per 100 g (0-100).")] = None,
+    additives: Annotated[Optional[float], typer.Option("--additives", help="Number of food additives (whole number).")] = None,
+    input_path: Annotated[Optional[str], typer.Option("--input", help="Batch: CSV with protein,carbs,fat,additives columns, or - for stdin.")] = None,
+    output_path: Annotated[Optional[str], typer.Option("--output", help="Batch output CSV, or - for stdout [default: -].")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Predict the class of one product, or of every row of a CSV (--input)."""
+    with reported_errors():
+        from foodcls.predict import check_product, load_predictor
+
+        single = [protein, carbs, fat, additives]
+        if input_path is not None:
+            if any(v is not None for v in single):
+                raise FoodclsError("give either --input or --protein/--carbs/--fat/--additives, not both")
+            _predict_batch(_default_checkpoint(checkpoint), input_path, output_path or "-")
+            return
+        missing = [f"--{n}" for n, v in zip(("protein", "carbs", "fat", "additives"), single) if v is None]
+        if missing:
+            raise FoodclsError(f"missing {', '.join(missing)} (or use --input CSV for a batch)")
+        warnings = check_product(protein, carbs, fat, additives)
+        predictor = load_predictor(_default_checkpoint(checkpoint))
+        probabilities = predictor.probabilities([[protein, carbs, fat, additives]])[0]
+    for warning in warnings:
+        stderr.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    best = predictor.classes[int(probabilities.argmax())]
+    by_class = {name: float(p) for name, p in zip(predictor.classes, probabilities)}
+    if as_json:
+        print_json({"class": best, "probabilities": by_class})
+        return
+    stdout.print(f"[bold]{best}[/bold]")
+    for name, p in by_class.items():
+        stdout.print(f"  {name:<10} {p:.4f}", highlight=False)
+
+
+def _predict_batch(checkpoint: Path, input_path: str, output_path: str) -> None:
+    from foodcls.data import read_feature_table
+    from foodcls.fileio import atomic_write_text
+    from foodcls.predict import format_csv, load_predictor, predict_table
+
+    predictor = load_predictor(checkpoint)
+    text = format_csv(*predict_table(predictor, read_feature_table(input_path)))
+    if output_path == "-":
+        sys.stdout.write(text)
+    else:
+        atomic_write_text(output_path, text)
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option("--out", help="Directory for train.csv and test.csv.")],
+    n_train: Annotated[int, typer.Option("--n-train", min=4, help="Training rows.")] = 8000,
+    n_test: Annotated[int, typer.Option("--n-test", min=4, help="Test rows.")] = 2000,
+    seed: Annotated[Optional[int], typer.Option("--seed", min=0, help="Random seed [default: the demo set's].")] = None,
+) -> None:
+    """Generate the synthetic demo set (balanced mixtures of real product archetypes)."""
+    with reported_errors():
+        from foodcls.synth import DEFAULT_SEED, write_demo_set
+
+        paths = write_demo_set(out, n_train, n_test, DEFAULT_SEED if seed is None else seed)
+    for split, path in paths.items():
+        stdout.print(f"{split}: {path}")

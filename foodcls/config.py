@@ -1,0 +1,237 @@
+"""Typed, frozen, strictly validated experiment config: YAML file + `--set KEY=VALUE` overrides."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+
+from foodcls.errors import ConfigError
+from foodcls.labels import CLASSES
+
+StrictInt = Annotated[int, Strict()]
+StrictFloat = Annotated[float, Strict()]
+StrictStr = Annotated[str, Strict()]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    train: StrictStr
+    test: StrictStr | None = None
+    val: StrictStr | None = None
+    val_fraction: Annotated[StrictFloat, Field(gt=0, lt=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one_validation_source(self) -> DataConfig:
+        if self.val is not None and self.val_fraction is not None:
+            raise ValueError("give data.val or data.val_fraction, not both")
+        return self
+
+
+class ModelConfig(_Section):
+    hidden: tuple[Annotated[StrictInt, Field(ge=1)], ...] = (32, 32)
+    activation: Literal["relu", "sigmoid", "tanh"] = "relu"
+
+
+class EarlyStoppingConfig(_Section):
+    patience: Annotated[StrictInt, Field(ge=1)]
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    min_delta: Annotated[StrictFloat, Field(ge=0)] = 0.0
+
+
+class TrainConfig(_Section):
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: Annotated[StrictFloat, Field(gt=0)] = 0.01
+    momentum: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.0
+    weight_decay: Annotated[StrictFloat, Field(ge=0)] = 0.0
+    batch_size: Annotated[StrictInt, Field(ge=1)] = 256
+    epochs: Annotated[StrictInt, Field(ge=1)] = 1000
+    seed: Annotated[StrictInt, Field(ge=0)] = 0
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    early_stopping: EarlyStoppingConfig | None = None
+    scheduler: Literal["none", "cosine", "step", "plateau"] = "none"
+    # step: multiply lr by scheduler_gamma every scheduler_step_size epochs; plateau: when the
+    # monitored loss has not improved for scheduler_step_size epochs.
+    scheduler_step_size: Annotated[StrictInt, Field(ge=1)] = 100
+    scheduler_gamma: Annotated[StrictFloat, Field(gt=0, lt=1)] = 0.5
+    class_weights: Literal["none", "balanced"] | dict[StrictStr, Annotated[StrictFloat, Field(gt=0)]] = "none"
+    checkpoint_every: Annotated[StrictInt, Field(ge=1)] = 1
+
+    @field_validator("class_weights")
+    @classmethod
+    def _known_classes(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - set(CLASSES))
+            if unknown:
+                raise ValueError(f"unknown class {unknown[0]!r}; classes are {', '.join(CLASSES)}")
+        return value
+
+
+class Config(_Section):
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_validation(self) -> Config:
+        has_val = self.data.val is not None or self.data.val_fraction is not None
+        if self.train.early_stopping is not None and not has_val:
+            raise ValueError("train.early_stopping needs data.val or data.val_fraction")
+        return self
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-3` and `5E+2` as floats (YAML 1.1 wants a dot)."""
+
+
+_FLOAT = re.compile(
+    r"""^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[0-9][0-9_]*[eE][-+]?[0-9]+|\.(?:inf|Inf|INF)|[-+]\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _first in "-+0123456789.":
+    _Loader.yaml_implicit_resolvers[_first] = [
+        (tag, rx) for tag, rx in _Loader.yaml_implicit_resolvers.get(_first, []) if tag != "tag:yaml.org,2002:float"
+    ]
+    _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, [_first])
+
+
+def parse_yaml_value(text: str) -> Any:
+    """Parse a scalar or flow value the way the config file would (`1e-3` → 0.001, `[64,64]` → list)."""
+    return yaml.load(text, Loader=_Loader)
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Map dotted key paths to their 1-based line in the YAML text, for error messages."""
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                path = f"{prefix}{key_node.value}"
+                lines[path] = key_node.start_mark.line + 1
+                walk(value_node, path + ".")
+
+    root = yaml.compose(text, Loader=_Loader)
+    if root is not None:
+        walk(root, "")
+    return lines
+
+
+def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        for arg in _nested_models(field.annotation):
+            keys.extend(_valid_keys(arg, prefix + name + "."))
+    return keys
+
+
+def _nested_models(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+
+
+def _describe(error: ValidationError, key_lines: dict[str, int], origin: str) -> str:
+    first = error.errors()[0]
+    # Drop pydantic's union-branch labels (e.g. 'literal[...]', 'dict[str,...]') from the path.
+    parts = [str(p) for p in first["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))]
+    key = ".".join(parts)
+    where = f"{origin}:{key_lines[key]}: " if key in key_lines else (f"{origin}: " if origin else "")
+    if first["type"] == "extra_forbidden":
+        valid = _valid_keys(Config)
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"{where}{key}: unknown key{hint}"
+    message = first["msg"].removeprefix("Value error, ")
+    if not key:
+        return f"{where}{message}"
+    return f"{where}{key}: {message} (got {first.get('input')!r})"
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `KEY=VALUE` override to the raw config dict in place."""
+    key, sep, value_text = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.epochs=5")
+    try:
+        value = parse_yaml_value(value_text) if value_text.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {assignment!r}: cannot parse value {value_text!r}") from None
+    parts = key.split(".")
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {assignment!r}: {'.'.join(parts[: depth + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def validate_config(raw: Any, origin: str = "", key_lines: dict[str, int] | None = None) -> Config:
+    """Build a Config from a raw dict, turning pydantic's errors into one ConfigError line."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: the config must be a mapping with data/model/train sections")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, key_lines or {}, origin)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config, apply `--set` overrides, validate strictly."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read config ({error})") from None
+    try:
+        raw = yaml.load(text, Loader=_Loader)
+        key_lines = _key_lines(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}{line}: YAML syntax error: {problem}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the config file is empty")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the config must be a mapping with data/model/train sections")
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    overridden = {a.partition("=")[0].strip() for a in overrides}
+    lines = {k: v for k, v in key_lines.items() if k not in overridden}
+    return validate_config(raw, str(path), lines)
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    return config.model_dump(mode="json")
+
+
+def config_to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'train': {'lr': 0.01}} → {'train.lr': 0.01}; used to diff configs."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict) and value and key != "class_weights":
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -1,0 +1,25 @@
+"""Exception types raised deep in foodcls and reported once, as one line, by the CLI."""
+
+
+class FoodclsError(Exception):
+    """Base class: a problem with the user's input that deserves a one-line message."""
+
+
+class ConfigError(FoodclsError):
+    """The config file or a --set override is missing, malformed or invalid."""
+
+
+class DataError(FoodclsError):
+    """A data file is missing, malformed or holds invalid values."""
+
+
+class CheckpointError(FoodclsError):
+    """A checkpoint is missing, truncated, corrupt or not a foodcls checkpoint."""
+
+
+class RunError(FoodclsError):
+    """A run directory is missing or unusable."""
+
+
+class DownloadError(FoodclsError):
+    """A download failed (HTTP status, timeout, dropped connection)."""

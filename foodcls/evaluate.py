@@ -1,0 +1,63 @@
+"""Classification metrics: accuracy, per-class precision / recall / F1, confusion matrix, macro-F1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Rows are the true class, columns the predicted class."""
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(y_true), np.asarray(y_pred)), 1)
+    return matrix
+
+
+def classification_report(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """The metrics `foodcls eval --json` prints. A class never predicted has precision 0 (no division by zero)."""
+    matrix = confusion_matrix(y_true, y_pred, len(classes))
+    true_pos = np.diag(matrix).astype(float)
+    support = matrix.sum(axis=1)
+    predicted = matrix.sum(axis=0)
+    precision = np.divide(true_pos, predicted, out=np.zeros_like(true_pos), where=predicted > 0)
+    recall = np.divide(true_pos, support, out=np.zeros_like(true_pos), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(true_pos), where=denom > 0)
+    n = int(matrix.sum())
+    present = support > 0
+    return {
+        "accuracy": float(true_pos.sum() / n) if n else 0.0,
+        "n": n,
+        "classes": list(classes),
+        "per_class": {
+            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+            for i, name in enumerate(classes)
+        },
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    return classification_report(y_true, y_pred, [str(i) for i in range(n_classes)])["macro_f1"]
+
+
+def evaluate_checkpoint(checkpoint_path: str | Path, data_path: str | Path | None = None) -> dict[str, Any]:
+    """Score a checkpoint on a labelled CSV (default: the test file named in its config), in numpy."""
+    from foodcls.data import read_labelled_csv
+    from foodcls.errors import DataError
+    from foodcls.predict import load_predictor
+
+    predictor = load_predictor(checkpoint_path)
+    if data_path is None:
+        data_config = predictor.config["data"]
+        data_path = data_config.get("test") or data_config.get("val")
+        if data_path is None:
+            raise DataError(f"{checkpoint_path}: its config names no test or val file; pass --data")
+    data = read_labelled_csv(data_path)
+    report = classification_report(data.labels, predictor.predict(data.features), predictor.classes)
+    report["data"] = str(data_path)
+    return report

@@ -1,0 +1,394 @@
+"""The training loop: in-memory batches, cross-entropy, SGD/Adam, metrics per epoch, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from foodcls import __version__, runs
+from foodcls.checkpoint import WEIGHT_PREFIX, Checkpoint, load_checkpoint, save_checkpoint
+from foodcls.config import Config, config_to_dict, config_to_yaml, load_config
+from foodcls.data import LabelledData, fit_scale, read_labelled_csv, stratified_split
+from foodcls.errors import ConfigError, RunError
+from foodcls.evaluate import classification_report
+from foodcls.fileio import atomic_write_json, atomic_write_text
+from foodcls.labels import CLASSES, FEATURES
+from foodcls.model import build_model, linear_layers
+
+# Measured in benchmarks/train_speed.py: for a 4-32-32-4 MLP at batch 256 one thread beats two,
+# because the per-op work is far too small to amortise thread hand-offs.
+TORCH_THREADS = 1
+
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: LabelledData
+    val: LabelledData | None
+    test: LabelledData | None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    status: str  # finished | interrupted
+    epochs_run: int
+    best_epoch: int | None
+    test_accuracy: float | None
+    val_accuracy: float | None
+    train_seconds: float
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return runs.best_checkpoint(self.run_dir)
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return runs.last_checkpoint(self.run_dir)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir),
+            "status": self.status,
+            "best_checkpoint": str(self.best_checkpoint),
+            "last_checkpoint": str(self.last_checkpoint),
+            "test_accuracy": self.test_accuracy,
+            "val_accuracy": self.val_accuracy,
+            "epochs_run": self.epochs_run,
+            "best_epoch": self.best_epoch,
+            "train_seconds": self.train_seconds,
+        }
+
+
+@dataclass
+class _Progress:
+    """What a resumed run must get back besides weights and optimizer state."""
+
+    epoch: int = 0
+    best_value: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    train_seconds: float = 0.0
+
+
+def load_splits(config: Config) -> Splits:
+    """Read train / val / test; a val_fraction is carved out of train, stratified and seeded."""
+    train = read_labelled_csv(config.data.train)
+    val = read_labelled_csv(config.data.val) if config.data.val else None
+    if config.data.val_fraction is not None:
+        kept, held = stratified_split(train.labels, config.data.val_fraction, config.train.seed)
+        train, val = train.subset(kept), train.subset(held)
+    test = read_labelled_csv(config.data.test) if config.data.test else None
+    return Splits(train, val, test)
+
+
+def monitored_metric(config: Config, has_val: bool) -> str:
+    """The metric that picks the best checkpoint: never the test set, which stays untouched."""
+    if config.train.early_stopping is not None:
+        return config.train.early_stopping.monitor
+    return "val_loss" if has_val else "train_loss"
+
+
+def _improved(value: float, best: float | None, metric: str, min_delta: float) -> bool:
+    if best is None:
+        return True
+    return value > best + min_delta if metric.endswith("accuracy") else value < best - min_delta
+
+
+def _class_weights(config: Config, labels: np.ndarray) -> torch.Tensor | None:
+    setting = config.train.class_weights
+    if setting == "none":
+        return None
+    if setting == "balanced":
+        counts = np.bincount(labels, minlength=len(CLASSES)).astype(np.float64)
+        weights = np.where(counts > 0, len(labels) / (len(CLASSES) * np.maximum(counts, 1)), 0.0)
+    else:
+        weights = np.array([setting.get(name, 1.0) for name in CLASSES])
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: 'cuda' requested but no CUDA device is available (use cpu or auto)")
+    return torch.device(name)
+
+
+def _make_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    t = config.train
+    if t.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+def _make_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> Any:
+    t = config.train
+    if t.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs)
+    if t.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.scheduler_step_size, gamma=t.scheduler_gamma)
+    if t.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=t.scheduler_gamma, patience=t.scheduler_step_size)
+    return None
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The shuffled row order of an epoch depends only on (seed, epoch): the key to exact resume."""
+    return torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(n))
+
+
+def _train_epoch(model, optimizer, x, y, order, batch_size, weight) -> tuple[float, float, list[float]]:
+    """One pass over the data; sums stay on the device so there is one host sync per epoch."""
+    model.train()
+    layers = linear_layers(model)
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    grad_sum = torch.zeros(len(layers), device=x.device)
+    steps = 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        xb, yb = x[idx], y[idx]
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb, weight=weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_sum += torch.stack(torch._foreach_norm([layer.weight.grad for layer in layers]))
+        optimizer.step()
+        loss_sum += loss.detach() * len(idx)
+        correct += (logits.detach().argmax(dim=1) == yb).sum()
+        steps += 1
+    n = len(order)
+    return (loss_sum / n).item(), correct.item() / n, (grad_sum / steps).tolist()
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    model.eval()
+    logits = model(x)
+    return F.cross_entropy(logits, y).item(), (logits.argmax(dim=1) == y).float().mean().item()
+
+
+def _tensors(data: LabelledData, scale: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(data.features / scale).to(device), torch.from_numpy(data.labels).to(device)
+
+
+def _model_arrays(model: nn.Module, scale: np.ndarray) -> dict[str, np.ndarray]:
+    arrays = {f"{WEIGHT_PREFIX}{k}": v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    arrays["scale"] = scale
+    return arrays
+
+
+def _model_meta(config: Config, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "classes": list(CLASSES),
+        "features": list(FEATURES),
+        "model": config_to_dict(config)["model"],
+        "config": config_to_dict(config),
+        "epoch": epoch,
+        "metrics": metrics,
+        "foodcls_version": __version__,
+        "torch_version": torch.__version__,
+    }
+
+
+def _save_last(run_dir, model, optimizer, scheduler, scale, config, progress: _Progress, metrics) -> None:
+    """The resumable checkpoint: weights plus optimizer, scheduler, RNG and loop state."""
+    arrays = _model_arrays(model, scale)
+    opt_state = optimizer.state_dict()
+    for pid, state in opt_state["state"].items():
+        for key, value in state.items():
+            arrays[f"optim.{pid}.{key}"] = value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
+    arrays["rng.torch"] = torch.get_rng_state().numpy()
+    meta = _model_meta(config, progress.epoch, metrics)
+    meta["train_state"] = {
+        "progress": vars(progress),
+        "param_groups": opt_state["param_groups"],
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+    }
+    save_checkpoint(runs.last_checkpoint(run_dir), arrays, meta)
+
+
+def _restore(checkpoint: Checkpoint, model, optimizer, scheduler) -> _Progress:
+    arrays = checkpoint.arrays
+    model.load_state_dict({k[len(WEIGHT_PREFIX) :]: torch.from_numpy(v.copy()) for k, v in arrays.items() if k.startswith(WEIGHT_PREFIX)})
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in arrays.items():
+        if name.startswith("optim."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = torch.from_numpy(value.copy())
+    train_state = checkpoint.meta["train_state"]
+    optimizer.load_state_dict({"state": state, "param_groups": train_state["param_groups"]})
+    if scheduler is not None and train_state["scheduler"] is not None:
+        scheduler.load_state_dict(train_state["scheduler"])
+    torch.set_rng_state(torch.from_numpy(arrays["rng.torch"].copy()))
+    return _Progress(**train_state["progress"])
+
+
+def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    atomic_write_json(run_dir / runs.SUMMARY_FILE, summary)
+
+
+def train(config: Config, runs_root: str | Path = "runs", name: str = "run", on_epoch: EpochCallback | None = None) -> TrainResult:
+    """Train a new run under runs_root/<name>-<timestamp> and return its figures."""
+    splits = load_splits(config)  # all input is validated before anything is written
+    device = _resolve_device(config.train.device)
+    run_dir = runs.create_run_dir(runs_root, name)
+    atomic_write_text(run_dir / runs.CONFIG_FILE, config_to_yaml(config))
+    return _fit(config, splits, device, run_dir, checkpoint=None, on_epoch=on_epoch, name=name)
+
+
+def resume(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), on_epoch: EpochCallback | None = None) -> TrainResult:
+    """Continue a run in place from its last checkpoint; ends bit-identical to an uninterrupted run."""
+    run_dir = runs.resolve_run_dir(run_dir)
+    config = load_config(run_dir / runs.CONFIG_FILE, overrides)
+    checkpoint = load_checkpoint(runs.last_checkpoint(run_dir)) if runs.last_checkpoint(run_dir).exists() else None
+    if checkpoint is not None and "train_state" not in checkpoint.meta:
+        raise RunError(f"{checkpoint.path}: not a resumable checkpoint")
+    if checkpoint is not None and checkpoint.meta["model"] != config_to_dict(config)["model"]:
+        raise ConfigError("--set: the model section cannot change on resume")
+    splits = load_splits(config)
+    device = _resolve_device(config.train.device)
+    atomic_write_text(run_dir / runs.CONFIG_FILE, config_to_yaml(config))
+    name = runs.read_summary(run_dir).get("name", run_dir.name)
+    return _fit(config, splits, device, run_dir, checkpoint=checkpoint, on_epoch=on_epoch, name=name)
+
+
+def _fit(config, splits: Splits, device, run_dir: Path, checkpoint: Checkpoint | None, on_epoch, name: str) -> TrainResult:
+    torch.set_num_threads(TORCH_THREADS)
+    t = config.train
+    scale = fit_scale(splits.train.features)
+    if checkpoint is not None and not np.array_equal(checkpoint.arrays["scale"], scale):
+        raise RunError(f"{run_dir}: the training data changed since this run started (feature scaling differs)")
+    x_train, y_train = _tensors(splits.train, scale, device)
+    val = _tensors(splits.val, scale, device) if splits.val is not None else None
+    test = _tensors(splits.test, scale, device) if splits.test is not None else None
+    weight = _class_weights(config, splits.train.labels)
+    weight = weight.to(device) if weight is not None else None
+
+    torch.manual_seed(t.seed)
+    model = build_model(config.model, len(FEATURES), len(CLASSES)).to(device)
+    optimizer = _make_optimizer(config, model)
+    scheduler = _make_scheduler(config, optimizer)
+    progress = _restore(checkpoint, model, optimizer, scheduler) if checkpoint is not None else _Progress()
+    metric = monitored_metric(config, val is not None)
+    min_delta = t.early_stopping.min_delta if t.early_stopping else 0.0
+    summary = runs.read_summary(run_dir) if checkpoint is not None else {}
+    summary.update(
+        name=name,
+        status="running",
+        started_at=summary.get("started_at", datetime.now(timezone.utc).isoformat(timespec="seconds")),
+        monitor=metric,
+        data={"train": len(splits.train), "val": len(splits.val) if splits.val else 0, "test": len(splits.test) if splits.test else 0},
+        versions={"foodcls": __version__, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
+    )
+    _write_summary(run_dir, summary)
+    _truncate_metrics(run_dir, progress.epoch)
+
+    status, stop_reason, record, saved_epoch = "finished", "epochs", {}, progress.epoch
+    try:
+        with open(run_dir / runs.METRICS_FILE, "a", encoding="utf-8") as metrics_file:
+            while progress.epoch < t.epochs:
+                started = time.perf_counter()
+                epoch = progress.epoch + 1
+                order = epoch_order(t.seed, epoch, len(y_train)).to(device)
+                loss, accuracy, grad_norms = _train_epoch(model, optimizer, x_train, y_train, order, t.batch_size, weight)
+                record = {"epoch": epoch, "train_loss": loss, "train_accuracy": accuracy}
+                if val is not None:
+                    record["val_loss"], record["val_accuracy"] = _evaluate(model, *val)
+                if test is not None:
+                    record["test_loss"], record["test_accuracy"] = _evaluate(model, *test)
+                record["lr"] = optimizer.param_groups[0]["lr"]
+                record["grad_norms"] = grad_norms
+                if scheduler is not None:
+                    if t.scheduler == "plateau":
+                        scheduler.step(record["val_loss" if val is not None else "train_loss"])
+                    else:
+                        scheduler.step()
+                progress.epoch = epoch
+                if _improved(record[metric], progress.best_value, metric, min_delta):
+                    progress.best_value, progress.best_epoch, progress.bad_epochs = record[metric], epoch, 0
+                    save_checkpoint(runs.best_checkpoint(run_dir), _model_arrays(model, scale), _model_meta(config, epoch, record))
+                else:
+                    progress.bad_epochs += 1
+                progress.train_seconds += time.perf_counter() - started
+                record["seconds"] = round(time.perf_counter() - started, 6)
+                stop = t.early_stopping is not None and progress.bad_epochs >= t.early_stopping.patience
+                if epoch % t.checkpoint_every == 0 or epoch == t.epochs or stop:
+                    _save_last(run_dir, model, optimizer, scheduler, scale, config, progress, record)
+                    saved_epoch = epoch
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+                if on_epoch is not None:
+                    on_epoch(record)
+                if stop:
+                    stop_reason = "early_stopping"
+                    break
+    except KeyboardInterrupt:
+        status, stop_reason = "interrupted", "interrupted"
+        if saved_epoch != progress.epoch:
+            _save_last(run_dir, model, optimizer, scheduler, scale, config, progress, record)
+    except BaseException:
+        summary["status"] = "failed"
+        _write_summary(run_dir, summary)
+        raise
+    return _finish(splits, run_dir, summary, progress, status, stop_reason)
+
+
+def _truncate_metrics(run_dir: Path, epoch: int) -> None:
+    """Keep only the epochs the checkpoint has seen, so that each epoch appears once after a resume."""
+    path = run_dir / runs.METRICS_FILE
+    if path.exists():
+        kept = [json.dumps(r) + "\n" for r in runs.read_metrics(run_dir) if r["epoch"] <= epoch]
+        atomic_write_text(path, "".join(kept))
+
+
+def _finish(splits: Splits, run_dir: Path, summary: dict[str, Any], progress: _Progress, status: str, stop_reason: str) -> TrainResult:
+    """Score the best checkpoint on val and test, write summary.json and the plots."""
+    from foodcls.predict import load_predictor
+
+    scores: dict[str, Any] = {}
+    if runs.best_checkpoint(run_dir).exists():
+        predictor = load_predictor(runs.best_checkpoint(run_dir))
+        for split_name, data in (("val", splits.val), ("test", splits.test)):
+            if data is not None:
+                scores[split_name] = classification_report(data.labels, predictor.predict(data.features), CLASSES)
+    summary.update(
+        status=status,
+        stop_reason=stop_reason,
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        epochs_run=progress.epoch,
+        best_epoch=progress.best_epoch,
+        best_value=progress.best_value,
+        train_seconds=round(progress.train_seconds, 3),
+        seconds_per_epoch=round(progress.train_seconds / max(progress.epoch, 1), 6),
+        val_accuracy=scores["val"]["accuracy"] if "val" in scores else None,
+        test_accuracy=scores["test"]["accuracy"] if "test" in scores else None,
+        evaluation=scores,
+    )
+    _write_summary(run_dir, summary)
+    if progress.epoch > 0:
+        from foodcls.plots import write_run_plots
+
+        write_run_plots(run_dir)
+    return TrainResult(
+        run_dir=run_dir,
+        status=status,
+        epochs_run=progress.epoch,
+        best_epoch=progress.best_epoch,
+        test_accuracy=summary["test_accuracy"],
+        val_accuracy=summary["val_accuracy"],
+        train_seconds=summary["train_seconds"],
+    )
