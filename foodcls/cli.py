@@ -72,13 +72,33 @@ def _default_checkpoint(checkpoint: Path | None) -> Path:
     return checkpoint if checkpoint is not None else newest_best_checkpoint("runs")
 
 
-def _epoch_progress(total: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+class EpochBar:
+    """A rich progress bar on stderr that appears with the first finished epoch, not before
+    (so an input error stays a single line)."""
 
-    return Progress(
-        TextColumn("epoch"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, transient=False,
-    )
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("epoch"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=stderr,
+        )
+        self.task = None
+
+    def __call__(self, record: dict[str, Any], total: int) -> None:
+        if self.task is None:
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=total, stats="")
+        stats = f"loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f}"
+        if "val_accuracy" in record:
+            stats += f" val {record['val_accuracy']:.4f}"
+        self.progress.update(self.task, completed=record["epoch"], stats=stats)
+
+    def __enter__(self) -> EpochBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
 
 
 @app.command()
@@ -96,21 +116,9 @@ def train(
 
         if (config is None) == (resume is None):
             raise FoodclsError("give --config PATH for a new run or --resume RUN_DIR, not both")
-        if config is not None:
-            cfg = load_config(config, overrides or [])
-            epochs = cfg.train.epochs
-        else:
-            epochs = load_config(resume / "config.yaml", overrides or []).train.epochs if (resume / "config.yaml").exists() else 0
-        with _epoch_progress(epochs) as progress:
-            task = progress.add_task("train", total=epochs, stats="")
-
-            def on_epoch(record: dict[str, Any]) -> None:
-                stats = f"loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f}"
-                if "val_accuracy" in record:
-                    stats += f" val {record['val_accuracy']:.4f}"
-                progress.update(task, completed=record["epoch"], stats=stats)
-
+        with EpochBar() as on_epoch:
             if config is not None:
+                cfg = load_config(config, overrides or [])
                 result = training.train(cfg, runs_root=runs_root, name=config.stem, on_epoch=on_epoch)
             else:
                 result = training.resume(resume, overrides or [], on_epoch=on_epoch)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from foodcls import __version__, runs
+from foodcls.backprop import loss_gradients
 from foodcls.checkpoint import WEIGHT_PREFIX, Checkpoint, load_checkpoint, save_checkpoint
 from foodcls.config import Config, config_to_dict, config_to_yaml, load_config
 from foodcls.data import LabelledData, fit_scale, read_labelled_csv, stratified_split
@@ -30,7 +31,7 @@ from foodcls.model import build_model, linear_layers
 # because the per-op work is far too small to amortise thread hand-offs.
 TORCH_THREADS = 1
 
-EpochCallback = Callable[[dict[str, Any]], None]
+EpochCallback = Callable[[dict[str, Any], int], None]  # (epoch record, total epochs)
 
 
 @dataclass(frozen=True)
@@ -150,28 +151,30 @@ def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(n))
 
 
-def _train_epoch(model, optimizer, x, y, order, batch_size, weight) -> tuple[float, float, list[float]]:
-    """One pass over the data; sums stay on the device so there is one host sync per epoch."""
-    model.train()
+def _train_epoch(model, activation, optimizer, x, y, order, batch_size, weight) -> list[float]:
+    """One pass over the data in the epoch's order; returns the mean gradient norm per layer.
+
+    Rows are permuted once per epoch, so batches are contiguous slices; nothing syncs with the host
+    until the epoch ends.
+    """
     layers = linear_layers(model)
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=x.device)
-    grad_sum = torch.zeros(len(layers), device=x.device)
-    steps = 0
+    params = [p for layer in layers for p in (layer.weight, layer.bias)]
+    group = optimizer.param_groups[0]
+    # Plain SGD is one fused in-place update; momentum, weight decay and Adam go through torch.optim.
+    plain_sgd = isinstance(optimizer, torch.optim.SGD) and group["momentum"] == 0 and group["weight_decay"] == 0
+    xs, ys = x[order], y[order]
+    norms = []
     for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        xb, yb = x[idx], y[idx]
-        logits = model(xb)
-        loss = F.cross_entropy(logits, yb, weight=weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_sum += torch.stack(torch._foreach_norm([layer.weight.grad for layer in layers]))
-        optimizer.step()
-        loss_sum += loss.detach() * len(idx)
-        correct += (logits.detach().argmax(dim=1) == yb).sum()
-        steps += 1
-    n = len(order)
-    return (loss_sum / n).item(), correct.item() / n, (grad_sum / steps).tolist()
+        grads = loss_gradients(layers, activation, xs[start : start + batch_size], ys[start : start + batch_size], weight)
+        norms.append(torch.stack(torch._foreach_norm(grads[0::2])))
+        if plain_sgd:
+            with torch.no_grad():
+                torch._foreach_add_(params, grads, alpha=-group["lr"])
+        else:
+            for param, grad in zip(params, grads):
+                param.grad = grad
+            optimizer.step()
+    return torch.stack(norms).mean(dim=0).tolist()
 
 
 @torch.no_grad()
@@ -304,8 +307,10 @@ def _fit(config, splits: Splits, device, run_dir: Path, checkpoint: Checkpoint |
                 started = time.perf_counter()
                 epoch = progress.epoch + 1
                 order = epoch_order(t.seed, epoch, len(y_train)).to(device)
-                loss, accuracy, grad_norms = _train_epoch(model, optimizer, x_train, y_train, order, t.batch_size, weight)
-                record = {"epoch": epoch, "train_loss": loss, "train_accuracy": accuracy}
+                grad_norms = _train_epoch(model, config.model.activation, optimizer, x_train, y_train, order, t.batch_size, weight)
+                record = {"epoch": epoch}
+                # Loss and accuracy of the model as it stands at the epoch's end, on every split alike.
+                record["train_loss"], record["train_accuracy"] = _evaluate(model, x_train, y_train)
                 if val is not None:
                     record["val_loss"], record["val_accuracy"] = _evaluate(model, *val)
                 if test is not None:
@@ -332,7 +337,7 @@ def _fit(config, splits: Splits, device, run_dir: Path, checkpoint: Checkpoint |
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
                 if on_epoch is not None:
-                    on_epoch(record)
+                    on_epoch(record, t.epochs)
                 if stop:
                     stop_reason = "early_stopping"
                     break

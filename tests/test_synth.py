@@ -1,0 +1,37 @@
+import numpy as np
+
+from foodcls.data import read_labelled_csv
+from foodcls.synth import NO_ADDITIVE_SHARE, generate, write_demo_set
+from foodcls.labels import CLASSES
+
+
+def test_demo_set_is_balanced_valid_and_seeded(tmp_path):
+    features, labels = generate(4000, np.random.default_rng(5))
+    assert np.bincount(labels).tolist() == [1000] * 4
+    assert (features >= 0).all() and (features[:, :3] <= 100).all()
+    assert (features[:, :3].sum(axis=1) <= 100 + 1e-3).all()
+    assert np.array_equal(features[:, 3], np.round(features[:, 3]))
+    again, _ = generate(4000, np.random.default_rng(5))
+    assert np.array_equal(features, again)
+
+
+def test_no_additive_shares_follow_the_real_data():
+    features, labels = generate(20000, np.random.default_rng(1))
+    for index, name in enumerate(CLASSES):
+        share = (features[labels == index, 3] == 0).mean()
+        assert abs(share - NO_ADDITIVE_SHARE[name]) < 0.1, (name, share)
+
+
+def test_written_files_round_trip(tmp_path):
+    paths = write_demo_set(tmp_path, n_train=40, n_test=20, seed=2)
+    train = read_labelled_csv(paths["train"])
+    assert len(train) == 40 and len(read_labelled_csv(paths["test"])) == 20
+
+
+def test_shipped_demo_set_is_the_generator_output(tmp_path):
+    from tests.conftest import REPO
+    from foodcls.synth import DEFAULT_SEED
+
+    write_demo_set(tmp_path, seed=DEFAULT_SEED)
+    for split in ("train", "test"):
+        assert (tmp_path / f"{split}.csv").read_bytes() == (REPO / "data" / "demo" / f"{split}.csv").read_bytes()

@@ -1,0 +1,79 @@
+import json
+
+import numpy as np
+import pytest
+
+from foodcls import runs
+from foodcls.checkpoint import load_checkpoint
+from foodcls.config import load_config
+from foodcls.errors import DataError
+from foodcls.train import train
+from tests.conftest import write_config
+
+
+def metrics_without_time(run_dir):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in runs.read_metrics(run_dir)]
+
+
+def test_run_directory_holds_config_metrics_checkpoints_summary_and_plots(trained_run):
+    run_dir = trained_run.run_dir
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "learning_curves.png", "confusion_matrix.png", "grad_norms.png"):
+        assert (run_dir / name).is_file(), name
+    assert trained_run.best_checkpoint.is_file() and trained_run.last_checkpoint.is_file()
+    records = runs.read_metrics(run_dir)
+    assert [r["epoch"] for r in records] == list(range(1, 31))
+    assert {"train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds", "grad_norms"} <= set(records[0])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs_run"] == 30
+    assert summary["test_accuracy"] == trained_run.test_accuracy
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+
+
+def test_model_fits_a_tiny_dataset(tmp_path):
+    rows = ["beverages,0.2,5,0.1,0", "meats,20,1,12,2", "snacks,7,60,22,1", "desserts,4,15,3,3"] * 5
+    (tmp_path / "tiny.csv").write_text("\n".join(rows) + "\n")
+    config = load_config(write_config(tmp_path / "c.yaml", tmp_path), [
+        f"data.train={tmp_path / 'tiny.csv'}", f"data.test={tmp_path / 'tiny.csv'}",
+        "train.optimizer=adam", "train.epochs=300", "train.batch_size=8",
+    ])
+    result = train(config, runs_root=tmp_path / "runs", name="tiny")
+    assert result.test_accuracy == 1.0
+
+
+def test_same_config_and_seed_give_identical_metrics_and_weights(config_file, tmp_path):
+    config = load_config(config_file)
+    first = train(config, runs_root=tmp_path / "runs", name="a")
+    second = train(config, runs_root=tmp_path / "runs", name="a")
+    assert first.run_dir != second.run_dir  # same second, still a new directory
+    assert metrics_without_time(first.run_dir) == metrics_without_time(second.run_dir)
+    a, b = load_checkpoint(first.last_checkpoint), load_checkpoint(second.last_checkpoint)
+    assert all(np.array_equal(a.arrays[k], b.arrays[k]) for k in a.arrays if k.startswith("net."))
+    other_seed = train(load_config(config_file, ["train.seed=1"]), runs_root=tmp_path / "runs", name="a")
+    assert metrics_without_time(other_seed.run_dir) != metrics_without_time(first.run_dir)
+
+
+def test_interrupt_leaves_a_valid_run_whose_last_checkpoint_is_the_last_completed_epoch(config_file, tmp_path):
+    def stop_after_two(record, total):
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    config = load_config(config_file, ["train.epochs=10", "train.checkpoint_every=5"])
+    result = train(config, runs_root=tmp_path / "runs", name="x", on_epoch=stop_after_two)
+    assert result.status == "interrupted" and result.epochs_run == 2
+    assert load_checkpoint(result.last_checkpoint).meta["epoch"] == 2
+    assert json.loads((result.run_dir / "summary.json").read_text())["status"] == "interrupted"
+
+
+def test_bad_data_writes_nothing(config_file, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("meats,20,1,12,2\nmeats,20,x,12,2\n")
+    with pytest.raises(DataError, match=r"bad.csv:2: carbs is not a number"):
+        train(load_config(config_file, [f"data.train={bad}"]), runs_root=tmp_path / "runs", name="bad")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_best_checkpoint_is_chosen_on_training_loss_without_validation_data(trained_run):
+    summary = runs.read_summary(trained_run.run_dir)
+    records = runs.read_metrics(trained_run.run_dir)
+    assert summary["monitor"] == "train_loss"
+    assert summary["best_epoch"] == min(records, key=lambda r: r["train_loss"])["epoch"]
