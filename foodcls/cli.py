@@ -154,7 +154,9 @@ def _metrics_tables(report: dict[str, Any]) -> list[Table]:
 @app.command("eval")
 def eval_(
     checkpoint: CheckpointOption = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Labelled CSV [default: the test file in the checkpoint's config].")] = None,
+    data: Annotated[
+        Optional[list[Path]], typer.Option("--data", help="Labelled CSV; repeat to score several as one [default: the test file in the checkpoint's config].")
+    ] = None,
     baselines: Annotated[bool, typer.Option("--baselines", help="Also train and score majority, logistic regression and gradient boosting.")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -250,3 +252,45 @@ def data_synth(
         paths = write_demo_set(out, n_train, n_test, DEFAULT_SEED if seed is None else seed)
     for split, path in paths.items():
         stdout.print(f"{split}: {path}")
+
+
+@data_app.command("build")
+def data_build(
+    sources: Annotated[list[Path], typer.Argument(help="Open Food Facts exports: CSV/TSV (any separator, encoding, gzip) or JSONL.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for train.csv, val.csv, test.csv, datacard.json, README.md.")],
+    rules: Annotated[Optional[Path], typer.Option("--rules", help="Labelling rules YAML [default: the shipped rules].")] = None,
+    split: Annotated[str, typer.Option("--split", help="Train, val, test fractions.")] = "0.8,0.1,0.1",
+    as_json: JsonOption = False,
+) -> None:
+    """Label, clean, de-duplicate and split real products into training files."""
+    with reported_errors():
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        from foodcls.offdata.build import build_dataset
+
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=stderr, transient=True) as progress:
+            task = progress.add_task("reading", total=None)
+            card = build_dataset(
+                sources, out, rules, split,
+                on_batch=lambda path, rows: progress.update(task, description=f"{path.name}: {rows:,} rows read"),
+            )
+    if as_json:
+        print_json(card)
+        return
+    sources_table = Table(title=f"{card['rows_read']:,} rows read, {card['rows_kept']:,} kept → {out}")
+    for column in ("source", "format", "rows", "sha256"):
+        sources_table.add_column(column)
+    for source in card["sources"]:
+        sources_table.add_row(Path(source["path"]).name, source["format"], f"{source['rows']:,}", source["sha256"][:12] + "…")
+    kept = Table(title="kept per class and split")
+    for column in ("class", "train", "val", "test", "total"):
+        kept.add_column(column, justify="left" if column == "class" else "right")
+    for name, total in card["per_class"].items():
+        kept.add_row(name, *(str(card["per_split"][s][name]) for s in ("train", "val", "test")), str(total))
+    dropped = Table(title="dropped per reason")
+    dropped.add_column("reason")
+    dropped.add_column("rows", justify="right")
+    for reason, count in card["dropped"].items():
+        dropped.add_row(reason, f"{count:,}")
+    for table in (sources_table, kept, dropped):
+        stdout.print(table)

@@ -45,19 +45,23 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
     return classification_report(y_true, y_pred, [str(i) for i in range(n_classes)])["macro_f1"]
 
 
-def evaluate_checkpoint(checkpoint_path: str | Path, data_path: str | Path | None = None) -> dict[str, Any]:
-    """Score a checkpoint on a labelled CSV (default: the test file named in its config), in numpy."""
+def evaluate_checkpoint(checkpoint_path: str | Path, data_paths: list[str | Path] | None = None) -> dict[str, Any]:
+    """Score a checkpoint on labelled CSVs taken together (default: the test file in its config), in numpy."""
     from foodcls.data import read_labelled_csv
     from foodcls.errors import DataError
     from foodcls.predict import load_predictor
 
     predictor = load_predictor(checkpoint_path)
-    if data_path is None:
+    if not data_paths:
         data_config = predictor.config["data"]
-        data_path = data_config.get("test") or data_config.get("val")
-        if data_path is None:
+        default = data_config.get("test") or data_config.get("val")
+        if default is None:
             raise DataError(f"{checkpoint_path}: its config names no test or val file; pass --data")
-    data = read_labelled_csv(data_path)
-    report = classification_report(data.labels, predictor.predict(data.features), predictor.classes)
-    report["data"] = str(data_path)
+        data_paths = [default]
+    datasets = [read_labelled_csv(path) for path in data_paths]
+    features = np.concatenate([d.features for d in datasets])
+    labels = np.concatenate([d.labels for d in datasets])
+    report = classification_report(labels, predictor.predict(features), predictor.classes)
+    report["data"] = ", ".join(str(p) for p in data_paths)
+    report["data_files"] = [str(p) for p in data_paths]
     return report

@@ -1,0 +1,1 @@
+"""Building training files from Open Food Facts exports: read, label, clean, de-duplicate, split."""

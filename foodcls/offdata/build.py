@@ -1,0 +1,141 @@
+"""`foodcls data build`: exports in, DIR/{train,val,test}.csv + datacard.json + README.md out."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from foodcls import __version__
+from foodcls.data import write_labelled_csv
+from foodcls.errors import ConfigError, DataError
+from foodcls.fileio import atomic_write_json, atomic_write_text
+from foodcls.labels import CLASSES
+from foodcls.offdata.clean import DROP_REASONS, NUMERIC, classify
+from foodcls.offdata.read import SourceStats, read_export
+from foodcls.offdata.rules import load_rules
+
+SPLITS = ("train", "val", "test")
+BatchCallback = Callable[[Path, int], None]  # (source, rows read so far)
+
+
+def parse_split(text: str) -> tuple[float, float, float]:
+    """'0.8,0.1,0.1' → fractions of train, val, test; non-negative, summing to 1."""
+    try:
+        parts = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--split {text!r}: expected three numbers like 0.8,0.1,0.1") from None
+    if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 1) > 1e-6 or parts[0] == 0:
+        raise ConfigError(f"--split {text!r}: expected three non-negative fractions summing to 1, train > 0")
+    return parts  # type: ignore[return-value]
+
+
+def split_of(key: str, fractions: tuple[float, float, float]) -> str:
+    """A product's split follows from a hash of its key alone: stable as the data grow."""
+    position = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2**64
+    if position < fractions[0]:
+        return "train"
+    return "val" if position < fractions[0] + fractions[1] else "test"
+
+
+def build_dataset(
+    sources: list[str | Path], out_dir: str | Path, rules_path: str | Path | None = None,
+    split: str = "0.8,0.1,0.1", on_batch: BatchCallback | None = None,
+) -> dict[str, Any]:
+    """Read, label, clean, de-duplicate and split the sources; write the files; return the datacard."""
+    fractions = parse_split(split)
+    rules = load_rules(rules_path)
+    if not sources:
+        raise DataError("give at least one export file")
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    seen: set[str] = set()
+    rows: dict[str, list[tuple[float, float, float, float, int]]] = {s: [] for s in SPLITS}
+    stats_list = []
+    for source in sources:
+        stats = SourceStats(Path(source))
+        for batch in read_export(source, stats):
+            classified = classify(batch, rules)
+            for reason, count in classified.group_by("reason").len().iter_rows():
+                if reason is not None:
+                    dropped[reason] += count
+            kept = classified.filter(pl.col("reason").is_null()).select("key", *NUMERIC, "label")
+            for key, protein, carbs, fat, additives, label in kept.iter_rows():
+                if key in seen:
+                    dropped["duplicate"] += 1
+                    continue
+                seen.add(key)
+                rows[split_of(key, fractions)].append((protein, carbs, fat, additives, label))
+            if on_batch is not None:
+                on_batch(stats.path, stats.rows)
+        dropped["ragged_row"] += stats.ragged
+        stats_list.append(stats)
+    card = _datacard(stats_list, rows, dropped, rules.to_json(), fractions)
+    _write(Path(out_dir), rows, card)
+    return card
+
+
+def _datacard(stats_list, rows, dropped, rules, fractions) -> dict[str, Any]:
+    per_split = {s: {c: sum(1 for r in rows[s] if r[4] == i) for i, c in enumerate(CLASSES)} for s in SPLITS}
+    return {
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "foodcls_version": __version__,
+        "sources": [
+            {"path": str(s.path), "format": s.format, "sha256": s.sha256, "rows": s.rows, "ragged_rows": s.ragged}
+            for s in stats_list
+        ],
+        "rows_read": sum(s.rows for s in stats_list),
+        "rows_kept": sum(len(r) for r in rows.values()),
+        "per_class": {c: sum(per_split[s][c] for s in SPLITS) for c in CLASSES},
+        "splits": {s: len(rows[s]) for s in SPLITS},
+        "per_split": per_split,
+        "dropped": dropped,
+        "split_fractions": dict(zip(SPLITS, fractions)),
+        "rules": rules,
+    }
+
+
+def _write(out: Path, rows, card: dict[str, Any]) -> None:
+    for split_name in SPLITS:
+        table = np.array(rows[split_name], dtype=np.float64).reshape(-1, 5)
+        write_labelled_csv(out / f"{split_name}.csv", table[:, :4], table[:, 4].astype(np.int64))
+    atomic_write_json(out / "datacard.json", card)
+    atomic_write_text(out / "README.md", datacard_markdown(card))
+
+
+def datacard_markdown(card: dict[str, Any]) -> str:
+    lines = [
+        "# Open Food Facts training data",
+        "",
+        f"Built by `foodcls data build` (foodcls {card['foodcls_version']}) on {card['created_at']} from real",
+        "Open Food Facts products (open data, ODbL). Rows: `label,protein,carbs,fat,additives`.",
+        "",
+        "## Sources",
+        "",
+        "| file | format | rows | SHA-256 |",
+        "|---|---|---|---|",
+        *[f"| {s['path']} | {s['format']} | {s['rows']} | `{s['sha256']}` |" for s in card["sources"]],
+        "",
+        f"Rows read: {card['rows_read']}; kept: {card['rows_kept']}.",
+        "",
+        "## Kept, per class and split",
+        "",
+        "| class | " + " | ".join(SPLITS) + " | total |",
+        "|---|" + "---|" * (len(SPLITS) + 1),
+        *[f"| {c} | " + " | ".join(str(card["per_split"][s][c]) for s in SPLITS) + f" | {card['per_class'][c]} |" for c in CLASSES],
+        "",
+        "## Dropped, per reason",
+        "",
+        "| reason | rows |",
+        "|---|---|",
+        *[f"| {reason} | {count} |" for reason, count in card["dropped"].items()],
+        "",
+        "Labels come from `categories_tags` with the rules in datacard.json; each product goes to a",
+        "split by a hash of its barcode (or of name, brand and nutrients where the barcode was mangled).",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,71 @@
+"""Cleaning: parse the nutrients, give every rejected row one drop reason, build the duplicate key."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from foodcls.offdata.rules import LabelRules, label_expressions
+
+NUMERIC = ("protein", "carbs", "fat", "additives")
+# Every reason a row can be dropped for, in the order they are checked (a row counts under the first).
+DROP_REASONS = (
+    "ragged_row",
+    "no_class",
+    "ambiguous_class",
+    "missing_protein",
+    "missing_carbs",
+    "missing_fat",
+    "missing_additives",
+    "fractional_additives",
+    "negative_value",
+    "nutrient_over_100",
+    "nutrients_sum_over_105",
+    "duplicate",
+)
+SUM_TOLERANCE = 105.0  # protein + carbs + fat may exceed 100 g by rounding on the label
+MANGLED_BARCODE = r"^\d+(?:[.,]\d+)?[eE][+-]?\d+$"  # 8.01E+12: a spreadsheet turned it into a number
+
+
+def _number(column: str) -> pl.Expr:
+    """Decimal point or comma; non-numeric, NaN and infinities become null (counted as missing)."""
+    value = pl.col(column).str.strip_chars().str.replace(",", ".", literal=True).cast(pl.Float64, strict=False)
+    return pl.when(value.is_finite()).then(value).otherwise(None)
+
+
+def _duplicate_key() -> pl.Expr:
+    """The barcode without leading zeros, or, where it is missing or mangled, name + brand + nutrients."""
+    code = pl.col("code").fill_null("").str.strip_chars()
+    stripped = code.str.strip_chars_start("0")
+    usable = (code != "") & ~code.str.contains(MANGLED_BARCODE)
+    fallback = pl.concat_str(
+        [
+            pl.lit("product:"),
+            pl.col("product_name").fill_null("").str.strip_chars().str.to_lowercase(),
+            pl.lit("|"),
+            pl.col("brands").fill_null("").str.strip_chars().str.to_lowercase(),
+            *[e for c in NUMERIC for e in (pl.lit("|"), pl.col(c).cast(pl.String))],
+        ]
+    )
+    return pl.when(usable).then(pl.concat_str([pl.lit("code:"), pl.when(stripped == "").then(pl.lit("0")).otherwise(stripped)])).otherwise(fallback)
+
+
+def classify(batch: pl.DataFrame, rules: LabelRules) -> pl.DataFrame:
+    """Add label, the four numbers, key, and reason (null for rows that are kept, before de-duplication)."""
+    tags = pl.col("categories_tags").fill_null("").str.to_lowercase()
+    label, n_matched = label_expressions(rules, tags)
+    frame = batch.with_columns(label.alias("label"), n_matched.alias("n_matched"), *[_number(c).alias(c) for c in NUMERIC])
+    nutrients = [pl.col(c) for c in ("protein", "carbs", "fat")]
+    reason = (
+        pl.when(pl.col("n_matched") == 0).then(pl.lit("no_class"))
+        .when(pl.col("label").is_null()).then(pl.lit("ambiguous_class"))
+        .when(pl.col("protein").is_null()).then(pl.lit("missing_protein"))
+        .when(pl.col("carbs").is_null()).then(pl.lit("missing_carbs"))
+        .when(pl.col("fat").is_null()).then(pl.lit("missing_fat"))
+        .when(pl.col("additives").is_null()).then(pl.lit("missing_additives"))
+        .when(pl.col("additives") != pl.col("additives").round(0)).then(pl.lit("fractional_additives"))
+        .when(pl.min_horizontal([pl.col(c) for c in NUMERIC]) < 0).then(pl.lit("negative_value"))
+        .when(pl.max_horizontal(nutrients) > 100).then(pl.lit("nutrient_over_100"))
+        .when(pl.sum_horizontal(nutrients) > SUM_TOLERANCE).then(pl.lit("nutrients_sum_over_105"))
+        .otherwise(None)
+    )
+    return frame.with_columns(reason.alias("reason"), _duplicate_key().alias("key"))
