@@ -294,3 +294,24 @@ def data_build(
         dropped.add_row(reason, f"{count:,}")
     for table in (sources_table, kept, dropped):
         stdout.print(table)
+
+
+@data_app.command("download")
+def data_download(
+    out: Annotated[Path, typer.Option("--out", help="Where to save the file (streamed to OUT.part first).")],
+    url: Annotated[Optional[str], typer.Option("--url", help="What to download [default: Open Food Facts' CSV export].")] = None,
+    sha256: Annotated[Optional[str], typer.Option("--sha256", help="Expected SHA-256 of the whole file.")] = None,
+) -> None:
+    """Download an Open Food Facts export; an interrupted download resumes where it stopped."""
+    with reported_errors():
+        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+        from foodcls.offdata.download import OFF_CSV_EXPORT, download
+
+        source = url or OFF_CSV_EXPORT
+        with Progress(
+            BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(), console=stderr, transient=True
+        ) as progress:
+            task = progress.add_task("download", total=None)
+            path = download(source, out, sha256, on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+    stdout.print(f"saved {source} → {path} ({path.stat().st_size:,} bytes)")

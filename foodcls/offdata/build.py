@@ -63,12 +63,14 @@ def build_dataset(
             for reason, count in classified.group_by("reason").len().iter_rows():
                 if reason is not None:
                     dropped[reason] += count
-            kept = classified.filter(pl.col("reason").is_null()).select("key", *NUMERIC, "label")
-            for key, protein, carbs, fat, additives, label in kept.iter_rows():
-                if key in seen:
+            kept = classified.filter(pl.col("reason").is_null()).select("key", "content_key", *NUMERIC, "label")
+            for key, content_key, protein, carbs, fat, additives, label in kept.iter_rows():
+                if key in seen or content_key in seen:
                     dropped["duplicate"] += 1
                     continue
                 seen.add(key)
+                if content_key is not None:
+                    seen.add(content_key)
                 rows[split_of(key, fractions)].append((protein, carbs, fat, additives, label))
             if on_batch is not None:
                 on_batch(stats.path, stats.rows)

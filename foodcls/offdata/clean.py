@@ -32,12 +32,8 @@ def _number(column: str) -> pl.Expr:
     return pl.when(value.is_finite()).then(value).otherwise(None)
 
 
-def _duplicate_key() -> pl.Expr:
-    """The barcode without leading zeros, or, where it is missing or mangled, name + brand + nutrients."""
-    code = pl.col("code").fill_null("").str.strip_chars()
-    stripped = code.str.strip_chars_start("0")
-    usable = (code != "") & ~code.str.contains(MANGLED_BARCODE)
-    fallback = pl.concat_str(
+def _content_key() -> pl.Expr:
+    return pl.concat_str(
         [
             pl.lit("product:"),
             pl.col("product_name").fill_null("").str.strip_chars().str.to_lowercase(),
@@ -46,7 +42,18 @@ def _duplicate_key() -> pl.Expr:
             *[e for c in NUMERIC for e in (pl.lit("|"), pl.col(c).cast(pl.String))],
         ]
     )
-    return pl.when(usable).then(pl.concat_str([pl.lit("code:"), pl.when(stripped == "").then(pl.lit("0")).otherwise(stripped)])).otherwise(fallback)
+
+
+def _duplicate_keys() -> tuple[pl.Expr, pl.Expr]:
+    """(key, content_key). key: the barcode without leading zeros, or, where it is missing or mangled,
+    name + brand + nutrients; it also decides the split. content_key: name + brand + nutrients where
+    there is a name, so a mangled copy of a product with a good barcode is caught too."""
+    code = pl.col("code").fill_null("").str.strip_chars()
+    stripped = code.str.strip_chars_start("0")
+    usable = (code != "") & ~code.str.contains(MANGLED_BARCODE)
+    barcode_key = pl.concat_str([pl.lit("code:"), pl.when(stripped == "").then(pl.lit("0")).otherwise(stripped)])
+    named = pl.col("product_name").fill_null("").str.strip_chars() != ""
+    return pl.when(usable).then(barcode_key).otherwise(_content_key()), pl.when(named).then(_content_key()).otherwise(None)
 
 
 def classify(batch: pl.DataFrame, rules: LabelRules) -> pl.DataFrame:
@@ -68,4 +75,5 @@ def classify(batch: pl.DataFrame, rules: LabelRules) -> pl.DataFrame:
         .when(pl.sum_horizontal(nutrients) > SUM_TOLERANCE).then(pl.lit("nutrients_sum_over_105"))
         .otherwise(None)
     )
-    return frame.with_columns(reason.alias("reason"), _duplicate_key().alias("key"))
+    key, content_key = _duplicate_keys()
+    return frame.with_columns(reason.alias("reason"), key.alias("key"), content_key.alias("content_key"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import gzip
 import hashlib
 import io
 import json
@@ -19,7 +20,7 @@ from pathlib import Path
 import polars as pl
 
 from foodcls.errors import DataError
-from foodcls.offdata.sniff import ExportFormat, open_binary, sniff
+from foodcls.offdata.sniff import ExportFormat, sniff
 
 # Export column → our column. product_name and brands only serve the fallback duplicate key.
 COLUMNS = {
@@ -49,19 +50,29 @@ class SourceStats:
     ragged: int = 0
 
 
+class _HashingReader(io.RawIOBase):
+    """Pass reads through, hashing the bytes as stored on disk (compressed or not)."""
+
+    def __init__(self, handle, digest) -> None:
+        self.handle, self.digest = handle, digest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self.handle.readinto(buffer)
+        self.digest.update(memoryview(buffer)[:n])
+        return n
+
+
 def _utf8_blocks(path: Path, fmt: ExportFormat, digest) -> Iterator[bytes]:
     """The file as UTF-8 bytes in large blocks, hashing the raw bytes on the way."""
-    raw = open(path, "rb")  # noqa: SIM115
-    with raw, (open_binary(path, True) if fmt.gzipped else raw) as handle:
+    with open(path, "rb", buffering=0) as raw:
+        stream = io.BufferedReader(_HashingReader(raw, digest), buffer_size=BLOCK_BYTES)
+        handle = gzip.GzipFile(fileobj=stream) if fmt.gzipped else stream
         decoder = None if fmt.encoding == "utf-8" else codecs.getincrementaldecoder(fmt.encoding)(errors="replace")
-        position = 0
         while True:
             block = handle.read(BLOCK_BYTES)
-            # Hash what is on disk, compressed or not, so the datacard names the exact file.
-            new_position = raw.tell()
-            raw.seek(position)
-            digest.update(raw.read(new_position - position))
-            position = new_position
             if decoder is not None:
                 block = decoder.decode(block, final=not block).lstrip("\ufeff").encode("utf-8")
             if not block:

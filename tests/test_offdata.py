@@ -1,0 +1,145 @@
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from foodcls.errors import ConfigError, DataError
+from foodcls.offdata.build import build_dataset, parse_split, split_of
+from foodcls.offdata.read import SourceStats, read_export
+from foodcls.offdata.rules import load_rules
+from foodcls.offdata.sniff import sniff
+from tests import offexports as off
+from tests.conftest import REPO
+
+WRITERS = {
+    "off.tsv": off.off_tsv,
+    "off.tsv.gz": lambda p: off.off_tsv(p, gz=True),
+    "comma-bom.csv": off.spreadsheet_csv,
+    "semicolon-cp1252-decimal-comma.csv": lambda p: off.spreadsheet_csv(p, ";", "cp1252", decimal_comma=True),
+    "utf16.tsv": off.utf16_tsv,
+    "off.jsonl": off.off_jsonl,
+    "off.jsonl.gz": lambda p: off.off_jsonl(p, gz=True),
+}
+
+
+@pytest.mark.parametrize("name", WRITERS)
+def test_every_export_flavour_gives_the_same_products(tmp_path, name):
+    path = WRITERS[name](tmp_path / name)
+    card = build_dataset([path], tmp_path / "out")
+    assert card["per_class"] == off.EXPECTED_KEPT
+    assert card["dropped"] == off.EXPECTED_DROPPED
+    assert card["sources"][0]["rows"] == len(off.PRODUCTS) + 1
+    rows = []
+    for split in ("train", "val", "test"):
+        rows += (tmp_path / "out" / f"{split}.csv").read_text().splitlines()[1:]
+    assert sorted(rows) == sorted(["snacks,6.3,57.5,30.9,1", "beverages,0,10.6,0,2", "meats,20,1,12,2", "desserts,4,15,3,3"])
+
+
+def test_format_detection(tmp_path):
+    assert sniff(off.off_tsv(tmp_path / "a.tsv")).describe() == "tab-separated, utf-8"
+    assert sniff(off.off_tsv(tmp_path / "a.gz", gz=True)).describe() == "tab-separated, utf-8, gzip"
+    assert sniff(off.spreadsheet_csv(tmp_path / "b.csv", ";", "cp1252")).describe() == "semicolon-separated, quoted, cp1252"
+    assert sniff(off.utf16_tsv(tmp_path / "c.tsv")).describe() == "tab-separated, utf-16"
+    assert sniff(off.off_jsonl(tmp_path / "d.jsonl")).describe() == "JSONL, utf-8"
+
+
+def test_build_writes_training_files_datacard_and_readme(tmp_path):
+    card = build_dataset([off.off_tsv(tmp_path / "a.tsv")], tmp_path / "out")
+    assert set(os.listdir(tmp_path / "out")) == {"train.csv", "val.csv", "test.csv", "datacard.json", "README.md"}
+    assert json.loads((tmp_path / "out" / "datacard.json").read_text()) == card
+    assert card["sources"][0]["sha256"] == __import__("hashlib").sha256((tmp_path / "a.tsv").read_bytes()).hexdigest()
+    assert sum(card["splits"].values()) == card["rows_kept"] == 4
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert card["sources"][0]["sha256"] in readme and "nutrients_sum_over_105" in readme
+    from foodcls.data import read_labelled_csv
+
+    assert len(read_labelled_csv(tmp_path / "out" / "train.csv")) == card["splits"]["train"]
+
+
+def test_gzip_source_is_hashed_as_stored(tmp_path):
+    path = off.off_tsv(tmp_path / "a.tsv.gz", gz=True)
+    card = build_dataset([path], tmp_path / "out")
+    assert card["sources"][0]["sha256"] == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+
+
+def test_duplicates_across_sources_are_dropped(tmp_path):
+    first = off.utf16_tsv(tmp_path / "a.tsv")
+    second = off.spreadsheet_csv(tmp_path / "b.csv", multiline_cell=False)
+    card = build_dataset([first, second], tmp_path / "out")
+    assert card["per_class"] == off.EXPECTED_KEPT
+    # Good barcodes match by code; the mangled ones (3.02E+12) by name + brand + nutrients.
+    assert card["dropped"]["duplicate"] == 1 + 1 + 4  # within each file, then all four across files
+
+
+def test_not_an_export_names_the_file_and_what_is_missing(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("name,price\napple,1\n")
+    with pytest.raises(DataError, match=r"x.csv: not an Open Food Facts export: no code, categories_tags, proteins_100g"):
+        build_dataset([path], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_split_is_a_stable_function_of_the_key():
+    fractions = parse_split("0.8,0.1,0.1")
+    keys = [f"code:{i}" for i in range(5000)]
+    splits = Counter(split_of(k, fractions) for k in keys)
+    assert abs(splits["train"] / 5000 - 0.8) < 0.03 and abs(splits["test"] / 5000 - 0.1) < 0.03
+    assert [split_of(k, fractions) for k in keys] == [split_of(k, fractions) for k in keys]
+
+
+def test_more_data_never_moves_a_product_between_splits(tmp_path):
+    small = build_dataset([off.off_tsv(tmp_path / "a.tsv")], tmp_path / "small")
+    off.off_jsonl(tmp_path / "b.jsonl")
+    extra = tmp_path / "extra.tsv"
+    extra.write_text("\t".join(off.HEADER) + "\n" + "\n".join(
+        "\t".join([f"4{i:012d}", "u", f"P{i}", "B", "en:meats", "1", "5", "", "1", "20"]) for i in range(200)) + "\n")
+    build_dataset([extra, tmp_path / "a.tsv"], tmp_path / "big")
+    for split in ("train", "val", "test"):
+        before = set((tmp_path / "small" / f"{split}.csv").read_text().splitlines()[1:])
+        after = set((tmp_path / "big" / f"{split}.csv").read_text().splitlines()[1:])
+        assert before <= after
+    assert small["rows_kept"] == 4
+
+
+def test_bad_split_and_rules_are_refused(tmp_path):
+    for text in ("0.8,0.1", "0.8,0.3,0.1", "a,b,c", "0,0.5,0.5"):
+        with pytest.raises(ConfigError, match="--split"):
+            parse_split(text)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("classes:\n  cakes: [en:cakes]\n")
+    with pytest.raises(ConfigError, match="classes.cakes: unknown class"):
+        load_rules(rules)
+
+
+def test_precedence_resolves_ambiguous_products(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    text = (REPO / "foodcls" / "offdata" / "rules.yaml").read_text().replace("precedence: []", "precedence: [desserts, snacks]")
+    rules.write_text(text)
+    card = build_dataset([off.off_tsv(tmp_path / "a.tsv")], tmp_path / "out", rules_path=rules)
+    assert card["dropped"]["ambiguous_class"] == 0
+    assert card["per_class"]["desserts"] == 2
+
+
+def test_ragged_rows_are_counted_not_fatal(tmp_path):
+    stats = SourceStats(Path("x"))
+    path = off.off_tsv(tmp_path / "a.tsv")
+    list(read_export(path, stats))
+    assert stats.ragged == 1 and stats.rows == len(off.PRODUCTS) + 1
+
+
+SAMPLES = Path(os.environ.get("FOODCLS_OFF_SAMPLES", REPO.parent / "shared" / "data" / "off-exports"))
+needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"real OFF samples not found at {SAMPLES} (set FOODCLS_OFF_SAMPLES)")
+
+
+@needs_samples
+def test_real_samples_build(tmp_path):
+    sources = sorted(SAMPLES.glob("off-*"))
+    assert len(sources) == 6
+    card = build_dataset(sources, tmp_path / "off")
+    assert all(source["rows"] > 500 for source in card["sources"])
+    assert 450 <= card["rows_kept"] <= 650
+    assert card["per_class"]["desserts"] >= 20 and min(card["per_class"].values()) >= 20
+    assert card["dropped"]["duplicate"] > 0 and card["dropped"]["no_class"] > 0 and card["dropped"]["ragged_row"] >= 1
+    assert set(card["dropped"]) == set(off.EXPECTED_DROPPED)
