@@ -58,27 +58,43 @@ def build_dataset(
     stats_list = []
     for source in sources:
         stats = SourceStats(Path(source))
-        for batch in read_export(source, stats):
-            classified = classify(batch, rules)
-            for reason, count in classified.group_by("reason").len().iter_rows():
-                if reason is not None:
-                    dropped[reason] += count
-            kept = classified.filter(pl.col("reason").is_null()).select("key", "content_key", *NUMERIC, "label")
-            for key, content_key, protein, carbs, fat, additives, label in kept.iter_rows():
-                if key in seen or content_key in seen:
-                    dropped["duplicate"] += 1
-                    continue
-                seen.add(key)
-                if content_key is not None:
-                    seen.add(content_key)
-                rows[split_of(key, fractions)].append((protein, carbs, fat, additives, label))
-            if on_batch is not None:
-                on_batch(stats.path, stats.rows)
+        codes, kept = _classify_source(source, stats, rules, on_batch)
+        if stats.excluded:
+            excluded = np.fromiter(stats.excluded, dtype=np.int64)
+            codes[excluded] = len(DROP_REASONS) + 1  # past every reason: counted in stats.ragged, or blank
+            kept = kept.filter(~pl.col("row").is_in(excluded.tolist()))
+        counts = np.bincount(codes, minlength=len(DROP_REASONS) + 2)
+        for index, reason in enumerate(DROP_REASONS):
+            dropped[reason] += int(counts[index + 1])
         dropped["ragged_row"] += stats.ragged
+        for key, content_key, protein, carbs, fat, additives, label in kept.drop("row").iter_rows():
+            if key in seen or content_key in seen:
+                dropped["duplicate"] += 1
+                continue
+            seen.add(key)
+            if content_key is not None:
+                seen.add(content_key)
+            rows[split_of(key, fractions)].append((protein, carbs, fat, additives, label))
         stats_list.append(stats)
     card = _datacard(stats_list, rows, dropped, rules.to_json(), fractions)
     _write(Path(out_dir), rows, card)
     return card
+
+
+def _classify_source(source, stats: SourceStats, rules, on_batch) -> tuple[np.ndarray, pl.DataFrame]:
+    """Per row, a one-byte code (0 kept, i + 1 for DROP_REASONS[i]), and the kept rows, in file order."""
+    codes, kept = [], []
+    read_rows = 0
+    for batch in read_export(source, stats, lambda frame: classify(frame, rules)):
+        if len(batch) and batch["row"][0] != read_rows:
+            raise DataError(f"{source}: internal error: batches arrived out of order")
+        read_rows += len(batch)
+        codes.append(batch["code"].to_numpy())
+        kept.append(batch.filter(pl.col("code") == 0).select("row", "key", "content_key", *NUMERIC, "label"))
+        if on_batch is not None:
+            on_batch(stats.path, read_rows)
+    all_codes = np.concatenate(codes) if codes else np.zeros(0, dtype=np.uint8)
+    return all_codes, pl.concat(kept) if kept else pl.DataFrame()
 
 
 def _datacard(stats_list, rows, dropped, rules, fractions) -> dict[str, Any]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import polars as pl
 
 from foodcls.offdata.rules import LabelRules, label_expressions
 
+Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
 NUMERIC = ("protein", "carbs", "fat", "additives")
 # Every reason a row can be dropped for, in the order they are checked (a row counts under the first).
 DROP_REASONS = (
@@ -56,24 +59,31 @@ def _duplicate_keys() -> tuple[pl.Expr, pl.Expr]:
     return pl.when(usable).then(barcode_key).otherwise(_content_key()), pl.when(named).then(_content_key()).otherwise(None)
 
 
-def classify(batch: pl.DataFrame, rules: LabelRules) -> pl.DataFrame:
-    """Add label, the four numbers, key, and reason (null for rows that are kept, before de-duplication)."""
+def classify(batch: Frame, rules: LabelRules) -> Frame:
+    """Add label, the four numbers, key, content_key, and code: 0 for a row kept (before
+    de-duplication), i + 1 for a row dropped for DROP_REASONS[i]. Works lazily too."""
     tags = pl.col("categories_tags").fill_null("").str.to_lowercase()
     label, n_matched = label_expressions(rules, tags)
     frame = batch.with_columns(label.alias("label"), n_matched.alias("n_matched"), *[_number(c).alias(c) for c in NUMERIC])
     nutrients = [pl.col(c) for c in ("protein", "carbs", "fat")]
-    reason = (
-        pl.when(pl.col("n_matched") == 0).then(pl.lit("no_class"))
-        .when(pl.col("label").is_null()).then(pl.lit("ambiguous_class"))
-        .when(pl.col("protein").is_null()).then(pl.lit("missing_protein"))
-        .when(pl.col("carbs").is_null()).then(pl.lit("missing_carbs"))
-        .when(pl.col("fat").is_null()).then(pl.lit("missing_fat"))
-        .when(pl.col("additives").is_null()).then(pl.lit("missing_additives"))
-        .when(pl.col("additives") != pl.col("additives").round(0)).then(pl.lit("fractional_additives"))
-        .when(pl.min_horizontal([pl.col(c) for c in NUMERIC]) < 0).then(pl.lit("negative_value"))
-        .when(pl.max_horizontal(nutrients) > 100).then(pl.lit("nutrient_over_100"))
-        .when(pl.sum_horizontal(nutrients) > SUM_TOLERANCE).then(pl.lit("nutrients_sum_over_105"))
-        .otherwise(None)
-    )
+    checks = [
+        ("no_class", pl.col("n_matched") == 0),
+        ("ambiguous_class", pl.col("label").is_null()),
+        ("missing_protein", pl.col("protein").is_null()),
+        ("missing_carbs", pl.col("carbs").is_null()),
+        ("missing_fat", pl.col("fat").is_null()),
+        ("missing_additives", pl.col("additives").is_null()),
+        ("fractional_additives", pl.col("additives") != pl.col("additives").round(0)),
+        ("negative_value", pl.min_horizontal([pl.col(c) for c in NUMERIC]) < 0),
+        ("nutrient_over_100", pl.max_horizontal(nutrients) > 100),
+        ("nutrients_sum_over_105", pl.sum_horizontal(nutrients) > SUM_TOLERANCE),
+    ]
+    code = pl.lit(0, pl.UInt8)
+    for reason, failed in reversed(checks):  # built inside out, so the first check wins
+        code = pl.when(failed).then(pl.lit(reason_code(reason), pl.UInt8)).otherwise(code)
     key, content_key = _duplicate_keys()
-    return frame.with_columns(reason.alias("reason"), key.alias("key"), content_key.alias("content_key"))
+    return frame.with_columns(code.alias("code"), key.alias("key"), content_key.alias("content_key"))
+
+
+def reason_code(reason: str) -> int:
+    return DROP_REASONS.index(reason) + 1

@@ -13,13 +13,15 @@ import gzip
 import hashlib
 import io
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import polars as pl
 
 from foodcls.errors import DataError
+from foodcls.offdata.scan import scan_tsv
 from foodcls.offdata.sniff import ExportFormat, sniff
 
 # Export column → our column. product_name and brands only serve the fallback duplicate key.
@@ -35,6 +37,8 @@ COLUMNS = {
 }
 REQUIRED = ("code", "categories_tags", "proteins_100g", "carbohydrates_100g", "fat_100g", "additives_n")
 JSON_NUTRIMENTS = ("proteins_100g", "carbohydrates_100g", "fat_100g")
+Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
+Transform = Callable[[Frame], Frame]
 BLOCK_BYTES = 32 << 20
 BATCH_ROWS = 50_000
 
@@ -48,6 +52,9 @@ class SourceStats:
     sha256: str = ""
     rows: int = 0
     ragged: int = 0
+    # Row indices (the `row` column) to leave out after the fact: the fast path learns which rows
+    # were ragged or blank only once the whole file has been checked.
+    excluded: set[int] = field(default_factory=set)
 
 
 class _HashingReader(io.RawIOBase):
@@ -200,18 +207,51 @@ def _json_lines(lines: list[bytes], columns: dict[str, list], stats: SourceStats
         yield _frame(columns)
 
 
-def read_export(path: str | Path, stats: SourceStats) -> Iterator[pl.DataFrame]:
-    """Batches with columns code, product_name, brands, categories_tags, protein, carbs, fat, additives."""
+def _fast_batches(path: Path, stats: SourceStats, transform: Transform) -> Iterator[pl.DataFrame]:
+    with open(path, "rb") as handle:
+        header = handle.readline()
+    names = header.decode("utf-8", errors="replace").rstrip("\r\n").split("\t")
+    indices = _header_indices(names, path)
+    columns = {COLUMNS[k]: i for k, i in indices.items()}
+    batches, check = scan_tsv(path, len(header), columns, len(names), lambda frame: transform(_complete(frame)))
+    yield from batches
+    stats.sha256 = check.sha256
+    stats.rows = check.lines - len(check.blank)
+    stats.ragged = len(check.ragged)
+    stats.excluded = check.ragged | check.blank
+
+
+def _numbered(batches: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+    row = 0
+    for batch in batches:
+        yield batch.with_row_index("row", offset=row)
+        row += len(batch)
+
+
+def _complete(frame: Frame) -> Frame:
+    """Add the optional columns a source lacks, as nulls."""
+    names = frame.collect_schema().names()
+    return frame.with_columns([pl.lit(None, pl.String).alias(c) for c in COLUMNS.values() if c not in names])
+
+
+def read_export(path: str | Path, stats: SourceStats, transform: Transform = lambda frame: frame) -> Iterator[pl.DataFrame]:
+    """Batches with columns row, code, product_name, brands, categories_tags, protein, carbs, fat,
+    additives (strings), in file order, passed through transform (lazily, on the fast path).
+    stats is complete once the batches are exhausted."""
     path = Path(path)
     fmt = sniff(path)
     stats.format = fmt.describe()
     digest = hashlib.sha256()
-    if fmt.kind == "jsonl":
-        batches = _jsonl_batches(path, fmt, stats, digest)
+    if fmt.kind == "csv" and not fmt.quoted and not fmt.gzipped and fmt.encoding == "utf-8":
+        yield from _fast_batches(path, stats, transform)
+        return
+    elif fmt.kind == "jsonl":
+        batches = _numbered(_jsonl_batches(path, fmt, stats, digest))
     elif fmt.quoted:
-        batches = _quoted_batches(path, fmt, stats, digest)
+        batches = _numbered(_quoted_batches(path, fmt, stats, digest))
     else:
-        batches = _tsv_batches(path, fmt, stats, digest)
+        batches = _numbered(_tsv_batches(path, fmt, stats, digest))
     for batch in batches:
-        yield batch.with_columns([pl.lit(None, pl.String).alias(c) for c in COLUMNS.values() if c not in batch.columns])
-    stats.sha256 = digest.hexdigest()
+        yield transform(_complete(batch))
+    if not stats.sha256:
+        stats.sha256 = digest.hexdigest()
