@@ -169,7 +169,7 @@ def eval_(
         if baselines:
             from foodcls.baselines import baseline_scores
 
-            report["baselines"], report["baseline_details"] = baseline_scores(path, report["data"])
+            report["baselines"], report["baseline_details"] = baseline_scores(path, report["data_files"])
     if as_json:
         print_json(report)
         return
@@ -315,3 +315,124 @@ def data_download(
             task = progress.add_task("download", total=None)
             path = download(source, out, sha256, on_progress=lambda done, total: progress.update(task, completed=done, total=total))
     stdout.print(f"saved {source} → {path} ({path.stat().st_size:,} bytes)")
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+@runs_app.command("list")
+def runs_list(runs_root: RunsRootOption = Path("runs"), as_json: JsonOption = False) -> None:
+    """All runs under the runs root, oldest first: status, epochs, best val and test accuracy."""
+    from foodcls.runs import find_runs, run_overview
+
+    overviews = [run_overview(d) for d in find_runs(runs_root)]
+    if as_json:
+        print_json(overviews)
+        return
+    table = Table(title=f"{len(overviews)} runs under {runs_root}/")
+    for column in ("run", "config", "status", "epochs", "best val acc", "test acc", "started (UTC)"):
+        table.add_column(column, justify="right" if "acc" in column or column == "epochs" else "left", no_wrap=column == "run")
+    for o in overviews:
+        status = {"finished": "green", "interrupted": "yellow", "failed": "red"}.get(o["status"], "white")
+        table.add_row(str(Path(o["run_dir"]).relative_to(runs_root)), o["config"], f"[{status}]{o['status']}[/]", str(o["epochs"]),
+                      _fmt(o["best_val_accuracy"]), _fmt(o["test_accuracy"]), o["started_at"].replace("T", " ")[:16])
+    stdout.print(table)
+
+
+@runs_app.command("compare")
+def runs_compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories to put side by side.")],
+    as_json: JsonOption = False,
+) -> None:
+    """The runs' metrics side by side, and only the config keys that differ."""
+    with reported_errors():
+        from foodcls.runs import compare_runs
+
+        comparison = compare_runs(run_dirs)
+    if as_json:
+        print_json(comparison)
+        return
+    table = Table(title="runs compared")
+    table.add_column("")
+    for overview in comparison["runs"]:
+        table.add_column(overview["run"], justify="right")
+    for key, values in comparison["config_diff"].items():
+        table.add_row(f"[cyan]{key}[/]", *(_fmt(v) for v in values))
+    if comparison["config_diff"]:
+        table.add_section()
+    for name, values in comparison["metrics"].items():
+        table.add_row(name, *(_fmt(v) for v in values))
+    stdout.print(table)
+
+
+@app.command()
+def sweep(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Base YAML config.")],
+    grid: Annotated[Optional[list[str]], typer.Option("--grid", help="KEY=V1,V2,... (repeatable): every combination is run.")] = None,
+    seeds: Annotated[int, typer.Option("--seeds", help="Seeds per combination: train.seed, +1, +2, ...")] = 1,
+    overrides: SetOption = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Parallel worker processes [default: number of cores].")] = None,
+    runs_root: RunsRootOption = Path("runs"),
+    as_json: JsonOption = False,
+) -> None:
+    """Run a grid of configs × seeds in parallel; report mean ± std per combination."""
+    with reported_errors():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from foodcls.sweep import plan_sweep, run_sweep
+
+        total = sum(len(configs) for _, configs in plan_sweep(config, grid or [], seeds, overrides or []))
+        with Progress(TextColumn("runs"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(), console=stderr) as progress:
+            task = progress.add_task("sweep", total=total)
+
+            def on_run(run: dict[str, Any]) -> None:
+                progress.advance(task)
+                if run["status"] == "failed":
+                    progress.console.print(f"[red]failed:[/red] {run['params']} seed {run['seed']}: {run['error']}", highlight=False)
+
+            report = run_sweep(config, grid or [], seeds, overrides or [], workers, runs_root, on_run=on_run)
+    if as_json:
+        print_json(report)
+        return
+    best = report["best"]
+    table = Table(title=f"sweep {report['sweep_dir']} ({report['seeds']} seed(s) per combination)"
+                  + (f"; best by mean {best['criterion']}" if best else ""))
+    keys = list(report["results"][0]["params"]) if report["results"] else []
+    for key in keys:
+        table.add_column(key)
+    for column in ("runs", "val accuracy", "test accuracy"):
+        table.add_column(column, justify="right")
+    for entry in report["results"]:
+        ok = sum(1 for r in entry["runs"] if r["status"] != "failed")
+        cells = [
+            "-" if entry["mean"][m] is None else f"{entry['mean'][m]:.4f} ± {entry['std'][m]:.4f}"
+            for m in ("val_accuracy", "test_accuracy")
+        ]
+        is_best = best is not None and entry["params"] == best["params"]
+        table.add_row(*(json.dumps(entry["params"][k]) for k in keys), f"{ok}/{len(entry['runs'])}", *cells,
+                      style="bold green" if is_best else None)
+    stdout.print(table)
+
+
+@app.command()
+def plot(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories.")],
+    out: Annotated[Path, typer.Option("--out", help="Where the overlay plots of several runs go.")] = Path("."),
+) -> None:
+    """Redraw each run's plots; with several runs, also overlay their learning curves and gradient norms."""
+    with reported_errors():
+        from foodcls.plots import plot_grad_norms, plot_learning_curves, write_run_plots
+        from foodcls.runs import resolve_run_dir
+
+        runs = [resolve_run_dir(d) for d in run_dirs]
+        written = [path for run in runs for path in write_run_plots(run)]
+        if len(runs) > 1:
+            out.mkdir(parents=True, exist_ok=True)
+            written += [out / "compare_learning_curves.png", out / "compare_grad_norms.png"]
+            plot_learning_curves(runs, written[-2])
+            plot_grad_norms(runs, written[-1])
+    for path in written:
+        stdout.print(str(path))

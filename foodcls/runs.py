@@ -20,9 +20,9 @@ LAST_CHECKPOINT = "last.safetensors"
 NO_RUN_HINT = "run `foodcls train --config configs/mlp.yaml` first"
 
 
-def create_run_dir(runs_root: str | Path, stem: str) -> Path:
-    """Make `runs_root/<stem>-<UTC timestamp>`, suffixed -2, -3… when that name is taken (never reused)."""
-    root = Path(runs_root)
+def unique_dir(root: str | Path, stem: str) -> Path:
+    """Make `root/<stem>-<UTC timestamp>`, suffixed -2, -3… when that name is taken (never reused)."""
+    root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     base = f"{stem}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
     for attempt in range(1, 10_000):
@@ -31,9 +31,14 @@ def create_run_dir(runs_root: str | Path, stem: str) -> Path:
             candidate.mkdir()  # atomic: fails if another run took the name first
         except FileExistsError:
             continue
-        (candidate / CHECKPOINT_DIR).mkdir()
         return candidate
-    raise RunError(f"{root}: cannot create a unique run directory for {base}")
+    raise RunError(f"{root}: cannot create a unique directory for {base}")
+
+
+def create_run_dir(runs_root: str | Path, stem: str) -> Path:
+    run_dir = unique_dir(runs_root, stem)
+    (run_dir / CHECKPOINT_DIR).mkdir()
+    return run_dir
 
 
 def best_checkpoint(run_dir: Path) -> Path:
@@ -88,3 +93,59 @@ def resolve_run_dir(path: str | Path) -> Path:
     if not (run_dir / CONFIG_FILE).is_file():
         raise RunError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
     return run_dir
+
+
+def run_status(run_dir: Path, summary: dict[str, Any]) -> str:
+    """finished / interrupted / failed; a run marked running whose process is gone was killed."""
+    status = summary.get("status", "interrupted")
+    if status == "running":
+        pid = summary.get("pid")
+        try:
+            if pid is not None and pid != os.getpid():
+                os.kill(pid, 0)
+                return "running"
+        except OSError:
+            pass
+        return "interrupted" if pid != os.getpid() else "running"
+    return status
+
+
+def run_overview(run_dir: Path) -> dict[str, Any]:
+    """One run's headline figures, from summary.json and metrics.jsonl."""
+    summary = read_summary(run_dir)
+    records = read_metrics(run_dir)
+    val = [r["val_accuracy"] for r in records if "val_accuracy" in r]
+    return {
+        "run_dir": str(run_dir),
+        "run": run_dir.name,
+        "config": summary.get("name", ""),
+        "status": run_status(run_dir, summary),
+        "epochs": records[-1]["epoch"] if records else 0,
+        "best_epoch": summary.get("best_epoch"),
+        "best_val_accuracy": max(val) if val else None,
+        "val_accuracy": summary.get("val_accuracy"),
+        "test_accuracy": summary.get("test_accuracy"),
+        "test_macro_f1": summary.get("evaluation", {}).get("test", {}).get("macro_f1"),
+        "final_train_loss": records[-1]["train_loss"] if records else None,
+        "train_seconds": summary.get("train_seconds"),
+        "started_at": summary.get("started_at", ""),
+    }
+
+
+def compare_runs(run_dirs: list[Path]) -> dict[str, Any]:
+    """The runs' figures side by side and only the config keys whose values differ."""
+    import yaml
+
+    from foodcls.config import flatten
+
+    overviews = [run_overview(resolve_run_dir(d)) for d in run_dirs]
+    configs = [flatten(yaml.safe_load((Path(d) / CONFIG_FILE).read_text(encoding="utf-8")) or {}) for d in run_dirs]
+    keys = sorted({k for c in configs for k in c})
+    diff = {k: [c.get(k) for c in configs] for k in keys if len({repr(c.get(k)) for c in configs}) > 1}
+    metric_names = ("status", "epochs", "best_epoch", "best_val_accuracy", "val_accuracy", "test_accuracy",
+                    "test_macro_f1", "final_train_loss", "train_seconds")
+    return {
+        "runs": overviews,
+        "config_diff": diff,
+        "metrics": {name: [o[name] for o in overviews] for name in metric_names},
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -292,6 +293,7 @@ def _fit(config, splits: Splits, device, run_dir: Path, checkpoint: Checkpoint |
     summary.update(
         name=name,
         status="running",
+        pid=os.getpid(),
         started_at=summary.get("started_at", datetime.now(timezone.utc).isoformat(timespec="seconds")),
         monitor=metric,
         data={"train": len(splits.train), "val": len(splits.val) if splits.val else 0, "test": len(splits.test) if splits.test else 0},

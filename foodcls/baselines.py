@@ -1,0 +1,50 @@
+"""Baselines beside every result: majority class, logistic regression, gradient boosting (scikit-learn),
+trained on the checkpoint's own training data and scored on the same evaluation data as the MLP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from foodcls.data import LabelledData, fit_scale, read_labelled_csv, stratified_split
+from foodcls.evaluate import classification_report
+from foodcls.labels import CLASSES
+from foodcls.predict import load_predictor
+
+
+def training_data(config: dict[str, Any]) -> LabelledData:
+    """The rows the checkpoint was trained on: its train file, less any val_fraction held out."""
+    train = read_labelled_csv(config["data"]["train"])
+    fraction = config["data"].get("val_fraction")
+    if fraction:
+        kept, _ = stratified_split(train.labels, fraction, config["train"]["seed"])
+        train = train.subset(kept)
+    return train
+
+
+def baseline_scores(checkpoint_path: str | Path, data_files: list[str]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """({name: accuracy}, {name: {accuracy, macro_f1, balanced_accuracy}}) on the evaluation files."""
+    from sklearn.dummy import DummyClassifier
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    config = load_predictor(checkpoint_path).config
+    seed = config["train"]["seed"]
+    train = training_data(config)
+    evaluation = [read_labelled_csv(path) for path in data_files]
+    x_eval = np.concatenate([d.features for d in evaluation])
+    y_eval = np.concatenate([d.labels for d in evaluation])
+    scale = fit_scale(train.features)  # the same scaling the MLP gets
+    models = {
+        "majority": DummyClassifier(strategy="most_frequent"),
+        "logistic_regression": LogisticRegression(max_iter=2000),
+        "gradient_boosting": HistGradientBoostingClassifier(random_state=seed),
+    }
+    details = {}
+    for name, model in models.items():
+        model.fit(train.features / scale, train.labels)
+        report = classification_report(y_eval, model.predict(x_eval / scale), CLASSES)
+        details[name] = {k: report[k] for k in ("accuracy", "macro_f1", "balanced_accuracy")}
+    return {name: d["accuracy"] for name, d in details.items()}, details

@@ -1,0 +1,131 @@
+"""Sweeps: every grid combination × N seeds as ordinary runs under one sweep directory, in parallel."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import statistics
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from foodcls.config import Config, apply_override, config_to_dict, load_config, parse_yaml_value, validate_config
+from foodcls.errors import ConfigError, FoodclsError
+from foodcls.fileio import atomic_write_json
+from foodcls.runs import unique_dir
+
+METRICS = ("test_accuracy", "val_accuracy")
+RunCallback = Callable[[dict[str, Any]], None]
+
+
+def split_values(text: str) -> list[str]:
+    """'0.1,0.01' → ['0.1', '0.01']; commas inside brackets stay: '[32,32],[64]' → ['[32,32]', '[64]']."""
+    values, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            values.append(current)
+            current = ""
+        else:
+            current += char
+    values.append(current)
+    return [v.strip() for v in values]
+
+
+def parse_grid(grid: list[str]) -> dict[str, list[Any]]:
+    parsed: dict[str, list[Any]] = {}
+    for item in grid:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,...")
+        if key.strip() in parsed:
+            raise ConfigError(f"--grid {item!r}: {key.strip()} is given twice")
+        parsed[key.strip()] = [parse_yaml_value(v) for v in split_values(values)]
+    return parsed
+
+
+def plan_sweep(config_path: str | Path, grid: list[str], seeds: int, overrides: list[str]) -> list[tuple[dict[str, Any], list[Config]]]:
+    """(params, one validated config per seed) for each grid combination; everything checked up front."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    base = load_config(config_path, overrides)
+    axes = parse_grid(grid)
+    plan = []
+    for combination in itertools.product(*axes.values()) if axes else [()]:
+        params = dict(zip(axes, combination))
+        configs = []
+        for offset in range(seeds):
+            raw = config_to_dict(base)
+            for key, value in [*params.items(), ("train.seed", base.train.seed + offset)]:
+                apply_override(raw, f"{key}={json.dumps(value)}")
+            configs.append(validate_config(raw, f"--grid {', '.join(f'{k}={v}' for k, v in params.items())}"))
+        plan.append((params, configs))
+    return plan
+
+
+def _run_one(config_dict: dict[str, Any], runs_root: str, name: str) -> dict[str, Any]:
+    """In a worker process: train one run, report its figures or its error."""
+    from foodcls.config import Config
+    from foodcls.train import train
+
+    config = Config.model_validate(config_dict)
+    try:
+        result = train(config, runs_root=runs_root, name=name)
+        return {"run_dir": str(result.run_dir), "seed": config.train.seed, "status": result.status,
+                "test_accuracy": result.test_accuracy, "val_accuracy": result.val_accuracy}
+    except FoodclsError as error:
+        return {"run_dir": None, "seed": config.train.seed, "status": "failed", "error": str(error)}
+    except Exception as error:  # a crashed run must not stop the sweep
+        return {"run_dir": None, "seed": config.train.seed, "status": "failed", "error": f"{type(error).__name__}: {error}"}
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Mean ± std per combination; the best is chosen on val accuracy when every run has it, else test."""
+    for entry in results:
+        for metric in METRICS:
+            values = [r[metric] for r in entry["runs"] if r.get(metric) is not None]
+            entry["mean"][metric], entry["std"][metric] = _mean_std(values)
+    criterion = "val_accuracy" if all(e["mean"]["val_accuracy"] is not None for e in results) else "test_accuracy"
+    scored = [e for e in results if e["mean"][criterion] is not None]
+    best = max(scored, key=lambda e: e["mean"][criterion], default=None)
+    return {"criterion": criterion, **best} if best is not None else None
+
+
+def run_sweep(
+    config_path: str | Path, grid: list[str], seeds: int = 1, overrides: list[str] = (), workers: int | None = None,
+    runs_root: str | Path = "runs", on_run: RunCallback | None = None,
+) -> dict[str, Any]:
+    """Run the sweep; returns (and writes to sweep.json) per-combination runs, mean and std, and the best."""
+    import os
+
+    plan = plan_sweep(config_path, list(grid), seeds, list(overrides))
+    stem = Path(config_path).stem
+    sweep_dir = unique_dir(runs_root, f"sweep-{stem}")
+    results = [{"params": params, "runs": [], "mean": {}, "std": {}} for params, _ in plan]
+    jobs = [(i, config) for i, (_, configs) in enumerate(plan) for config in configs]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        futures = {
+            pool.submit(_run_one, config_to_dict(config), str(sweep_dir), f"{stem}-{i + 1}-seed{config.train.seed}"): i
+            for i, config in jobs
+        }
+        for future in as_completed(futures):
+            run = future.result()
+            run["params"] = results[futures[future]]["params"]
+            results[futures[future]]["runs"].append(run)
+            if on_run is not None:
+                on_run(run)
+    for entry in results:
+        entry["runs"].sort(key=lambda r: r["seed"])
+    report = {"sweep_dir": str(sweep_dir), "seeds": seeds, "results": results}
+    report["best"] = summarise(results)
+    atomic_write_json(sweep_dir / "sweep.json", report)
+    return report
