@@ -27,7 +27,7 @@ runs_app = typer.Typer(help="List and compare run directories.", no_args_is_help
 app.add_typer(data_app, name="data")
 app.add_typer(runs_app, name="runs")
 
-stdout = Console()
+stdout = Console(soft_wrap=True)  # long paths stay whole, so they can be copied and parsed
 stderr = Console(stderr=True)
 
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]
@@ -334,7 +334,8 @@ def runs_list(runs_root: RunsRootOption = Path("runs"), as_json: JsonOption = Fa
         return
     table = Table(title=f"{len(overviews)} runs under {runs_root}/")
     for column in ("run", "config", "status", "epochs", "best val acc", "test acc", "started (UTC)"):
-        table.add_column(column, justify="right" if "acc" in column or column == "epochs" else "left", no_wrap=column == "run")
+        table.add_column(column, justify="right" if "acc" in column or column == "epochs" else "left",
+                         no_wrap=column in ("run", "status"))
     for o in overviews:
         status = {"finished": "green", "interrupted": "yellow", "failed": "red"}.get(o["status"], "white")
         table.add_row(str(Path(o["run_dir"]).relative_to(runs_root)), o["config"], f"[{status}]{o['status']}[/]", str(o["epochs"]),

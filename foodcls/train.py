@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -145,6 +147,14 @@ def _make_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> Any:
     if t.scheduler == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=t.scheduler_gamma, patience=t.scheduler_step_size)
     return None
+
+
+def _step_scheduler(scheduler: Any, metric: float | None) -> None:
+    # The plain-SGD fast path updates weights without optimizer.step(), which torch takes for a
+    # scheduler stepped before its optimizer; the order is in fact right, so that warning is noise.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`"))
+        scheduler.step() if metric is None else scheduler.step(metric)
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
@@ -320,10 +330,7 @@ def _fit(config, splits: Splits, device, run_dir: Path, checkpoint: Checkpoint |
                 record["lr"] = optimizer.param_groups[0]["lr"]
                 record["grad_norms"] = grad_norms
                 if scheduler is not None:
-                    if t.scheduler == "plateau":
-                        scheduler.step(record["val_loss" if val is not None else "train_loss"])
-                    else:
-                        scheduler.step()
+                    _step_scheduler(scheduler, record["val_loss" if val is not None else "train_loss"] if t.scheduler == "plateau" else None)
                 progress.epoch = epoch
                 if _improved(record[metric], progress.best_value, metric, min_delta):
                     progress.best_value, progress.best_epoch, progress.bad_epochs = record[metric], epoch, 0

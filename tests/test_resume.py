@@ -1,0 +1,89 @@
+"""Exact resume: a run killed at any moment and resumed ends with exactly the uninterrupted run's model."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from foodcls import runs
+from foodcls.checkpoint import load_checkpoint
+from foodcls.config import load_config
+from foodcls.train import resume, train
+
+# Adam (optimizer state), a cosine schedule (scheduler state), a val split and early stopping that
+# never fires (its counter is state too).
+RESUMABLE = ["train.optimizer=adam", "train.lr=0.003", "train.scheduler=cosine", "data.val_fraction=0.2",
+             "train.early_stopping.patience=1000"]
+
+
+def assert_same_model(a, b):
+    first, second = load_checkpoint(a), load_checkpoint(b)
+    assert first.meta["epoch"] == second.meta["epoch"]
+    for name in first.arrays:
+        if name.startswith(("net.", "optim.")):
+            assert np.array_equal(first.arrays[name], second.arrays[name]), name
+
+
+def metric_lines(run_dir):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in runs.read_metrics(run_dir)]
+
+
+def test_sigkill_and_resume_ends_identical_to_an_uninterrupted_run(config_file, tmp_path):
+    overrides = [*RESUMABLE, "train.epochs=300"]
+    reference = train(load_config(config_file, overrides), runs_root=tmp_path / "reference", name="r")
+
+    args = [sys.executable, "-m", "foodcls", "train", "--config", str(config_file), "--runs-root", str(tmp_path / "killed")]
+    for override in overrides:
+        args += ["--set", override]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    run_dir = None
+    while time.time() < deadline:
+        found = list((tmp_path / "killed").glob("small-*"))
+        if found and len(runs.read_metrics(found[0])) >= 15:
+            run_dir = found[0]
+            break
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert run_dir is not None, "the run never got going"
+    killed_at = load_checkpoint(runs.last_checkpoint(run_dir)).meta["epoch"]
+    assert 15 <= killed_at < 300, "the kill should land mid-run"
+    assert runs.run_overview(run_dir)["status"] == "interrupted"
+
+    result = subprocess.run([sys.executable, "-m", "foodcls", "train", "--resume", str(run_dir), "--json"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["epochs_run"] == 300
+    assert_same_model(runs.last_checkpoint(run_dir), reference.last_checkpoint)
+    assert_same_model(runs.best_checkpoint(run_dir), reference.best_checkpoint)
+    assert metric_lines(run_dir) == metric_lines(reference.run_dir)  # each epoch exactly once
+    assert runs.read_summary(run_dir)["status"] == "finished"
+
+
+def test_resume_after_ctrl_c_with_more_epochs_equals_one_longer_run(config_file, tmp_path):
+    def stop_at_7(record, total):
+        if record["epoch"] == 7:
+            raise KeyboardInterrupt
+
+    short = train(load_config(config_file, [*RESUMABLE, "train.scheduler=none", "train.epochs=10"]),
+                  runs_root=tmp_path / "a", name="s", on_epoch=stop_at_7)
+    assert short.status == "interrupted"
+    resumed = resume(short.run_dir, ["train.epochs=20"])
+    longer = train(load_config(config_file, [*RESUMABLE, "train.scheduler=none", "train.epochs=20"]), runs_root=tmp_path / "b", name="l")
+    assert resumed.epochs_run == 20
+    assert_same_model(resumed.last_checkpoint, longer.last_checkpoint)
+    assert [r["epoch"] for r in runs.read_metrics(short.run_dir)] == list(range(1, 21))
+
+
+def test_resume_refuses_a_changed_model(config_file, tmp_path):
+    import pytest
+
+    from foodcls.errors import ConfigError
+
+    run = train(load_config(config_file), runs_root=tmp_path, name="m")
+    with pytest.raises(ConfigError, match="model section cannot change"):
+        resume(run.run_dir, ["model.hidden=[8]"])
