@@ -404,7 +404,7 @@ def sweep(
     keys = list(report["results"][0]["params"]) if report["results"] else []
     for key in keys:
         table.add_column(key)
-    for column in ("runs", "val accuracy", "test accuracy"):
+    for column in ("runs", "val accuracy", "test accuracy", ""):
         table.add_column(column, justify="right")
     for entry in report["results"]:
         ok = sum(1 for r in entry["runs"] if r["status"] != "failed")
@@ -414,7 +414,7 @@ def sweep(
         ]
         is_best = best is not None and entry["params"] == best["params"]
         table.add_row(*(json.dumps(entry["params"][k]) for k in keys), f"{ok}/{len(entry['runs'])}", *cells,
-                      style="bold green" if is_best else None)
+                      "best" if is_best else "", style="bold green" if is_best else None)
     stdout.print(table)
 
 

@@ -72,7 +72,7 @@ def plot_grad_norms(run_dirs: list[Path], out: Path) -> None:
     ax.set_yscale("log")
     ax.set(xlabel="epoch", ylabel="mean gradient norm of the layer's weights", title="Gradient norm per layer")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
     _save(fig, out)
 
 
