@@ -15,8 +15,38 @@ from rich.table import Table
 from foodcls import __version__
 from foodcls.errors import FoodclsError
 
+def _is(error: BaseException, class_name: str) -> bool:
+    # By name: typer ships its own copy of click's exceptions in some versions and uses click's in others.
+    return any(cls.__name__ == class_name for cls in type(error).__mro__)
+
+
+class OneLineErrors(typer.core.TyperGroup):
+    """Usage mistakes (a bad option value, an unknown option) get the same one-line error as ours."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except Exception as error:
+            if _is(error, "UsageError") and not _is(error, "NoArgsIsHelpError"):
+                ctx = getattr(error, "ctx", None)
+                hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+                Console(stderr=True).print(f"[red]error:[/red] {error.format_message()}{hint}", highlight=False, soft_wrap=True)
+                sys.exit(2)
+            if _is(error, "ClickException"):
+                error.show()
+                sys.exit(error.exit_code)
+            if _is(error, "Abort"):
+                Console(stderr=True).print("aborted")
+                sys.exit(130)
+            raise
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
     name="foodcls",
+    cls=OneLineErrors,
     help="Train a small neural network that sorts packaged food into beverages, meats, snacks and desserts.",
     no_args_is_help=True,
     add_completion=False,
@@ -115,7 +145,7 @@ def train(
         from foodcls.config import load_config
 
         if (config is None) == (resume is None):
-            raise FoodclsError("give --config PATH for a new run or --resume RUN_DIR, not both")
+            raise FoodclsError("give either --config PATH (a new run) or --resume RUN_DIR (continue one)")
         with EpochBar() as on_epoch:
             if config is not None:
                 cfg = load_config(config, overrides or [])

@@ -147,3 +147,11 @@ def test_data_synth_writes_the_demo_set(tmp_path):
     result = invoke("data", "synth", "--out", tmp_path, "--n-train", 40, "--n-test", 20, "--seed", 3)
     assert result.exit_code == 0
     assert len((tmp_path / "train.csv").read_text().splitlines()) == 41
+
+
+def test_usage_mistakes_get_one_line_errors(tmp_path):
+    result = run_cli("predict", "--protein", "abc", "--carbs", 1, "--fat", 1, "--additives", 0)
+    one_line_error(result, "--protein", "foodcls predict --help")
+    assert result.returncode == 2
+    one_line_error(run_cli("eval", "--bogus"), "No such option: --bogus")
+    one_line_error(run_cli("train", cwd=tmp_path), "--config")
