@@ -109,3 +109,19 @@ def test_plot_redraws_and_overlays(trained_run, config_file, tmp_path):
     for path in written:
         with open(path, "rb") as handle:
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "plateau"])
+def test_cosine_and_plateau_schedules_lower_the_learning_rate(config_file, tmp_path, schedule):
+    config = load_config(config_file, ["train.epochs=12", f"train.scheduler={schedule}", "train.scheduler_step_size=1",
+                                       "train.optimizer=adam", "train.lr=0.5"])
+    lrs = [r["lr"] for r in runs.read_metrics(train(config, runs_root=tmp_path, name=schedule).run_dir)]
+    assert lrs[0] == 0.5 and min(lrs) < 0.5 and all(b <= a for a, b in zip(lrs, lrs[1:]))
+
+
+def test_train_json_reports_best_epoch_with_early_stopping(config_file, tmp_path):
+    result = invoke("train", "--config", config_file, "--runs-root", tmp_path, "--json", "--set", "data.val_fraction=0.2",
+                    "--set", "train.early_stopping.patience=2", "--set", "train.epochs=200", "--set", "train.lr=0.5")
+    trained = json.loads(result.stdout)
+    assert trained["epochs_run"] == trained["best_epoch"] + 2 < 200
+    assert trained["val_accuracy"] is not None
