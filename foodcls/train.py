@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -200,7 +201,7 @@ def _tensors(data: LabelledData, scale: np.ndarray, device: torch.device) -> tup
 
 
 def _model_arrays(model: nn.Module, scale: np.ndarray) -> dict[str, np.ndarray]:
-    arrays = {f"{WEIGHT_PREFIX}{k}": v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    arrays = {f"{WEIGHT_PREFIX}{k}": v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
     arrays["scale"] = scale
     return arrays
 
@@ -218,21 +219,22 @@ def _model_meta(config: Config, epoch: int, metrics: dict[str, Any]) -> dict[str
     }
 
 
-def _save_last(run_dir, model, optimizer, scheduler, scale, config, progress: _Progress, metrics) -> None:
-    """The resumable checkpoint: weights plus optimizer, scheduler, RNG and loop state."""
+def _resumable_state(model, optimizer, scheduler, scale, config, progress: _Progress, metrics) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Arrays and metadata of the resumable last checkpoint: weights plus optimizer, scheduler, RNG
+    and loop state, copied off the live objects."""
     arrays = _model_arrays(model, scale)
     opt_state = optimizer.state_dict()
     for pid, state in opt_state["state"].items():
         for key, value in state.items():
-            arrays[f"optim.{pid}.{key}"] = value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
+            arrays[f"optim.{pid}.{key}"] = value.detach().cpu().numpy().copy() if torch.is_tensor(value) else np.asarray(value)
     arrays["rng.torch"] = torch.get_rng_state().numpy()
     meta = _model_meta(config, progress.epoch, metrics)
     meta["train_state"] = {
-        "progress": vars(progress),
-        "param_groups": opt_state["param_groups"],
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "progress": dict(vars(progress)),
+        "param_groups": copy.deepcopy(opt_state["param_groups"]),
+        "scheduler": copy.deepcopy(scheduler.state_dict()) if scheduler is not None else None,
     }
-    save_checkpoint(runs.last_checkpoint(run_dir), arrays, meta)
+    return arrays, meta
 
 
 def _restore(checkpoint: Checkpoint, model, optimizer, scheduler) -> _Progress:
@@ -312,7 +314,8 @@ def _fit(config, splits: Splits, device, run_dir: Path, checkpoint: Checkpoint |
     _write_summary(run_dir, summary)
     _truncate_metrics(run_dir, progress.epoch)
 
-    status, stop_reason, record, saved_epoch = "finished", "epochs", {}, progress.epoch
+    status, stop_reason = "finished", "epochs"
+    unsaved = None  # the last completed epoch's resumable state, when not yet on disk
     try:
         with open(run_dir / runs.METRICS_FILE, "a", encoding="utf-8") as metrics_file:
             while progress.epoch < t.epochs:
@@ -340,9 +343,10 @@ def _fit(config, splits: Splits, device, run_dir: Path, checkpoint: Checkpoint |
                 progress.train_seconds += time.perf_counter() - started
                 record["seconds"] = round(time.perf_counter() - started, 6)
                 stop = t.early_stopping is not None and progress.bad_epochs >= t.early_stopping.patience
+                unsaved = _resumable_state(model, optimizer, scheduler, scale, config, progress, record)
                 if epoch % t.checkpoint_every == 0 or epoch == t.epochs or stop:
-                    _save_last(run_dir, model, optimizer, scheduler, scale, config, progress, record)
-                    saved_epoch = epoch
+                    save_checkpoint(runs.last_checkpoint(run_dir), *unsaved)
+                    unsaved = None
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
                 if on_epoch is not None:
@@ -351,9 +355,10 @@ def _fit(config, splits: Splits, device, run_dir: Path, checkpoint: Checkpoint |
                     stop_reason = "early_stopping"
                     break
     except KeyboardInterrupt:
+        # The live weights may be halfway through an epoch: save the state kept at the last epoch's end.
         status, stop_reason = "interrupted", "interrupted"
-        if saved_epoch != progress.epoch:
-            _save_last(run_dir, model, optimizer, scheduler, scale, config, progress, record)
+        if unsaved is not None:
+            save_checkpoint(runs.last_checkpoint(run_dir), *unsaved)
     except BaseException:
         summary["status"] = "failed"
         _write_summary(run_dir, summary)

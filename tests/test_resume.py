@@ -87,3 +87,26 @@ def test_resume_refuses_a_changed_model(config_file, tmp_path):
     run = train(load_config(config_file), runs_root=tmp_path, name="m")
     with pytest.raises(ConfigError, match="model section cannot change"):
         resume(run.run_dir, ["model.hidden=[8]"])
+
+
+def test_ctrl_c_in_the_middle_of_an_epoch_saves_the_last_completed_epoch(config_file, tmp_path, monkeypatch):
+    import foodcls.train as training
+
+    overrides = [*RESUMABLE, "train.epochs=12", "train.checkpoint_every=5"]
+    real = training.loss_gradients
+    calls = {"n": 0}
+
+    def interrupt_in_epoch_8(*args):
+        calls["n"] += 1
+        if calls["n"] == 7 * 8 + 3:  # 8 batches per epoch (480 rows, batch 64): 3 steps into epoch 8
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(training, "loss_gradients", interrupt_in_epoch_8)
+    interrupted = train(load_config(config_file, overrides), runs_root=tmp_path / "a", name="i")
+    monkeypatch.setattr(training, "loss_gradients", real)
+    assert interrupted.status == "interrupted" and interrupted.epochs_run == 7
+    assert load_checkpoint(interrupted.last_checkpoint).meta["epoch"] == 7
+    resume(interrupted.run_dir)
+    reference = train(load_config(config_file, overrides), runs_root=tmp_path / "b", name="r")
+    assert_same_model(interrupted.last_checkpoint, reference.last_checkpoint)
