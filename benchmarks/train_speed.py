@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from foodcls.config import ModelConfig
 from foodcls.data import fit_scale, read_labelled_csv
 from foodcls.model import build_model
-from foodcls.train import _train_epoch, epoch_order
+from foodcls.train import TORCH_THREADS, _train_epoch, epoch_order
 
 
 class ProductDataset(Dataset):
@@ -48,14 +48,18 @@ def tutorial_epoch(model, optimizer, loader) -> float:
     return total
 
 
-def timed(fn, epochs: int) -> float:
-    fn()  # warm-up
-    times = []
+def timed_interleaved(fns: dict[str, object], epochs: int) -> dict[str, float]:
+    """Median seconds per epoch of each function, run in turns so that a shared machine's drift in
+    speed hits all of them alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(epochs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -74,25 +78,35 @@ def main() -> None:
         model = build_model(ModelConfig(), 4, 4)
         return model, torch.optim.SGD(model.parameters(), lr=0.01)
 
-    results = {}
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
+    def foodcls_epoch(threads: int):
         model, optimizer = fresh()
         epoch = iter(range(1, 10**6))
-        results[f"foodcls, {threads} thread(s)"] = timed(
-            lambda: _train_epoch(model, "relu", optimizer, x, y, epoch_order(0, next(epoch), len(y)), 256, None), args.epochs
-        )
-    foodcls_best = min(results.values())
-    torch.set_num_threads(torch.get_num_threads())
+
+        def run() -> None:
+            torch.set_num_threads(threads)
+            _train_epoch(model, "relu", optimizer, x, y, epoch_order(0, next(epoch), len(y)), 256, None)
+
+        return run
+
     model, optimizer = fresh()
     loader = DataLoader(ProductDataset(features, data.labels), batch_size=256, shuffle=True)
-    tutorial = timed(lambda: tutorial_epoch(model, optimizer, loader), args.epochs)
+    default_threads = torch.get_num_threads()
 
-    print(f"torch {torch.__version__}, {len(y)} rows, batch 256, median of {args.epochs} epochs")
+    def tutorial() -> None:
+        torch.set_num_threads(default_threads)  # the tutorial runs with torch's defaults
+        tutorial_epoch(model, optimizer, loader)
+
+    results = timed_interleaved(
+        {"foodcls, 1 thread": foodcls_epoch(1), "foodcls, 2 threads": foodcls_epoch(2), "tutorial DataLoader loop": tutorial},
+        args.epochs,
+    )
+    tutorial_time = results.pop("tutorial DataLoader loop")
+    foodcls_time = results[f"foodcls, {TORCH_THREADS} thread" + ("s" if TORCH_THREADS > 1 else "")]
+    print(f"torch {torch.__version__}, {len(y)} rows, batch 256, median of {args.epochs} epochs each, interleaved")
     for name, seconds in results.items():
         print(f"{name:<24} {seconds * 1000:8.2f} ms/epoch")
-    print(f"{'tutorial DataLoader loop':<24} {tutorial * 1000:8.2f} ms/epoch")
-    print(f"speed-up: {tutorial / foodcls_best:.1f}x")
+    print(f"{'tutorial DataLoader loop':<24} {tutorial_time * 1000:8.2f} ms/epoch")
+    print(f"speed-up: {tutorial_time / foodcls_time:.1f}x (tutorial / foodcls at TORCH_THREADS={TORCH_THREADS}, as it trains)")
 
 
 if __name__ == "__main__":

@@ -24,9 +24,10 @@ def _activation_backward(name: str, grad: torch.Tensor, pre: torch.Tensor, post:
 
 @torch.no_grad()
 def loss_gradients(
-    layers: list[nn.Linear], activation: str, x: torch.Tensor, y: torch.Tensor, class_weight: torch.Tensor | None
+    layers: list[nn.Linear], activation: str, x: torch.Tensor, one_hot: torch.Tensor, row_weight: torch.Tensor | None
 ) -> list[torch.Tensor]:
-    """Gradients of F.cross_entropy(model(x), y, weight=class_weight) for [W0, b0, W1, b1, ...]."""
+    """Gradients of F.cross_entropy(model(x), y, weight=class_weight) for [W0, b0, W1, b1, ...],
+    given one_hot = one_hot(y) and row_weight = class_weight[y] (the caller builds both once per epoch)."""
     act = _ACTIVATION[activation]
     inputs, pre_acts = [x], []
     h = x
@@ -37,14 +38,11 @@ def loss_gradients(
             h = act(z)
             inputs.append(h)
     # d(mean cross-entropy)/d(logits) = (softmax - one_hot) weighted per row by the true class's weight.
-    grad = torch.softmax(z, dim=1)
-    rows = torch.arange(len(y), device=y.device)
-    grad[rows, y] -= 1
-    if class_weight is None:
-        grad /= len(y)
+    grad = torch.softmax(z, dim=1).sub_(one_hot)
+    if row_weight is None:
+        grad.div_(len(x))
     else:
-        row_weight = class_weight[y]
-        grad *= (row_weight / row_weight.sum()).unsqueeze(1)
+        grad.mul_((row_weight / row_weight.sum()).unsqueeze(1))
     grads: list[torch.Tensor] = [torch.empty(0)] * (2 * len(layers))
     for i in range(len(layers) - 1, -1, -1):
         grads[2 * i] = grad.t().mm(inputs[i])

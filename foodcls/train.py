@@ -175,9 +175,12 @@ def _train_epoch(model, activation, optimizer, x, y, order, batch_size, weight) 
     # Plain SGD is one fused in-place update; momentum, weight decay and Adam go through torch.optim.
     plain_sgd = isinstance(optimizer, torch.optim.SGD) and group["momentum"] == 0 and group["weight_decay"] == 0
     xs, ys = x[order], y[order]
+    targets = F.one_hot(ys, layers[-1].out_features).to(xs.dtype)
+    row_weights = weight[ys] if weight is not None else None
     norms = []
     for start in range(0, len(order), batch_size):
-        grads = loss_gradients(layers, activation, xs[start : start + batch_size], ys[start : start + batch_size], weight)
+        batch = slice(start, start + batch_size)
+        grads = loss_gradients(layers, activation, xs[batch], targets[batch], row_weights[batch] if row_weights is not None else None)
         norms.append(torch.stack(torch._foreach_norm(grads[0::2])))
         if plain_sgd:
             with torch.no_grad():

@@ -19,7 +19,7 @@ def test_gradients_match_autograd(activation, weighted):
     F.cross_entropy(model(x), y, weight=weight).backward()
     layers = linear_layers(model)
     expected = [p.grad for layer in layers for p in (layer.weight, layer.bias)]
-    actual = loss_gradients(layers, activation, x, y, weight)
+    actual = loss_gradients(layers, activation, x, F.one_hot(y, 4).double(), weight[y] if weighted else None)
 
     assert len(actual) == len(expected)
     for got, want in zip(actual, expected):
