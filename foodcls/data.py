@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from foodcls.errors import DataError
+from foodcls.fileio import atomic_write_text
 from foodcls.labels import CLASSES, FEATURES
 
 LABELLED_HEADERS = (("label", *FEATURES), ("class", *FEATURES))
@@ -156,8 +157,6 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 
 def write_labelled_csv(path: Path, features: np.ndarray, labels: np.ndarray) -> None:
     """Write rows as `class,protein,carbs,fat,additives` with a header, atomically."""
-    from foodcls.fileio import atomic_write_text
-
     lines = ["label," + ",".join(FEATURES)]
     for (protein, carbs, fat, additives), label in zip(features.tolist(), labels.tolist()):
         lines.append(f"{CLASSES[label]},{protein:g},{carbs:g},{fat:g},{int(additives)}")
