@@ -256,12 +256,10 @@ def predict(
 
 
 def _predict_batch(checkpoint: Path, input_path: str, output_path: str) -> None:
-    from foodcls.data import read_feature_table
     from foodcls.fileio import atomic_write_text
-    from foodcls.predict import format_csv, load_predictor, predict_table
+    from foodcls.predict import predict_csv
 
-    predictor = load_predictor(checkpoint)
-    text = format_csv(*predict_table(predictor, read_feature_table(input_path)))
+    text = predict_csv(checkpoint, input_path)  # everything is read and checked before anything is written
     if output_path == "-":
         sys.stdout.write(text)
     else:

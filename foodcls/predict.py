@@ -83,3 +83,10 @@ def format_csv(header: list[str], rows: list[list[str]]) -> str:
     writer.writerow(header)
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+def predict_csv(checkpoint_path: str | Path, input_path: str | Path) -> str:
+    """Batch prediction: the input CSV (or - for stdin) with predicted and p_<class> columns, as text."""
+    from foodcls.data import read_feature_table
+
+    return format_csv(*predict_table(load_predictor(checkpoint_path), read_feature_table(input_path)))
