@@ -41,10 +41,6 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple
     }
 
 
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
-    return classification_report(y_true, y_pred, [str(i) for i in range(n_classes)])["macro_f1"]
-
-
 def evaluate_checkpoint(checkpoint_path: str | Path, data_paths: list[str | Path] | None = None) -> dict[str, Any]:
     """Score a checkpoint on labelled CSVs taken together (default: the test file in its config), in numpy."""
     from foodcls.data import read_labelled_csv

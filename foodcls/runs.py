@@ -94,18 +94,21 @@ def resolve_run_dir(path: str | Path) -> Path:
     return run_dir
 
 
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
 def run_status(run_dir: Path, summary: dict[str, Any]) -> str:
-    """finished / interrupted / failed; a run marked running whose process is gone was killed."""
+    """finished / interrupted / failed; a run still marked running whose process is gone was killed."""
     status = summary.get("status", "interrupted")
-    if status == "running":
-        pid = summary.get("pid")
-        try:
-            if pid is not None and pid != os.getpid():
-                os.kill(pid, 0)
-                return "running"
-        except OSError:
-            pass
-        return "interrupted" if pid != os.getpid() else "running"
+    if status == "running" and not _alive(summary.get("pid")):
+        return "interrupted"
     return status
 
 
