@@ -4,24 +4,13 @@ trained on the checkpoint's own training data and scored on the same evaluation 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 
-from foodcls.data import LabelledData, fit_scale, read_labelled_csv, stratified_split
+from foodcls.config import Config
+from foodcls.data import fit_scale, read_labelled_csv, split_training_file
 from foodcls.evaluate import classification_report
 from foodcls.labels import CLASSES
 from foodcls.predict import load_predictor
-
-
-def training_data(config: dict[str, Any]) -> LabelledData:
-    """The rows the checkpoint was trained on: its train file, less any val_fraction held out."""
-    train = read_labelled_csv(config["data"]["train"])
-    fraction = config["data"].get("val_fraction")
-    if fraction:
-        kept, _ = stratified_split(train.labels, fraction, config["train"]["seed"])
-        train = train.subset(kept)
-    return train
 
 
 def baseline_scores(checkpoint_path: str | Path, data_files: list[str]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
@@ -30,9 +19,9 @@ def baseline_scores(checkpoint_path: str | Path, data_files: list[str]) -> tuple
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
 
-    config = load_predictor(checkpoint_path).config
-    seed = config["train"]["seed"]
-    train = training_data(config)
+    config = Config.model_validate(load_predictor(checkpoint_path).config)
+    seed = config.train.seed
+    train, _ = split_training_file(config)
     evaluation = [read_labelled_csv(path) for path in data_files]
     x_eval = np.concatenate([d.features for d in evaluation])
     y_eval = np.concatenate([d.labels for d in evaluation])

@@ -8,12 +8,16 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from foodcls.errors import DataError
 from foodcls.fileio import atomic_write_text
 from foodcls.labels import CLASSES, FEATURES
+
+if TYPE_CHECKING:  # only for annotations: the predict path must not load the config schema
+    from foodcls.config import Config
 
 LABELLED_HEADERS = (("label", *FEATURES), ("class", *FEATURES))
 
@@ -31,6 +35,13 @@ class LabelledData:
 
     def subset(self, indices: np.ndarray) -> LabelledData:
         return LabelledData(self.features[indices], self.labels[indices], self.source)
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: LabelledData
+    val: LabelledData | None
+    test: LabelledData | None
 
 
 @dataclass(frozen=True)
@@ -153,6 +164,24 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
         held.append(idx[:n_held])
         kept.append(idx[n_held:])
     return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
+
+
+def split_training_file(config: Config) -> tuple[LabelledData, LabelledData | None]:
+    """The rows a model trains on: the train file less any val_fraction, and the part held out
+    (stratified, seeded by train.seed)."""
+    train = read_labelled_csv(config.data.train)
+    if config.data.val_fraction is None:
+        return train, None
+    kept, held = stratified_split(train.labels, config.data.val_fraction, config.train.seed)
+    return train.subset(kept), train.subset(held)
+
+
+def load_splits(config: Config) -> Splits:
+    """Read train / val / test; a val_fraction is carved out of train."""
+    train, held_out = split_training_file(config)
+    val = read_labelled_csv(config.data.val) if config.data.val else held_out
+    test = read_labelled_csv(config.data.test) if config.data.test else None
+    return Splits(train, val, test)
 
 
 def write_labelled_csv(path: Path, features: np.ndarray, labels: np.ndarray) -> None:

@@ -24,7 +24,7 @@ from foodcls import __version__, runs
 from foodcls.backprop import loss_gradients
 from foodcls.checkpoint import WEIGHT_PREFIX, Checkpoint, load_checkpoint, save_checkpoint
 from foodcls.config import Config, config_to_dict, config_to_yaml, load_config
-from foodcls.data import LabelledData, fit_scale, read_labelled_csv, stratified_split
+from foodcls.data import LabelledData, Splits, fit_scale, load_splits
 from foodcls.errors import ConfigError, RunError
 from foodcls.evaluate import classification_report
 from foodcls.fileio import atomic_write_json, atomic_write_text
@@ -36,13 +36,6 @@ from foodcls.model import build_model, linear_layers
 TORCH_THREADS = 1
 
 EpochCallback = Callable[[dict[str, Any], int], None]  # (epoch record, total epochs)
-
-
-@dataclass(frozen=True)
-class Splits:
-    train: LabelledData
-    val: LabelledData | None
-    test: LabelledData | None
 
 
 @dataclass(frozen=True)
@@ -86,17 +79,6 @@ class _Progress:
     best_epoch: int | None = None
     bad_epochs: int = 0
     train_seconds: float = 0.0
-
-
-def load_splits(config: Config) -> Splits:
-    """Read train / val / test; a val_fraction is carved out of train, stratified and seeded."""
-    train = read_labelled_csv(config.data.train)
-    val = read_labelled_csv(config.data.val) if config.data.val else None
-    if config.data.val_fraction is not None:
-        kept, held = stratified_split(train.labels, config.data.val_fraction, config.train.seed)
-        train, val = train.subset(kept), train.subset(held)
-    test = read_labelled_csv(config.data.test) if config.data.test else None
-    return Splits(train, val, test)
 
 
 def monitored_metric(config: Config, has_val: bool) -> str:
