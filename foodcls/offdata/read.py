@@ -1,8 +1,9 @@
 """Stream an export as batches of the columns we use, as strings; ragged rows are counted and skipped.
 
-Tab-separated exports without quoting (OFF's own CSV export) go through polars in large blocks: the
-fast path that keeps a 10 GB export within bounded memory. Quoted spreadsheet re-saves go through
-Python's csv module (they are small: spreadsheets stop at about a million rows); JSONL through json.
+OFF's own export, plain UTF-8 TSV, takes the fast path in scan.py. Other unquoted TSVs (gzip, UTF-16,
+cp1252) are decoded in large blocks and parsed by polars block by block, with bounded memory. Quoted
+spreadsheet re-saves go through Python's csv module (they are small: spreadsheets stop at about a
+million rows); JSONL through json.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import TypeVar
 import polars as pl
 
 from foodcls.errors import DataError
-from foodcls.offdata.scan import scan_tsv
+from foodcls.offdata.scan import line_problem, scan_tsv
 from foodcls.offdata.sniff import ExportFormat, sniff
 
 # Export column → our column. product_name and brands only serve the fallback duplicate key.
@@ -124,9 +125,10 @@ def _parse_tsv_block(block: bytes, indices: dict[str, int], width: int, stats: S
         return
     lines = block.count(b"\n")
     if block.count(b"\t") != lines * (width - 1):
-        # Some line has too many or too few fields: keep only the well-formed ones.
-        kept = [line for line in block.split(b"\n")[:-1] if line.count(b"\t") == width - 1]
-        blank = sum(1 for line in block.split(b"\n")[:-1] if not line.strip())
+        # Some line is blank or has too many or too few fields: keep only the well-formed ones.
+        problems = [(line, line_problem(line, width)) for line in block.split(b"\n")[:-1]]
+        kept = [line for line, problem in problems if problem is None]
+        blank = sum(1 for _, problem in problems if problem == "blank")
         stats.ragged += lines - len(kept) - blank
         lines -= blank
         block = b"\n".join(kept) + b"\n"

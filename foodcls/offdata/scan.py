@@ -28,12 +28,18 @@ class LineCheck:
     error: BaseException | None = None
 
 
+def line_problem(line: bytes, width: int) -> str | None:
+    """'blank', 'ragged' (wrong number of tab-separated fields) or None for a well-formed line."""
+    if not line.strip():
+        return "blank"
+    return "ragged" if line.count(b"\t") != width - 1 else None
+
+
 def _exact_check(segment: bytes, first_line: int, width: int, result: LineCheck) -> None:
     for offset, line in enumerate(segment.split(b"\n")[:-1]):
-        if not line.strip():
-            result.blank.add(first_line + offset)
-        elif line.count(b"\t") != width - 1:
-            result.ragged.add(first_line + offset)
+        problem = line_problem(line, width)
+        if problem is not None:
+            (result.blank if problem == "blank" else result.ragged).add(first_line + offset)
 
 
 def check_lines(path: Path, header_bytes: int, width: int, result: LineCheck) -> None:
