@@ -10,10 +10,20 @@ from typing import Annotated, Any, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from foodcls import __version__
 from foodcls.errors import FoodclsError
+
+stdout = Console(soft_wrap=True)  # long paths stay whole, so they can be copied and parsed
+stderr = Console(stderr=True)
+
+
+def print_error(message: str) -> None:
+    """The one-line form every error takes."""
+    stderr.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+
 
 def _is(error: BaseException, class_name: str) -> bool:
     # By name: typer ships its own copy of click's exceptions in some versions and uses click's in others.
@@ -32,13 +42,13 @@ class OneLineErrors(typer.core.TyperGroup):
             if _is(error, "UsageError") and not _is(error, "NoArgsIsHelpError"):
                 ctx = getattr(error, "ctx", None)
                 hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-                Console(stderr=True).print(f"[red]error:[/red] {error.format_message()}{hint}", highlight=False, soft_wrap=True)
+                print_error(f"{error.format_message()}{hint}")
                 sys.exit(2)
             if _is(error, "ClickException"):
                 error.show()
                 sys.exit(error.exit_code)
             if _is(error, "Abort"):
-                Console(stderr=True).print("aborted")
+                stderr.print("aborted")
                 sys.exit(130)
             raise
         sys.exit(code if isinstance(code, int) else 0)
@@ -57,8 +67,6 @@ runs_app = typer.Typer(help="List and compare run directories.", no_args_is_help
 app.add_typer(data_app, name="data")
 app.add_typer(runs_app, name="runs")
 
-stdout = Console(soft_wrap=True)  # long paths stay whole, so they can be copied and parsed
-stderr = Console(stderr=True)
 
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: KEY=VALUE (repeatable).")]
@@ -75,7 +83,7 @@ def reported_errors() -> Iterator[None]:
     try:
         yield
     except FoodclsError as error:
-        stderr.print(f"[red]error:[/red] {error}", highlight=False, markup=True, soft_wrap=True)
+        print_error(str(error))
         raise typer.Exit(code=1) from None
 
 

@@ -155,3 +155,7 @@ def test_usage_mistakes_get_one_line_errors(tmp_path):
     assert result.returncode == 2
     one_line_error(run_cli("eval", "--bogus"), "No such option: --bogus")
     one_line_error(run_cli("train", cwd=tmp_path), "--config")
+
+
+def test_error_text_is_printed_literally_not_as_markup(tmp_path):
+    one_line_error(run_cli("eval", "--checkpoint", tmp_path / "x[red]y.safetensors"), "x[red]y.safetensors: checkpoint not found")
