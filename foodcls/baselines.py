@@ -4,10 +4,9 @@ trained on the checkpoint's own training data and scored on the same evaluation 
 from __future__ import annotations
 
 from pathlib import Path
-import numpy as np
 
 from foodcls.config import Config
-from foodcls.data import fit_scale, read_labelled_csv, split_training_file
+from foodcls.data import fit_scale, read_labelled_csvs, split_training_file
 from foodcls.evaluate import classification_report
 from foodcls.labels import CLASSES
 from foodcls.predict import load_predictor
@@ -22,9 +21,7 @@ def baseline_scores(checkpoint_path: str | Path, data_files: list[str]) -> tuple
     config = Config.model_validate(load_predictor(checkpoint_path).config)
     seed = config.train.seed
     train, _ = split_training_file(config)
-    evaluation = [read_labelled_csv(path) for path in data_files]
-    x_eval = np.concatenate([d.features for d in evaluation])
-    y_eval = np.concatenate([d.labels for d in evaluation])
+    evaluation = read_labelled_csvs(data_files)
     scale = fit_scale(train.features)  # the same scaling the MLP gets
     models = {
         "majority": DummyClassifier(strategy="most_frequent"),
@@ -34,6 +31,6 @@ def baseline_scores(checkpoint_path: str | Path, data_files: list[str]) -> tuple
     details = {}
     for name, model in models.items():
         model.fit(train.features / scale, train.labels)
-        report = classification_report(y_eval, model.predict(x_eval / scale), CLASSES)
+        report = classification_report(evaluation.labels, model.predict(evaluation.features / scale), CLASSES)
         details[name] = {k: report[k] for k in ("accuracy", "macro_f1", "balanced_accuracy")}
     return {name: d["accuracy"] for name, d in details.items()}, details

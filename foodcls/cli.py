@@ -419,18 +419,25 @@ def sweep(
     with reported_errors():
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from foodcls.sweep import plan_sweep, run_sweep
+        from foodcls.sweep import run_sweep
 
-        total = sum(len(configs) for _, configs in plan_sweep(config, grid or [], seeds, overrides or []))
-        with Progress(TextColumn("runs"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(), console=stderr) as progress:
-            task = progress.add_task("sweep", total=total)
+        # The bar appears once the plan is validated, so a config mistake stays a single line.
+        progress = Progress(TextColumn("runs"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(), console=stderr)
+        task = progress.add_task("sweep", total=None)
 
-            def on_run(run: dict[str, Any]) -> None:
-                progress.advance(task)
-                if run["status"] == "failed":
-                    progress.console.print(f"[red]failed:[/red] {run['params']} seed {run['seed']}: {run['error']}", highlight=False)
+        def on_start(total: int) -> None:
+            progress.update(task, total=total)
+            progress.start()
 
-            report = run_sweep(config, grid or [], seeds, overrides or [], workers, runs_root, on_run=on_run)
+        def on_run(run: dict[str, Any]) -> None:
+            progress.advance(task)
+            if run["status"] == "failed":
+                progress.console.print(f"[red]failed:[/red] {run['params']} seed {run['seed']}: {run['error']}", highlight=False)
+
+        try:
+            report = run_sweep(config, grid or [], seeds, overrides or [], workers, runs_root, on_run=on_run, on_start=on_start)
+        finally:
+            progress.stop()
     if as_json:
         print_json(report)
         return

@@ -124,6 +124,14 @@ def read_labelled_csv(path: str | Path) -> LabelledData:
     return LabelledData(features, labels, name)
 
 
+def read_labelled_csvs(paths: list[str | Path]) -> LabelledData:
+    """Several labelled files read as one, in the order given."""
+    datasets = [read_labelled_csv(path) for path in paths]
+    return LabelledData(
+        np.concatenate([d.features for d in datasets]), np.concatenate([d.labels for d in datasets]), ", ".join(d.source for d in datasets)
+    )
+
+
 def read_feature_table(path: str | Path) -> FeatureTable:
     """Rows to predict: a CSV whose header names protein, carbs, fat, additives, or the labelled format."""
     name, rows = _read_rows(path)

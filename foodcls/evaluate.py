@@ -43,7 +43,7 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple
 
 def evaluate_checkpoint(checkpoint_path: str | Path, data_paths: list[str | Path] | None = None) -> dict[str, Any]:
     """Score a checkpoint on labelled CSVs taken together (default: the test file in its config), in numpy."""
-    from foodcls.data import read_labelled_csv
+    from foodcls.data import read_labelled_csvs
     from foodcls.errors import DataError
     from foodcls.predict import load_predictor
 
@@ -54,10 +54,8 @@ def evaluate_checkpoint(checkpoint_path: str | Path, data_paths: list[str | Path
         if default is None:
             raise DataError(f"{checkpoint_path}: its config names no test or val file; pass --data")
         data_paths = [default]
-    datasets = [read_labelled_csv(path) for path in data_paths]
-    features = np.concatenate([d.features for d in datasets])
-    labels = np.concatenate([d.labels for d in datasets])
-    report = classification_report(labels, predictor.predict(features), predictor.classes)
+    data = read_labelled_csvs(data_paths)
+    report = classification_report(data.labels, predictor.predict(data.features), predictor.classes)
     report["data"] = ", ".join(str(p) for p in data_paths)
     report["data_files"] = [str(p) for p in data_paths]
     return report

@@ -101,7 +101,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def run_sweep(
     config_path: str | Path, grid: list[str], seeds: int = 1, overrides: list[str] = (), workers: int | None = None,
-    runs_root: str | Path = "runs", on_run: RunCallback | None = None,
+    runs_root: str | Path = "runs", on_run: RunCallback | None = None, on_start: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Run the sweep; returns (and writes to sweep.json) per-combination runs, mean and std, and the best."""
     import os
@@ -111,6 +111,8 @@ def run_sweep(
     sweep_dir = unique_dir(runs_root, f"sweep-{stem}")
     results = [{"params": params, "runs": [], "mean": {}, "std": {}} for params, _ in plan]
     jobs = [(i, config) for i, (_, configs) in enumerate(plan) for config in configs]
+    if on_start is not None:
+        on_start(len(jobs))
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         futures = {

@@ -159,3 +159,9 @@ def test_usage_mistakes_get_one_line_errors(tmp_path):
 
 def test_error_text_is_printed_literally_not_as_markup(tmp_path):
     one_line_error(run_cli("eval", "--checkpoint", tmp_path / "x[red]y.safetensors"), "x[red]y.safetensors: checkpoint not found")
+
+
+def test_sweep_with_a_bad_grid_key_is_one_line_and_writes_nothing(config_file, tmp_path):
+    one_line_error(run_cli("sweep", "--config", config_file, "--grid", "train.lrr=0.1", "--runs-root", tmp_path / "runs"),
+                   "train.lrr", "train.lr")
+    assert not (tmp_path / "runs").exists()
