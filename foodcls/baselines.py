@@ -1,36 +1,54 @@
-"""Baselines beside every result: majority class, logistic regression, gradient boosting (scikit-learn),
-trained on the checkpoint's own training data and scored on the same evaluation data as the MLP."""
+"""Baselines beside every result: majority class, logistic regression, random forest and gradient boosting
+(scikit-learn), trained on the same rows as the MLP (same fill values and scaling, same file weights) and
+scored on the same evaluation data."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from foodcls.config import Config
-from foodcls.data import fit_scale, read_labelled_csvs, split_training_file
+from foodcls.data import LabelledData, Preprocessing, read_labelled_csvs, split_training_file
 from foodcls.evaluate import classification_report
 from foodcls.labels import CLASSES
 from foodcls.predict import load_predictor
 
+BASELINES = ("majority", "logistic_regression", "random_forest", "gradient_boosting")
+
+
+def _models(seed: int) -> dict[str, Any]:
+    from sklearn.dummy import DummyClassifier
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    return {
+        "majority": DummyClassifier(strategy="most_frequent"),
+        "logistic_regression": LogisticRegression(max_iter=2000),
+        "random_forest": RandomForestClassifier(n_estimators=300, random_state=seed, n_jobs=1),
+        "gradient_boosting": HistGradientBoostingClassifier(random_state=seed),
+    }
+
+
+def baseline_predictions(train: LabelledData, evaluation: np.ndarray, prep: Preprocessing, seed: int) -> dict[str, np.ndarray]:
+    """Each baseline fitted on the training rows and its predicted class for every evaluation row."""
+    x_train, x_eval = prep.apply(train.features), prep.apply(evaluation)
+    predictions = {}
+    for name, model in _models(seed).items():
+        model.fit(x_train, train.labels, sample_weight=train.weights)
+        predictions[name] = model.predict(x_eval)
+    return predictions
+
 
 def baseline_scores(checkpoint_path: str | Path, data_files: list[str]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """({name: accuracy}, {name: {accuracy, macro_f1, balanced_accuracy}}) on the evaluation files."""
-    from sklearn.dummy import DummyClassifier
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.linear_model import LogisticRegression
-
-    config = Config.model_validate(load_predictor(checkpoint_path).config)
-    seed = config.train.seed
+    predictor = load_predictor(checkpoint_path)
+    config = Config.model_validate(predictor.config)
     train, _ = split_training_file(config)
-    evaluation = read_labelled_csvs(data_files)
-    scale = fit_scale(train.features)  # the same scaling the MLP gets
-    models = {
-        "majority": DummyClassifier(strategy="most_frequent"),
-        "logistic_regression": LogisticRegression(max_iter=2000),
-        "gradient_boosting": HistGradientBoostingClassifier(random_state=seed),
-    }
+    evaluation = read_labelled_csvs(data_files, predictor.features)
     details = {}
-    for name, model in models.items():
-        model.fit(train.features / scale, train.labels)
-        report = classification_report(evaluation.labels, model.predict(evaluation.features / scale), CLASSES)
+    for name, predicted in baseline_predictions(train, evaluation.features, predictor.prep, config.train.seed).items():
+        report = classification_report(evaluation.labels, predicted, CLASSES)
         details[name] = {k: report[k] for k in ("accuracy", "macro_f1", "balanced_accuracy")}
     return {name: d["accuracy"] for name, d in details.items()}, details

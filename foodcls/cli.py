@@ -169,13 +169,21 @@ def train(
         if result.test_accuracy is not None:
             stdout.print(f"test accuracy: {result.test_accuracy:.4f}")
         stdout.print(f"best checkpoint: {result.best_checkpoint}")
+        print_warnings(result.warnings)
     if result.status == "interrupted":
         stderr.print(f"interrupted: resume with `foodcls train --resume {result.run_dir}`")
         raise typer.Exit(code=130)
 
 
+def print_warnings(warnings: list[str]) -> None:
+    for warning in warnings:
+        stderr.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+
+
 def _metrics_tables(report: dict[str, Any]) -> list[Table]:
-    per_class = Table(title=f"accuracy {report['accuracy']:.4f} on {report['n']} rows (macro-F1 {report['macro_f1']:.4f}, balanced accuracy {report['balanced_accuracy']:.4f})")
+    low, high = report["accuracy_ci"]
+    per_class = Table(title=f"accuracy {report['accuracy']:.4f} (95 % CI {low:.3f}-{high:.3f}) on {report['n']} rows "
+                            f"(macro-F1 {report['macro_f1']:.4f}, balanced accuracy {report['balanced_accuracy']:.4f})")
     for column in ("class", "precision", "recall", "f1", "support"):
         per_class.add_column(column, justify="left" if column == "class" else "right")
     for name, m in report["per_class"].items():
@@ -214,6 +222,7 @@ def eval_(
     stdout.print(f"checkpoint: {path}\ndata: {report['data']}")
     for table in _metrics_tables(report):
         stdout.print(table)
+    print_warnings(report["warnings"])
     if baselines:
         table = Table(title="baselines (same training data, same evaluation data)")
         for column in ("model", "accuracy", "macro-F1"):
@@ -224,39 +233,48 @@ def eval_(
         stdout.print(table)
 
 
+def _nutrient_option(option: str, help_text: str) -> Any:
+    return typer.Option(option, help=help_text, show_default=False)
+
+
 @app.command()
 def predict(
     checkpoint: CheckpointOption = None,
-    protein: Annotated[Optional[float], typer.Option("--protein", help="Protein, g per 100 g (0-100).")] = None,
-    carbs: Annotated[Optional[float], typer.Option("--carbs", help="Carbohydrates, g per 100 g (0-100).")] = None,
-    fat: Annotated[Optional[float], typer.Option("--fat", help="Fat, g per 100 g (0-100).")] = None,
-    additives: Annotated[Optional[float], typer.Option("--additives", help="Number of food additives (whole number).")] = None,
-    input_path: Annotated[Optional[str], typer.Option("--input", help="Batch: CSV with protein,carbs,fat,additives columns, or - for stdin.")] = None,
+    protein: Annotated[Optional[float], _nutrient_option("--protein", "Protein, g per 100 g (0-100).")] = None,
+    carbs: Annotated[Optional[float], _nutrient_option("--carbs", "Carbohydrates, g per 100 g (0-100).")] = None,
+    fat: Annotated[Optional[float], _nutrient_option("--fat", "Fat, g per 100 g (0-100).")] = None,
+    additives: Annotated[Optional[float], _nutrient_option("--additives", "Number of food additives (whole number).")] = None,
+    sugars: Annotated[Optional[float], _nutrient_option("--sugars", "Sugars, g per 100 g (if the model uses it).")] = None,
+    saturated_fat: Annotated[Optional[float], _nutrient_option("--saturated-fat", "Saturated fat, g per 100 g (if the model uses it).")] = None,
+    salt: Annotated[Optional[float], _nutrient_option("--salt", "Salt, g per 100 g (if the model uses it).")] = None,
+    fiber: Annotated[Optional[float], _nutrient_option("--fiber", "Fiber, g per 100 g (if the model uses it).")] = None,
+    energy: Annotated[Optional[float], _nutrient_option("--energy", "Energy, kcal per 100 g (if the model uses it).")] = None,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Fill a value the model uses but you did not give with its training median.")] = False,
+    input_path: Annotated[Optional[str], typer.Option("--input", help="Batch: CSV whose header names the model's features, or - for stdin.")] = None,
     output_path: Annotated[Optional[str], typer.Option("--output", help="Batch output CSV, or - for stdout [default: -].")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Predict the class of one product, or of every row of a CSV (--input)."""
+    values = {"protein": protein, "carbs": carbs, "fat": fat, "additives": additives, "sugars": sugars,
+              "saturated_fat": saturated_fat, "salt": salt, "fiber": fiber, "energy": energy}
     with reported_errors():
         from foodcls.predict import check_product, load_predictor
 
-        single = [protein, carbs, fat, additives]
         if input_path is not None:
-            if any(v is not None for v in single):
-                raise FoodclsError("give either --input or --protein/--carbs/--fat/--additives, not both")
+            if any(v is not None for v in values.values()):
+                raise FoodclsError("give either --input or single-product values such as --protein, not both")
             _predict_batch(_default_checkpoint(checkpoint), input_path, output_path or "-")
             return
-        missing = [f"--{n}" for n, v in zip(("protein", "carbs", "fat", "additives"), single) if v is None]
-        if missing:
-            raise FoodclsError(f"missing {', '.join(missing)} (or use --input CSV for a batch)")
-        warnings = check_product(protein, carbs, fat, additives)
+        if all(v is None for v in values.values()):
+            raise FoodclsError("give the product's values (--protein, --carbs, --fat, --additives, …) or --input CSV for a batch")
         predictor = load_predictor(_default_checkpoint(checkpoint))
-        probabilities = predictor.probabilities([[protein, carbs, fat, additives]])[0]
-    for warning in warnings:
-        stderr.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        checked = check_product(values, predictor.features, predictor.fill_values, allow_missing)
+        probabilities = predictor.probabilities([checked.values])[0]
+    print_warnings(checked.warnings)
     best = predictor.classes[int(probabilities.argmax())]
     by_class = {name: float(p) for name, p in zip(predictor.classes, probabilities)}
     if as_json:
-        print_json({"class": best, "probabilities": by_class})
+        print_json({"class": best, "probabilities": by_class, "warnings": checked.warnings})
         return
     stdout.print(f"[bold]{best}[/bold]")
     for name, p in by_class.items():

@@ -11,28 +11,51 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from foodcls.errors import ConfigError
+from foodcls.features import SEED_FEATURES, check_features
 from foodcls.labels import CLASSES
 
 StrictInt = Annotated[int, Strict()]
 StrictFloat = Annotated[float, Strict()]
 StrictStr = Annotated[str, Strict()]
+StrictBool = Annotated[bool, Strict()]
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TrainFile(_Section):
+    """One training file: its rows weigh `weight` in the loss; train-only rows are never scored by cv
+    (nor held out by val_fraction), e.g. a synthetic set mixed with real rows."""
+
+    path: StrictStr
+    weight: Annotated[StrictFloat, Field(gt=0)] = 1.0
+    train_only: StrictBool = False
+
+
 class DataConfig(_Section):
-    train: StrictStr
+    train: StrictStr | Annotated[tuple[StrictStr | TrainFile, ...], Field(min_length=1)]
     test: StrictStr | None = None
     val: StrictStr | None = None
     val_fraction: Annotated[StrictFloat, Field(gt=0, lt=1)] | None = None
+    features: tuple[StrictStr, ...] = SEED_FEATURES
+    missing: Literal["median", "drop"] = "median"  # unknown optional nutrients: training medians, or drop the row
+
+    @field_validator("features")
+    @classmethod
+    def _known_features(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return check_features(value)
 
     @model_validator(mode="after")
     def _one_validation_source(self) -> DataConfig:
         if self.val is not None and self.val_fraction is not None:
             raise ValueError("give data.val or data.val_fraction, not both")
         return self
+
+    @property
+    def train_files(self) -> tuple[TrainFile, ...]:
+        entries = (self.train,) if isinstance(self.train, str) else self.train
+        return tuple(TrainFile(path=e) if isinstance(e, str) else e for e in entries)
 
 
 class ModelConfig(_Section):
@@ -63,6 +86,8 @@ class TrainConfig(_Section):
     scheduler_gamma: Annotated[StrictFloat, Field(gt=0, lt=1)] = 0.5
     class_weights: Literal["none", "balanced"] | dict[StrictStr, Annotated[StrictFloat, Field(gt=0)]] = "none"
     checkpoint_every: Annotated[StrictInt, Field(ge=1)] = 1
+    # Start from this checkpoint's weights, feature scaling and fill values (fine-tuning), not at random.
+    init_from: StrictStr | None = None
 
     @field_validator("class_weights")
     @classmethod

@@ -1,4 +1,10 @@
-"""Read and validate CSV rows (`class,protein,carbs,fat,additives`); feature scaling fitted on train."""
+"""Read and validate labelled CSV rows; feature scaling and fill values fitted on the training rows.
+
+A labelled CSV is either the seed's headerless `class,protein,carbs,fat,additives`, or any CSV with a
+header naming a `class` (or `label`) column and the feature columns, in any order; other columns
+(`source`, `code`, `name`…) are carried along. An empty cell of an optional nutrient means unknown
+(NaN until filled with the training median).
+"""
 
 from __future__ import annotations
 
@@ -6,35 +12,74 @@ import csv
 import io
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from foodcls.errors import DataError
+from foodcls.features import NUTRIENTS, REQUIRED_FEATURES, SEED_FEATURES, invalid_mask, value_problem
 from foodcls.fileio import atomic_write_text
-from foodcls.labels import CLASSES, FEATURES
+from foodcls.labels import CLASSES
 
 if TYPE_CHECKING:  # only for annotations: the predict path must not load the config schema
     from foodcls.config import Config
 
-LABELLED_HEADERS = (("label", *FEATURES), ("class", *FEATURES))
+LABEL_COLUMNS = ("class", "label")
+# Written by `data build` beside the nine nutrients, so rows can be grouped (cv --group-by source) and traced.
+TRACE_COLUMNS = ("source", "code")
 
 
 @dataclass(frozen=True)
 class LabelledData:
-    """Features (n, 4) float32 in label units and class indices (n,) int64, read from `source`."""
+    """Features (n, F) float32 in label units (NaN: unknown), class indices (n,), per-row training
+    weights, which rows are train-only (never scored by cv), and the text columns carried along."""
 
     features: np.ndarray
     labels: np.ndarray
+    feature_names: tuple[str, ...]
     source: str
+    weights: np.ndarray = field(default=None)  # type: ignore[assignment]
+    train_only: np.ndarray = field(default=None)  # type: ignore[assignment]
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.labels)
+        if self.weights is None:
+            object.__setattr__(self, "weights", np.ones(n, dtype=np.float32))
+        if self.train_only is None:
+            object.__setattr__(self, "train_only", np.zeros(n, dtype=bool))
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, indices: np.ndarray) -> LabelledData:
-        return LabelledData(self.features[indices], self.labels[indices], self.source)
+        return LabelledData(
+            self.features[indices], self.labels[indices], self.feature_names, self.source,
+            self.weights[indices], self.train_only[indices], {k: v[indices] for k, v in self.columns.items()},
+        )
+
+    def column(self, name: str) -> np.ndarray:
+        """A carried text column, e.g. `source`; a one-line error when the data lack it."""
+        if name not in self.columns:
+            have = ", ".join(self.columns) or "none"
+            raise DataError(f"{self.source}: no {name!r} column to group by (text columns: {have})")
+        return self.columns[name]
+
+
+def concat(datasets: list[LabelledData]) -> LabelledData:
+    """Several labelled sets as one, in order; a text column some lack is empty for their rows."""
+    names = [c for d in datasets for c in d.columns]
+    columns = {
+        name: np.concatenate([d.columns.get(name, np.full(len(d), "", dtype=object)) for d in datasets])
+        for name in dict.fromkeys(names)
+    }
+    return LabelledData(
+        np.concatenate([d.features for d in datasets]), np.concatenate([d.labels for d in datasets]),
+        datasets[0].feature_names, ", ".join(d.source for d in datasets),
+        np.concatenate([d.weights for d in datasets]), np.concatenate([d.train_only for d in datasets]), columns,
+    )
 
 
 @dataclass(frozen=True)
@@ -46,36 +91,11 @@ class Splits:
 
 @dataclass(frozen=True)
 class FeatureTable:
-    """Rows to predict: the input's columns as read (carried through) and their four features."""
+    """Rows to predict: the input's columns as read (carried through) and their features."""
 
     header: list[str]
     rows: list[list[str]]
     features: np.ndarray
-
-
-def parse_feature(value: str, name: str, where: str) -> float:
-    """One feature cell → float, refusing non-numbers, NaN, infinities, negatives and fractional additives."""
-    try:
-        number = float(value.strip())
-    except ValueError:
-        raise DataError(f"{where}: {name} is not a number: {value!r}") from None
-    if not math.isfinite(number):
-        raise DataError(f"{where}: {name} must be a finite number, got {value.strip()!r}")
-    if number < 0:
-        raise DataError(f"{where}: {name} must not be negative, got {value.strip()}")
-    if name == "additives" and not number.is_integer():
-        raise DataError(f"{where}: additives must be a whole number, got {value.strip()}")
-    return number
-
-
-def parse_class(value: str, where: str) -> int:
-    """A class cell is a class name or its index (0–3)."""
-    text = value.strip()
-    if text in CLASSES:
-        return CLASSES.index(text)
-    if text.isdigit() and int(text) < len(CLASSES):
-        return int(text)
-    raise DataError(f"{where}: unknown class {text!r}; expected one of {', '.join(CLASSES)} or 0-{len(CLASSES) - 1}")
 
 
 def _open_text(path: str | Path) -> tuple[str, io.TextIOBase]:
@@ -105,61 +125,201 @@ def _read_rows(path: str | Path) -> tuple[str, list[tuple[int, list[str]]]]:
     return name, rows
 
 
-def read_labelled_csv(path: str | Path) -> LabelledData:
-    """Read `class,protein,carbs,fat,additives` rows, with or without a header row."""
+_CLASS_INDEX = {**{name: i for i, name in enumerate(CLASSES)}, **{str(i): i for i in range(len(CLASSES))}}
+
+
+def _parse_labels(body: list[tuple[int, list[str]]], column: int, problems: list[tuple[int, str]]) -> np.ndarray:
+    """Class cells (a name or its index) → indices; the first unknown one goes to problems."""
+    labels = np.empty(len(body), dtype=np.int64)
+    for i, (_, row) in enumerate(body):
+        index = _CLASS_INDEX.get(row[column].strip())
+        if index is None:
+            problems.append((i, f"unknown class {row[column].strip()!r}; expected one of {', '.join(CLASSES)} or 0-{len(CLASSES) - 1}"))
+            break
+        labels[i] = index
+    return labels
+
+
+def _parse_columns(
+    name: str, body: list[tuple[int, list[str]]], columns: list[int], features: tuple[str, ...],
+    problems: list[tuple[int, str]] | None = None,
+) -> np.ndarray:
+    """The feature cells of every row as float32 (n, F), NaN for an empty optional cell. Bad cells
+    (and any problems the caller found) raise a DataError naming file:line, the feature and the
+    value — the first one in file order."""
+    out = np.empty((len(body), len(features)), dtype=np.float32)
+    problems = [] if problems is None else problems  # (row index, message): the earliest row is reported
+    for j, (column, feature) in enumerate(zip(columns, features)):
+        cells = [row[column].strip() for _, row in body]
+        empty = np.fromiter((not c for c in cells), dtype=bool, count=len(cells))
+        try:
+            values = np.array([c if c else "nan" for c in cells], dtype=np.float64)
+        except ValueError:
+            # Some cell is not a number: find the first, row by row (only on the error path).
+            for i, cell in enumerate(cells):
+                if cell:
+                    try:
+                        float(cell)
+                    except ValueError:
+                        problems.append((i, f"{feature} is not a number: {cell!r}"))
+                        break
+            continue
+        stated_nan = np.isnan(values) & ~empty
+        if feature in REQUIRED_FEATURES and empty.any():
+            problems.append((int(np.argmax(empty)), f"{feature} is empty (it is required)"))
+        bad = stated_nan | invalid_mask(feature, values)
+        if bad.any():
+            i = int(np.argmax(bad))
+            problems.append((i, f"{feature} {value_problem(feature, float(values[i]))}"))
+        with np.errstate(over="ignore"):  # a value beyond float32 is reported above, not stored
+            out[:, j] = values
+    if problems:
+        i, message = min(problems)
+        raise DataError(f"{name}:{body[i][0]}: {message}")
+    return out
+
+
+def _label_index(header: list[str]) -> int | None:
+    lowered = [c.strip().lower() for c in header]
+    for label in LABEL_COLUMNS:
+        if label in lowered:
+            return lowered.index(label)
+    return None
+
+
+def _feature_columns(name: str, header: list[str], features: tuple[str, ...], what: str) -> list[int]:
+    lowered = [c.strip().lower() for c in header]
+    missing = [f for f in features if f not in lowered]
+    if missing:
+        raise DataError(f"{name}:1: no {', '.join(repr(m) for m in missing)} column ({what} uses {', '.join(features)})")
+    return [lowered.index(f) for f in features]
+
+
+def read_labelled_csv(
+    path: str | Path, features: tuple[str, ...] = SEED_FEATURES, weight: float = 1.0, train_only: bool = False
+) -> LabelledData:
+    """Read labelled rows: the seed's headerless five columns, or a header naming class/label and the features."""
     name, rows = _read_rows(path)
-    if tuple(c.strip().lower() for c in rows[0][1]) in LABELLED_HEADERS:
-        rows = rows[1:]
-        if not rows:
+    first = [c.strip() for c in rows[0][1]]
+    if _looks_like_header(first):
+        label_index = _label_index(first)
+        if label_index is None:
+            raise DataError(f"{name}:1: the header names no 'class' (or 'label') column")
+        header, body = first, rows[1:]
+        columns = _feature_columns(name, header, features, "the config")
+        text_columns = {c.lower(): i for i, c in enumerate(header) if c and c.lower() not in (*NUTRIENTS, *LABEL_COLUMNS)}
+        if not body:
             raise DataError(f"{name}: file has a header but no rows")
-    width = 1 + len(FEATURES)
-    features = np.empty((len(rows), len(FEATURES)), dtype=np.float32)
-    labels = np.empty(len(rows), dtype=np.int64)
-    for i, (line, row) in enumerate(rows):
-        where = f"{name}:{line}"
-        if len(row) != width:
-            raise DataError(f"{where}: expected {width} fields (class,{','.join(FEATURES)}), got {len(row)}")
-        labels[i] = parse_class(row[0], where)
-        features[i] = [parse_feature(cell, feature, where) for cell, feature in zip(row[1:], FEATURES)]
-    return LabelledData(features, labels, name)
-
-
-def read_labelled_csvs(paths: list[str | Path]) -> LabelledData:
-    """Several labelled files read as one, in the order given."""
-    datasets = [read_labelled_csv(path) for path in paths]
+    else:
+        if set(features) - set(SEED_FEATURES):
+            extra = ", ".join(f for f in features if f not in SEED_FEATURES)
+            raise DataError(f"{name}:1: no header, so the file holds only {', '.join(SEED_FEATURES)}; the config also uses {extra}")
+        header, body, label_index, text_columns = ["class", *SEED_FEATURES], rows, 0, {}
+        columns = [1 + SEED_FEATURES.index(f) for f in features]
+    for line, row in body:
+        if len(row) != len(header):
+            raise DataError(f"{name}:{line}: expected {len(header)} fields ({','.join(header)}), got {len(row)}")
+    problems: list[tuple[int, str]] = []
+    labels = _parse_labels(body, label_index, problems)
+    values = _parse_columns(name, body, columns, features, problems)
+    carried = {c: np.array([row[i] for _, row in body], dtype=object) for c, i in text_columns.items()}
     return LabelledData(
-        np.concatenate([d.features for d in datasets]), np.concatenate([d.labels for d in datasets]), ", ".join(d.source for d in datasets)
+        values, labels, tuple(features), name,
+        np.full(len(body), weight, dtype=np.float32), np.full(len(body), train_only), carried,
     )
 
 
-def read_feature_table(path: str | Path) -> FeatureTable:
-    """Rows to predict: a CSV whose header names protein, carbs, fat, additives, or the labelled format."""
+def read_labelled_csvs(paths: list[str | Path], features: tuple[str, ...] = SEED_FEATURES) -> LabelledData:
+    """Several labelled files read as one, in the order given."""
+    return concat([read_labelled_csv(path, features) for path in paths])
+
+
+def _looks_like_header(row: list[str]) -> bool:
+    """The seed's headerless rows start with a class (name or index); anything else is a header."""
+    text = row[0].strip() if row else ""
+    return not (text in CLASSES or (text.isdigit() and int(text) < len(CLASSES)))
+
+
+def read_feature_table(path: str | Path, features: tuple[str, ...] = SEED_FEATURES) -> FeatureTable:
+    """Rows to predict: a CSV whose header names the features (other columns carried through), or
+    the seed's labelled headerless format for a four-feature model."""
     name, rows = _read_rows(path)
-    header = [c.strip() for c in rows[0][1]]
-    lowered = [c.lower() for c in header]
-    if all(f in lowered for f in FEATURES):
-        columns = [lowered.index(f) for f in FEATURES]
+    first = [c.strip() for c in rows[0][1]]
+    lowered = [c.lower() for c in first]
+    if all(f in lowered for f in features) or _looks_like_header(first):
+        header = first
+        columns = _feature_columns(name, header, features, "the checkpoint")
         body = rows[1:]
     else:
-        # The labelled format without a header: class,protein,carbs,fat,additives.
-        header = ["class", *FEATURES]
-        columns = [1, 2, 3, 4]
+        if set(features) - set(SEED_FEATURES):
+            raise DataError(f"{name}:1: no header; a header must name the checkpoint's features: {', '.join(features)}")
+        header = ["class", *SEED_FEATURES]
+        columns = [1 + SEED_FEATURES.index(f) for f in features]
         body = rows
     if not body:
         raise DataError(f"{name}: file has a header but no rows")
-    features = np.empty((len(body), len(FEATURES)), dtype=np.float32)
-    for i, (line, row) in enumerate(body):
-        where = f"{name}:{line}"
+    for line, row in body:
         if len(row) != len(header):
-            raise DataError(f"{where}: expected {len(header)} fields, got {len(row)}")
-        features[i] = [parse_feature(row[c], f, where) for c, f in zip(columns, FEATURES)]
-    return FeatureTable(header, [row for _, row in body], features)
+            raise DataError(f"{name}:{line}: expected {len(header)} fields, got {len(row)}")
+    return FeatureTable(header, [row for _, row in body], _parse_columns(name, body, columns, features))
 
 
 def fit_scale(features: np.ndarray) -> np.ndarray:
-    """Per-feature divisor: the maximum over the training set (every minimum is 0); 1 where the max is 0."""
-    maxima = features.max(axis=0).astype(np.float32)
-    return np.where(maxima > 0, maxima, np.float32(1.0))
+    """Per-feature divisor: the maximum over the training set (every minimum is 0); 1 where the max is 0
+    or unknown."""
+    with np.errstate(invalid="ignore"):
+        maxima = np.nanmax(np.where(np.isnan(features), -np.inf, features), axis=0) if len(features) else np.zeros(features.shape[1])
+    maxima = maxima.astype(np.float32)
+    return np.where(np.isfinite(maxima) & (maxima > 0), maxima, np.float32(1.0)).astype(np.float32)
+
+
+def fit_fill(features: np.ndarray) -> np.ndarray:
+    """Per-feature fill value for unknown cells: the training median (0 where every value is unknown)."""
+    known = [column[~np.isnan(column)] for column in features.T]
+    return np.array([np.median(k) if len(k) else 0.0 for k in known], dtype=np.float32)
+
+
+def fill_missing(features: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """Unknown cells replaced by the stored fill values."""
+    missing = np.isnan(features)
+    return np.where(missing, fill, features).astype(np.float32) if missing.any() else features
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What turns label values into network inputs: unknown cells filled (training medians), then each
+    feature divided by its scale (training maximum). Fitted on the training rows, or taken from the
+    checkpoint being fine-tuned or resumed; stored in every checkpoint."""
+
+    scale: np.ndarray
+    fill: np.ndarray
+
+    @classmethod
+    def fit(cls, features: np.ndarray) -> Preprocessing:
+        return cls(fit_scale(features), fit_fill(features))
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Preprocessing:
+        scale = arrays["scale"].astype(np.float32)
+        # Checkpoints from before fill values existed had four always-known features.
+        fill = arrays["fill"].astype(np.float32) if "fill" in arrays else np.zeros_like(scale)
+        return cls(scale, fill)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint) -> Preprocessing:
+        return cls.from_arrays(checkpoint.arrays)
+
+    def matches(self, arrays: dict[str, np.ndarray]) -> bool:
+        """Whether a checkpoint's stored scaling (and fill values, when it has them) are these."""
+        return np.array_equal(arrays["scale"], self.scale) and ("fill" not in arrays or np.array_equal(arrays["fill"], self.fill))
+
+    def apply(self, features: np.ndarray) -> np.ndarray:
+        return (fill_missing(np.asarray(features, dtype=np.float32), self.fill) / self.scale).astype(np.float32)
+
+
+def drop_missing(data: LabelledData) -> LabelledData:
+    """The rows whose every feature is known (data.missing: drop)."""
+    return data.subset(np.flatnonzero(~np.isnan(data.features).any(axis=1)))
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -174,27 +334,57 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
 
 
+def read_training_files(config: Config) -> LabelledData:
+    """Every data.train file, with its weight and train-only flag, as one set."""
+    features = config.data.features
+    data = concat([read_labelled_csv(f.path, features, f.weight, f.train_only) for f in config.data.train_files])
+    return drop_missing(data) if config.data.missing == "drop" else data
+
+
 def split_training_file(config: Config) -> tuple[LabelledData, LabelledData | None]:
-    """The rows a model trains on: the train file less any val_fraction, and the part held out
-    (stratified, seeded by train.seed)."""
-    train = read_labelled_csv(config.data.train)
+    """The rows a model trains on: the train files less any val_fraction, and the part held out
+    (stratified, seeded by train.seed, taken only from rows that are not train-only)."""
+    train = read_training_files(config)
     if config.data.val_fraction is None:
         return train, None
-    kept, held = stratified_split(train.labels, config.data.val_fraction, config.train.seed)
-    return train.subset(kept), train.subset(held)
+    scorable = np.flatnonzero(~train.train_only)
+    kept, held = stratified_split(train.labels[scorable], config.data.val_fraction, config.train.seed)
+    return train.subset(np.sort(np.concatenate([np.flatnonzero(train.train_only), scorable[kept]]))), train.subset(scorable[held])
+
+
+def read_eval_file(config: Config, path: str) -> LabelledData:
+    data = read_labelled_csv(path, config.data.features)
+    return drop_missing(data) if config.data.missing == "drop" else data
 
 
 def load_splits(config: Config) -> Splits:
     """Read train / val / test; a val_fraction is carved out of train."""
     train, held_out = split_training_file(config)
-    val = read_labelled_csv(config.data.val) if config.data.val else held_out
-    test = read_labelled_csv(config.data.test) if config.data.test else None
+    val = read_eval_file(config, config.data.val) if config.data.val else held_out
+    test = read_eval_file(config, config.data.test) if config.data.test else None
+    for split_name, data in (("train", train), ("val", val), ("test", test)):
+        if data is not None and len(data) == 0:
+            raise DataError(f"data.{split_name}: no rows left (data.missing: drop removed every row)")
     return Splits(train, val, test)
 
 
-def write_labelled_csv(path: Path, features: np.ndarray, labels: np.ndarray) -> None:
-    """Write rows as `class,protein,carbs,fat,additives` with a header, atomically."""
-    lines = ["label," + ",".join(FEATURES)]
-    for (protein, carbs, fat, additives), label in zip(features.tolist(), labels.tolist()):
-        lines.append(f"{CLASSES[label]},{protein:g},{carbs:g},{fat:g},{int(additives)}")
-    atomic_write_text(path, "\n".join(lines) + "\n")
+def _format_value(value: float, feature: str) -> str:
+    if math.isnan(value):
+        return ""
+    return str(int(value)) if NUTRIENTS[feature].whole else f"{value:g}"
+
+
+def labelled_csv_text(data: LabelledData, columns: tuple[str, ...] = ()) -> str:
+    """`label,<features…>,<columns…>` with a header: the format every reader here accepts."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["label", *data.feature_names, *columns])
+    carried = [data.columns.get(c, np.full(len(data), "", dtype=object)) for c in columns]
+    for i, (row, label) in enumerate(zip(data.features.tolist(), data.labels.tolist())):
+        writer.writerow([CLASSES[label], *(_format_value(v, f) for v, f in zip(row, data.feature_names)), *(c[i] for c in carried)])
+    return buffer.getvalue()
+
+
+def write_labelled_csv(path: Path, data: LabelledData, columns: tuple[str, ...] = ()) -> None:
+    """Write rows with a header, atomically."""
+    atomic_write_text(path, labelled_csv_text(data, columns))

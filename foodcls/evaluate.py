@@ -1,4 +1,5 @@
-"""Classification metrics: accuracy, per-class precision / recall / F1, confusion matrix, macro-F1."""
+"""Classification metrics: accuracy with its 95 % interval, per-class precision / recall / F1, confusion
+matrix, macro-F1, balanced accuracy, and warnings when the figures cannot be trusted."""
 
 from __future__ import annotations
 
@@ -6,6 +7,35 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# Below these sizes an evaluation says little; eval says so instead of printing a lone accuracy.
+MIN_EVAL_ROWS = 200
+MIN_CLASS_ROWS = 20
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> list[float]:
+    """95 % Wilson score interval of a proportion: honest for small n and for rates near 0 or 1."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+
+
+def evaluation_warnings(report: dict[str, Any]) -> list[str]:
+    """What makes an evaluation untrustworthy: a class never recognised, too few rows overall or per class."""
+    warnings = []
+    for name, m in report["per_class"].items():
+        if m["support"] > 0 and m["recall"] == 0:
+            warnings.append(f"{name}: recall 0 — the model never recognises this class ({m['support']} rows)")
+    for name, m in report["per_class"].items():
+        if m["support"] < MIN_CLASS_ROWS:
+            warnings.append(f"{name}: only {m['support']} evaluation rows (< {MIN_CLASS_ROWS}); its figures are unreliable")
+    if report["n"] < MIN_EVAL_ROWS:
+        low, high = report["accuracy_ci"]
+        warnings.append(f"only {report['n']} evaluation rows (< {MIN_EVAL_ROWS}): accuracy 95 % interval {low:.3f}-{high:.3f}")
+    return warnings
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -27,8 +57,9 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(true_pos), where=denom > 0)
     n = int(matrix.sum())
     present = support > 0
-    return {
+    report = {
         "accuracy": float(true_pos.sum() / n) if n else 0.0,
+        "accuracy_ci": wilson_interval(int(true_pos.sum()), n),
         "n": n,
         "classes": list(classes),
         "per_class": {
@@ -39,6 +70,8 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple
         "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
         "confusion_matrix": matrix.tolist(),
     }
+    report["warnings"] = evaluation_warnings(report)
+    return report
 
 
 def evaluate_checkpoint(checkpoint_path: str | Path, data_paths: list[str | Path] | None = None) -> dict[str, Any]:
@@ -54,8 +87,11 @@ def evaluate_checkpoint(checkpoint_path: str | Path, data_paths: list[str | Path
         if default is None:
             raise DataError(f"{checkpoint_path}: its config names no test or val file; pass --data")
         data_paths = [default]
-    data = read_labelled_csvs(data_paths)
+    data = read_labelled_csvs(data_paths, predictor.features)
     report = classification_report(data.labels, predictor.predict(data.features), predictor.classes)
+    unknown = int(np.isnan(data.features).sum())
+    if unknown:
+        report["warnings"].append(f"{unknown} unknown values filled with the training medians")
     report["data"] = ", ".join(str(p) for p in data_paths)
     report["data_files"] = [str(p) for p in data_paths]
     return report

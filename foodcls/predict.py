@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from foodcls.checkpoint import load_checkpoint, weight_arrays
-from foodcls.data import FeatureTable
+from foodcls.checkpoint import Checkpoint, load_checkpoint, weight_arrays
+from foodcls.data import FeatureTable, Preprocessing
 from foodcls.errors import CheckpointError, DataError
-from foodcls.labels import NUTRIENTS
+from foodcls.features import NUTRIENTS, consistency_problems, value_problem
 
-_ACTIVATIONS = {
+ACTIVATIONS = {
     "relu": lambda x: np.maximum(x, 0),
     "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
     "tanh": np.tanh,
@@ -25,17 +26,23 @@ _ACTIVATIONS = {
 class Predictor:
     layers: list[tuple[np.ndarray, np.ndarray]]
     activation: str
-    scale: np.ndarray
+    prep: Preprocessing
     classes: tuple[str, ...]
+    features: tuple[str, ...]
     config: dict  # the training config stored in the checkpoint
 
-    def probabilities(self, features: np.ndarray) -> np.ndarray:
-        """Class probabilities (n, classes) for raw label values (n, 4)."""
-        x = np.asarray(features, dtype=np.float32) / self.scale
+    def logits(self, inputs: np.ndarray) -> np.ndarray:
+        """The network on preprocessed inputs (filled and scaled)."""
+        x = inputs
         for i, (weight, bias) in enumerate(self.layers):
             x = x @ weight.T + bias
             if i < len(self.layers) - 1:
-                x = _ACTIVATIONS[self.activation](x)
+                x = ACTIVATIONS[self.activation](x)
+        return x
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        """Class probabilities (n, classes) for raw label values (n, features); NaN means unknown."""
+        x = self.logits(self.prep.apply(np.asarray(features, dtype=np.float32)))
         x = x - x.max(axis=1, keepdims=True)
         e = np.exp(x)
         return e / e.sum(axis=1, keepdims=True)
@@ -43,27 +50,67 @@ class Predictor:
     def predict(self, features: np.ndarray) -> np.ndarray:
         return self.probabilities(features).argmax(axis=1)
 
+    @property
+    def fill_values(self) -> dict[str, float]:
+        return {name: float(v) for name, v in zip(self.features, self.prep.fill)}
+
+
+def predictor_from_checkpoint(checkpoint: Checkpoint) -> Predictor:
+    activation = checkpoint.meta["model"].get("activation")
+    if activation not in ACTIVATIONS:
+        raise CheckpointError(f"{checkpoint.path}: unknown activation {activation!r}")
+    features = tuple(checkpoint.meta["features"])
+    unknown = [f for f in features if f not in NUTRIENTS]
+    if unknown:
+        raise CheckpointError(f"{checkpoint.path}: unknown feature {unknown[0]!r} in the checkpoint")
+    layers = [(w.astype(np.float32), b.astype(np.float32)) for w, b in weight_arrays(checkpoint)]
+    prep = Preprocessing.from_arrays(checkpoint.arrays)
+    if layers[0][0].shape[1] != len(features) or prep.scale.shape != (len(features),) or prep.fill.shape != (len(features),):
+        raise CheckpointError(f"{checkpoint.path}: weights or scaling do not match its {len(features)} features")
+    if layers[-1][0].shape[0] != len(checkpoint.meta["classes"]):
+        raise CheckpointError(f"{checkpoint.path}: the output layer does not match its {len(checkpoint.meta['classes'])} classes")
+    for (w, b), (w_next, _) in zip(layers, layers[1:]):
+        if w.shape[0] != b.shape[0] or w_next.shape[1] != w.shape[0]:
+            raise CheckpointError(f"{checkpoint.path}: layer shapes do not chain")
+    return Predictor(layers, activation, prep, tuple(checkpoint.meta["classes"]), features, checkpoint.meta["config"])
+
 
 def load_predictor(path: str | Path) -> Predictor:
-    checkpoint = load_checkpoint(path)
-    activation = checkpoint.meta["model"].get("activation")
-    if activation not in _ACTIVATIONS:
-        raise CheckpointError(f"{checkpoint.path}: unknown activation {activation!r}")
-    layers = [(w.astype(np.float32), b.astype(np.float32)) for w, b in weight_arrays(checkpoint)]
-    return Predictor(layers, activation, checkpoint.arrays["scale"].astype(np.float32), tuple(checkpoint.meta["classes"]), checkpoint.meta["config"])
+    return predictor_from_checkpoint(load_checkpoint(path))
 
 
-def check_product(protein: float, carbs: float, fat: float, additives: float) -> list[str]:
-    """Refuse impossible label values; return warnings for merely suspicious ones."""
-    for name, value in zip(NUTRIENTS, (protein, carbs, fat)):
-        if not np.isfinite(value) or not 0 <= value <= 100:
-            raise DataError(f"--{name} must lie within 0-100 g per 100 g, got {value:g}")
-    if not np.isfinite(additives) or additives < 0 or not float(additives).is_integer():
-        raise DataError(f"--additives must be a whole number >= 0, got {additives:g}")
-    total = protein + carbs + fat
-    if total > 100:
-        return [f"protein + carbs + fat = {total:g} g exceeds 100 g per 100 g; check the label"]
-    return []
+@dataclass(frozen=True)
+class ProductCheck:
+    """One product's values in the checkpoint's feature order (NaN: unknown, filled by the median),
+    the warnings to show, and which features were filled."""
+
+    values: list[float]
+    warnings: list[str]
+    filled: list[str]
+
+
+def check_product(values: dict[str, float | None], features: tuple[str, ...], fill: dict[str, float] | None = None,
+                  allow_missing: bool = False, name_of=lambda f: NUTRIENTS[f].option) -> ProductCheck:
+    """Refuse impossible label values and missing ones (unless allow_missing); warn about suspicious ones.
+    name_of gives the name errors use for a feature (the CLI option, or the JSON field)."""
+    for feature, value in values.items():
+        if value is not None:
+            problem = value_problem(feature, float(value))
+            if problem is not None:
+                raise DataError(f"{name_of(feature)} {problem}")
+    missing = [f for f in features if values.get(f) is None]
+    if missing and not allow_missing:
+        raise DataError(f"missing {', '.join(name_of(f) for f in missing)} (this model uses {', '.join(features)}; "
+                        "--allow-missing fills unknown values with the training medians)")
+    warnings = consistency_problems({k: float(v) for k, v in values.items() if v is not None})
+    unused = [f for f, v in values.items() if v is not None and f not in features]
+    if unused:
+        warnings.append(f"ignored {', '.join(name_of(f) for f in unused)}: this model uses {', '.join(features)}")
+    if missing:
+        fill = fill or {}
+        warnings.append("unknown " + ", ".join(f"{f} (used the training median {fill.get(f, math.nan):g})" for f in missing))
+    row = [math.nan if values.get(f) is None else float(values[f]) for f in features]
+    return ProductCheck(row, warnings, missing)
 
 
 def predict_table(predictor: Predictor, table: FeatureTable) -> tuple[list[str], list[list[str]]]:
@@ -89,4 +136,5 @@ def predict_csv(checkpoint_path: str | Path, input_path: str | Path) -> str:
     """Batch prediction: the input CSV (or - for stdin) with predicted and p_<class> columns, as text."""
     from foodcls.data import read_feature_table
 
-    return format_csv(*predict_table(load_predictor(checkpoint_path), read_feature_table(input_path)))
+    predictor = load_predictor(checkpoint_path)
+    return format_csv(*predict_table(predictor, read_feature_table(input_path, predictor.features)))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from foodcls.data import write_labelled_csv
+from foodcls.data import LabelledData, write_labelled_csv
+from foodcls.features import SEED_FEATURES
 from foodcls.labels import CLASSES
 
 DEFAULT_SEED = 20261128
@@ -101,5 +102,5 @@ def write_demo_set(out_dir: str | Path, n_train: int = 8000, n_test: int = 2000,
     paths = {"train": out / "train.csv", "test": out / "test.csv"}
     for (split, path), rng, n in zip(paths.items(), (train_rng, test_rng), (n_train, n_test)):
         features, labels = generate(n, rng)
-        write_labelled_csv(path, features, labels)
+        write_labelled_csv(path, LabelledData(features, labels, SEED_FEATURES, str(path)))
     return paths

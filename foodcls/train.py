@@ -24,11 +24,11 @@ from foodcls import __version__, runs
 from foodcls.backprop import loss_gradients
 from foodcls.checkpoint import WEIGHT_PREFIX, Checkpoint, load_checkpoint, save_checkpoint
 from foodcls.config import Config, config_to_dict, config_to_yaml, load_config
-from foodcls.data import LabelledData, Splits, fit_scale, load_splits
+from foodcls.data import LabelledData, Preprocessing, Splits, load_splits
 from foodcls.errors import ConfigError, RunError
 from foodcls.evaluate import classification_report
 from foodcls.fileio import atomic_write_json, atomic_write_text
-from foodcls.labels import CLASSES, FEATURES
+from foodcls.labels import CLASSES
 from foodcls.model import build_model, linear_layers
 
 # Measured in benchmarks/train_speed.py: for a 4-32-32-4 MLP at batch 256 one thread beats two,
@@ -47,6 +47,7 @@ class TrainResult:
     test_accuracy: float | None
     val_accuracy: float | None
     train_seconds: float
+    warnings: list[str]  # about the final test evaluation (eval's warnings)
 
     @property
     def best_checkpoint(self) -> Path:
@@ -67,6 +68,7 @@ class TrainResult:
             "epochs_run": self.epochs_run,
             "best_epoch": self.best_epoch,
             "train_seconds": self.train_seconds,
+            "warnings": self.warnings,
         }
 
 
@@ -94,16 +96,22 @@ def _improved(value: float, best: float | None, metric: str, min_delta: float) -
     return value > best + min_delta if metric.endswith("accuracy") else value < best - min_delta
 
 
-def _class_weights(config: Config, labels: np.ndarray) -> torch.Tensor | None:
+def class_weights(config: Config, labels: np.ndarray) -> np.ndarray | None:
+    """Per-class weights in the cross-entropy: none, balanced (n / (classes × count)) or by hand."""
     setting = config.train.class_weights
     if setting == "none":
         return None
     if setting == "balanced":
         counts = np.bincount(labels, minlength=len(CLASSES)).astype(np.float64)
-        weights = np.where(counts > 0, len(labels) / (len(CLASSES) * np.maximum(counts, 1)), 0.0)
-    else:
-        weights = np.array([setting.get(name, 1.0) for name in CLASSES])
-    return torch.tensor(weights, dtype=torch.float32)
+        return np.where(counts > 0, len(labels) / (len(CLASSES) * np.maximum(counts, 1)), 0.0)
+    return np.array([setting.get(name, 1.0) for name in CLASSES])
+
+
+def row_weights(config: Config, data: LabelledData) -> np.ndarray | None:
+    """Each training row's weight in the loss: its class's weight times its file's weight; None when all are 1."""
+    per_class = class_weights(config, data.labels)
+    weights = data.weights.astype(np.float64) * (per_class[data.labels] if per_class is not None else 1.0)
+    return None if np.all(weights == 1.0) else weights.astype(np.float32)
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -145,7 +153,7 @@ def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(n))
 
 
-def _train_epoch(model, activation, optimizer, x, y, order, batch_size, weight) -> list[float]:
+def _train_epoch(model, activation, optimizer, x, y, order, batch_size, weight: torch.Tensor | None) -> list[float]:
     """One pass over the data in the epoch's order; returns the mean gradient norm per layer.
 
     Rows are permuted once per epoch, so batches are contiguous slices; nothing syncs with the host
@@ -158,11 +166,11 @@ def _train_epoch(model, activation, optimizer, x, y, order, batch_size, weight) 
     plain_sgd = isinstance(optimizer, torch.optim.SGD) and group["momentum"] == 0 and group["weight_decay"] == 0
     xs, ys = x[order], y[order]
     targets = F.one_hot(ys, layers[-1].out_features).to(xs.dtype)
-    row_weights = weight[ys] if weight is not None else None
+    weights = weight[order] if weight is not None else None
     norms = []
     for start in range(0, len(order), batch_size):
         batch = slice(start, start + batch_size)
-        grads = loss_gradients(layers, activation, xs[batch], targets[batch], row_weights[batch] if row_weights is not None else None)
+        grads = loss_gradients(layers, activation, xs[batch], targets[batch], weights[batch] if weights is not None else None)
         norms.append(torch.stack(torch._foreach_norm(grads[0::2])))
         if plain_sgd:
             with torch.no_grad():
@@ -181,20 +189,21 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float
     return F.cross_entropy(logits, y).item(), (logits.argmax(dim=1) == y).float().mean().item()
 
 
-def _tensors(data: LabelledData, scale: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.from_numpy(data.features / scale).to(device), torch.from_numpy(data.labels).to(device)
+def _tensors(data: LabelledData, prep: Preprocessing, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(prep.apply(data.features)).to(device), torch.from_numpy(data.labels).to(device)
 
 
-def _model_arrays(model: nn.Module, scale: np.ndarray) -> dict[str, np.ndarray]:
+def _model_arrays(model: nn.Module, prep: Preprocessing) -> dict[str, np.ndarray]:
     arrays = {f"{WEIGHT_PREFIX}{k}": v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
-    arrays["scale"] = scale
+    arrays["scale"] = prep.scale
+    arrays["fill"] = prep.fill
     return arrays
 
 
 def _model_meta(config: Config, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
     return {
         "classes": list(CLASSES),
-        "features": list(FEATURES),
+        "features": list(config.data.features),
         "model": config_to_dict(config)["model"],
         "config": config_to_dict(config),
         "epoch": epoch,
@@ -204,10 +213,10 @@ def _model_meta(config: Config, epoch: int, metrics: dict[str, Any]) -> dict[str
     }
 
 
-def _resumable_state(model, optimizer, scheduler, scale, config, progress: _Progress, metrics) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _resumable_state(model, optimizer, scheduler, prep: Preprocessing, config, progress: _Progress, metrics) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Arrays and metadata of the resumable last checkpoint: weights plus optimizer, scheduler, RNG
     and loop state, copied off the live objects."""
-    arrays = _model_arrays(model, scale)
+    arrays = _model_arrays(model, prep)
     opt_state = optimizer.state_dict()
     for pid, state in opt_state["state"].items():
         for key, value in state.items():
@@ -222,9 +231,26 @@ def _resumable_state(model, optimizer, scheduler, scale, config, progress: _Prog
     return arrays, meta
 
 
-def _restore(checkpoint: Checkpoint, model, optimizer, scheduler) -> _Progress:
+def _load_weights(model: nn.Module, checkpoint: Checkpoint) -> None:
     arrays = checkpoint.arrays
     model.load_state_dict({k[len(WEIGHT_PREFIX) :]: torch.from_numpy(v.copy()) for k, v in arrays.items() if k.startswith(WEIGHT_PREFIX)})
+
+
+def _init_checkpoint(config: Config) -> Checkpoint | None:
+    """train.init_from: the checkpoint to fine-tune; it must have the config's features and model shape."""
+    if config.train.init_from is None:
+        return None
+    init = load_checkpoint(config.train.init_from)
+    if list(init.meta["features"]) != list(config.data.features):
+        raise ConfigError(f"train.init_from: {init.path} uses features {', '.join(init.meta['features'])}, the config {', '.join(config.data.features)}")
+    if init.meta["model"] != config_to_dict(config)["model"]:
+        raise ConfigError(f"train.init_from: {init.path} has model {init.meta['model']}, the config {config_to_dict(config)['model']}")
+    return init
+
+
+def _restore(checkpoint: Checkpoint, model, optimizer, scheduler) -> _Progress:
+    arrays = checkpoint.arrays
+    _load_weights(model, checkpoint)
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, value in arrays.items():
         if name.startswith("optim."):
@@ -270,17 +296,22 @@ def resume(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), on_
 def _fit(config, splits: Splits, device, run_dir: Path, checkpoint: Checkpoint | None, on_epoch, name: str) -> TrainResult:
     torch.set_num_threads(TORCH_THREADS)
     t = config.train
-    scale = fit_scale(splits.train.features)
-    if checkpoint is not None and not np.array_equal(checkpoint.arrays["scale"], scale):
+    init = _init_checkpoint(config) if checkpoint is None else None
+    fitted = Preprocessing.fit(splits.train.features)
+    stored = init if init is not None else checkpoint
+    prep = Preprocessing.from_checkpoint(stored) if stored is not None else fitted
+    if checkpoint is not None and config.train.init_from is None and not fitted.matches(checkpoint.arrays):
         raise RunError(f"{run_dir}: the training data changed since this run started (feature scaling differs)")
-    x_train, y_train = _tensors(splits.train, scale, device)
-    val = _tensors(splits.val, scale, device) if splits.val is not None else None
-    test = _tensors(splits.test, scale, device) if splits.test is not None else None
-    weight = _class_weights(config, splits.train.labels)
-    weight = weight.to(device) if weight is not None else None
+    x_train, y_train = _tensors(splits.train, prep, device)
+    val = _tensors(splits.val, prep, device) if splits.val is not None else None
+    test = _tensors(splits.test, prep, device) if splits.test is not None else None
+    weights = row_weights(config, splits.train)
+    weight = torch.from_numpy(weights).to(device) if weights is not None else None
 
     torch.manual_seed(t.seed)
-    model = build_model(config.model, len(FEATURES), len(CLASSES)).to(device)
+    model = build_model(config.model, len(config.data.features), len(CLASSES)).to(device)
+    if init is not None:
+        _load_weights(model, init)
     optimizer = _make_optimizer(config, model)
     scheduler = _make_scheduler(config, optimizer)
     progress = _restore(checkpoint, model, optimizer, scheduler) if checkpoint is not None else _Progress()
@@ -322,13 +353,13 @@ def _fit(config, splits: Splits, device, run_dir: Path, checkpoint: Checkpoint |
                 progress.epoch = epoch
                 if _improved(record[metric], progress.best_value, metric, min_delta):
                     progress.best_value, progress.best_epoch, progress.bad_epochs = record[metric], epoch, 0
-                    save_checkpoint(runs.best_checkpoint(run_dir), _model_arrays(model, scale), _model_meta(config, epoch, record))
+                    save_checkpoint(runs.best_checkpoint(run_dir), _model_arrays(model, prep), _model_meta(config, epoch, record))
                 else:
                     progress.bad_epochs += 1
                 progress.train_seconds += time.perf_counter() - started
                 record["seconds"] = round(time.perf_counter() - started, 6)
                 stop = t.early_stopping is not None and progress.bad_epochs >= t.early_stopping.patience
-                unsaved = _resumable_state(model, optimizer, scheduler, scale, config, progress, record)
+                unsaved = _resumable_state(model, optimizer, scheduler, prep, config, progress, record)
                 if epoch % t.checkpoint_every == 0 or epoch == t.epochs or stop:
                     save_checkpoint(runs.last_checkpoint(run_dir), *unsaved)
                     unsaved = None
@@ -380,6 +411,7 @@ def _finish(splits: Splits, run_dir: Path, summary: dict[str, Any], progress: _P
         seconds_per_epoch=round(progress.train_seconds / max(progress.epoch, 1), 6),
         val_accuracy=scores["val"]["accuracy"] if "val" in scores else None,
         test_accuracy=scores["test"]["accuracy"] if "test" in scores else None,
+        warnings=scores["test"]["warnings"] if "test" in scores else [],
         evaluation=scores,
     )
     _write_summary(run_dir, summary)
@@ -395,4 +427,5 @@ def _finish(splits: Splits, run_dir: Path, summary: dict[str, Any], progress: _P
         test_accuracy=summary["test_accuracy"],
         val_accuracy=summary["val_accuracy"],
         train_seconds=summary["train_seconds"],
+        warnings=summary["warnings"],
     )

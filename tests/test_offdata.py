@@ -1,3 +1,4 @@
+import csv
 import json
 import os
 from collections import Counter
@@ -21,6 +22,9 @@ WRITERS = {
     "utf16.tsv": off.utf16_tsv,
     "off.jsonl": off.off_jsonl,
     "off.jsonl.gz": lambda p: off.off_jsonl(p, gz=True),
+    "off.jsonl.zst": lambda p: off.off_jsonl(p, zst=True),
+    "off.parquet": off.off_parquet,
+    "off.parquet.zst": lambda p: off.off_parquet(p, zst=True),
 }
 
 
@@ -29,12 +33,20 @@ def test_every_export_flavour_gives_the_same_products(tmp_path, name):
     path = WRITERS[name](tmp_path / name)
     card = build_dataset([path], tmp_path / "out")
     assert card["per_class"] == off.EXPECTED_KEPT
-    assert card["dropped"] == off.EXPECTED_DROPPED
-    assert card["sources"][0]["rows"] == len(off.PRODUCTS) + 1
+    expected_dropped = dict(off.EXPECTED_DROPPED)
+    if "parquet" in name:
+        # Parquet has no ragged rows, and its integer additives_n cannot hold 1.5: that value is absent.
+        expected_dropped.update(ragged_row=0, fractional_additives=0, missing_additives=2)
+    assert card["dropped"] == expected_dropped
+    assert card["sources"][0]["rows"] == len(off.PRODUCTS) + (0 if "parquet" in name else 1)
     rows = []
     for split in ("train", "val", "test"):
-        rows += (tmp_path / "out" / f"{split}.csv").read_text().splitlines()[1:]
-    assert sorted(rows) == sorted(["snacks,6.3,57.5,30.9,1", "beverages,0,10.6,0,2", "meats,20,1,12,2", "desserts,4,15,3,3"])
+        header, *body = csv.reader((tmp_path / "out" / f"{split}.csv").read_text().splitlines())
+        assert header == ["label", "protein", "carbs", "fat", "additives", "sugars", "saturated_fat", "salt", "fiber", "energy", "source", "code"]
+        rows += body
+    assert sorted(",".join(row[:10]) for row in rows) == sorted(off.EXPECTED_ROWS)
+    assert {row[10] for row in rows} == {name}
+    assert all(row[11] for row in rows)  # the barcode, as the export holds it (mangled by spreadsheets)
 
 
 def test_format_detection(tmp_path):
@@ -42,7 +54,10 @@ def test_format_detection(tmp_path):
     assert sniff(off.off_tsv(tmp_path / "a.gz", gz=True)).describe() == "tab-separated, utf-8, gzip"
     assert sniff(off.spreadsheet_csv(tmp_path / "b.csv", ";", "cp1252")).describe() == "semicolon-separated, quoted, cp1252"
     assert sniff(off.utf16_tsv(tmp_path / "c.tsv")).describe() == "tab-separated, utf-16"
-    assert sniff(off.off_jsonl(tmp_path / "d.jsonl")).describe() == "JSONL, utf-8"
+    assert sniff(off.off_jsonl(tmp_path / "d.jsonl")).describe() == "JSONL"
+    assert sniff(off.off_jsonl(tmp_path / "d.bin", zst=True)).describe() == "JSONL, zstd"
+    assert sniff(off.off_parquet(tmp_path / "e.data")).describe() == "Parquet"
+    assert sniff(off.off_parquet(tmp_path / "e.zst", zst=True)).describe() == "Parquet, zstd"
 
 
 def test_build_writes_training_files_datacard_and_readme(tmp_path):
@@ -94,7 +109,7 @@ def test_more_data_never_moves_a_product_between_splits(tmp_path):
     off.off_jsonl(tmp_path / "b.jsonl")
     extra = tmp_path / "extra.tsv"
     extra.write_text("\t".join(off.HEADER) + "\n" + "\n".join(
-        "\t".join([f"4{i:012d}", "u", f"P{i}", "B", "en:meats", "1", "5", "", "1", "20"]) for i in range(200)) + "\n")
+        "\t".join([f"4{i:012d}", "u", f"P{i}", "B", "en:meats", "1", "5", "", "1", "20", "", "", "", "", ""]) for i in range(200)) + "\n")
     build_dataset([extra, tmp_path / "a.tsv"], tmp_path / "big")
     for split in ("train", "val", "test"):
         before = set((tmp_path / "small" / f"{split}.csv").read_text().splitlines()[1:])
@@ -122,6 +137,15 @@ def test_precedence_resolves_ambiguous_products(tmp_path):
     assert card["per_class"]["desserts"] == 2
 
 
+def test_a_short_first_data_line_is_counted_as_ragged_not_fatal(tmp_path):
+    # Regression: polars refused a TSV whose first data line had fewer fields than the header.
+    path = tmp_path / "short.tsv"
+    path.write_text("\t".join(off.HEADER) + "\n" + "\t".join(off.RAGGED) + "\n" + "\t".join(off._rows()[0]) + "\n")
+    stats = SourceStats(path)
+    batches = list(read_export(path, stats))
+    assert stats.ragged == 1 and stats.rows == 2 and sum(len(b) for b in batches) == 2
+
+
 def test_ragged_rows_are_counted_not_fatal(tmp_path):
     stats = SourceStats(Path("x"))
     path = off.off_tsv(tmp_path / "a.tsv")
@@ -136,10 +160,45 @@ needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"real OFF sampl
 @needs_samples
 def test_real_samples_build(tmp_path):
     sources = sorted(SAMPLES.glob("off-*"))
-    assert len(sources) == 6
+    assert len(sources) == 9
     card = build_dataset(sources, tmp_path / "off")
-    assert all(source["rows"] > 500 for source in card["sources"])
-    assert 450 <= card["rows_kept"] <= 650
-    assert card["per_class"]["desserts"] >= 20 and min(card["per_class"].values()) >= 20
+    formats = {Path(s["path"]).name: s["format"] for s in card["sources"]}
+    assert formats["off-2026-products.parquet"] == "Parquet" and formats["off-2026-raw100.jsonl"] == "JSONL"
+    assert all(source["rows"] >= 100 for source in card["sources"])
+    assert 650 <= card["rows_kept"] <= 900
+    assert card["per_class"]["desserts"] >= 30 and min(card["per_class"].values()) >= 30
     assert card["dropped"]["duplicate"] > 0 and card["dropped"]["no_class"] > 0 and card["dropped"]["ragged_row"] >= 1
     assert set(card["dropped"]) == set(off.EXPECTED_DROPPED)
+    # The richer nutrients are known for most kept products.
+    assert card["known_values"]["sugars"] > 0.9 * card["rows_kept"] and card["known_values"]["energy"] > 0.9 * card["rows_kept"]
+
+
+def _built_products(out: Path) -> dict[str, dict[str, str]]:
+    products = {}
+    for split in ("train", "val", "test"):
+        with open(out / f"{split}.csv", newline="") as handle:
+            for row in csv.DictReader(handle):
+                products[row["code"]] = {**row, "split": split}
+    return products
+
+
+@needs_samples
+def test_parquet_export_keeps_every_product_the_tsv_export_keeps(tmp_path):
+    # The same 1,000 products in both formats; the TSV lacks many nutrient values the Parquet file has.
+    from_tsv = build_dataset([SAMPLES / "off-2026-products.tsv"], tmp_path / "tsv")
+    from_parquet = build_dataset([SAMPLES / "off-2026-products.parquet"], tmp_path / "parquet")
+    tsv, parquet = _built_products(tmp_path / "tsv"), _built_products(tmp_path / "parquet")
+    assert 25 <= len(tsv) <= 50 and 200 <= len(parquet) <= 300
+    assert from_tsv["rows_read"] == from_parquet["rows_read"] == 1000
+    for code, row in tsv.items():
+        assert code in parquet, f"{code} kept from the TSV but not from the Parquet file"
+        for column, value in row.items():
+            if column != "source" and value != "":  # the Parquet file knows at least what the TSV knows
+                assert parquet[code][column] == value, (code, column)
+
+
+@needs_samples
+def test_jsonl_dump_sample_is_read(tmp_path):
+    card = build_dataset([SAMPLES / "off-2026-raw100.jsonl"], tmp_path / "out")
+    assert card["rows_read"] == 100 and card["sources"][0]["format"] == "JSONL"
+    assert card["dropped"]["no_class"] > 50 and card["rows_kept"] >= 1

@@ -65,7 +65,7 @@ def test_class_weights_change_training(config_file, tmp_path):
 def test_eval_reports_macro_f1_balanced_accuracy_and_baselines(trained_run):
     report = json.loads(invoke("eval", "--checkpoint", trained_run.best_checkpoint, "--baselines", "--json").stdout)
     assert 0 <= report["macro_f1"] <= 1 and 0 <= report["balanced_accuracy"] <= 1
-    assert set(report["baselines"]) == {"majority", "logistic_regression", "gradient_boosting"}
+    assert set(report["baselines"]) == {"majority", "logistic_regression", "random_forest", "gradient_boosting"}
     assert report["baselines"]["majority"] == pytest.approx(0.25, abs=0.05)  # balanced demo classes
     assert report["baselines"]["gradient_boosting"] > 0.6
 

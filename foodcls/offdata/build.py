@@ -12,8 +12,9 @@ import numpy as np
 import polars as pl
 
 from foodcls import __version__
-from foodcls.data import write_labelled_csv
+from foodcls.data import TRACE_COLUMNS, LabelledData, write_labelled_csv
 from foodcls.errors import ConfigError, DataError
+from foodcls.features import ALL_FEATURES
 from foodcls.fileio import atomic_write_json, atomic_write_text
 from foodcls.labels import CLASSES
 from foodcls.offdata.clean import DROP_REASONS, NUMERIC, classify
@@ -54,27 +55,29 @@ def build_dataset(
         raise DataError("give at least one export file")
     dropped = dict.fromkeys(DROP_REASONS, 0)
     seen: set[str] = set()
-    rows: dict[str, list[tuple[float, float, float, float, int]]] = {s: [] for s in SPLITS}
+    # Per split: one tuple per product, (nine nutrients…, label, source, barcode).
+    rows: dict[str, list[tuple]] = {s: [] for s in SPLITS}
     stats_list = []
     for source in sources:
         stats = SourceStats(Path(source))
-        codes, kept = _classify_source(source, stats, rules, on_batch)
+        reasons, kept = _classify_source(source, stats, rules, on_batch)
         if stats.excluded:
             excluded = np.fromiter(stats.excluded, dtype=np.int64)
-            codes[excluded] = len(DROP_REASONS) + 1  # past every reason: counted in stats.ragged, or blank
+            reasons[excluded] = len(DROP_REASONS) + 1  # past every reason: counted in stats.ragged, or blank
             kept = kept.filter(~pl.col("row").is_in(excluded.tolist()))
-        counts = np.bincount(codes, minlength=len(DROP_REASONS) + 2)
+        counts = np.bincount(reasons, minlength=len(DROP_REASONS) + 2)
         for index, reason in enumerate(DROP_REASONS):
             dropped[reason] += int(counts[index + 1])
         dropped["ragged_row"] += stats.ragged
-        for key, content_key, protein, carbs, fat, additives, label in kept.drop("row").iter_rows():
+        name = Path(source).name
+        for key, content_key, barcode, *values, label in kept.drop("row").iter_rows():
             if key in seen or content_key in seen:
                 dropped["duplicate"] += 1
                 continue
             seen.add(key)
             if content_key is not None:
                 seen.add(content_key)
-            rows[split_of(key, fractions)].append((protein, carbs, fat, additives, label))
+            rows[split_of(key, fractions)].append((*values, label, name, (barcode or "").strip()))
         stats_list.append(stats)
     card = _datacard(stats_list, rows, dropped, rules.to_json(), fractions)
     _write(Path(out_dir), rows, card)
@@ -82,23 +85,24 @@ def build_dataset(
 
 
 def _classify_source(source, stats: SourceStats, rules, on_batch) -> tuple[np.ndarray, pl.DataFrame]:
-    """Per row, a one-byte code (0 kept, i + 1 for DROP_REASONS[i]), and the kept rows, in file order."""
-    codes, kept = [], []
+    """Per row, a one-byte reason (0 kept, i + 1 for DROP_REASONS[i]), and the kept rows, in file order."""
+    reasons, kept = [], []
     read_rows = 0
     for batch in read_export(source, stats, lambda frame: classify(frame, rules)):
         if len(batch) and batch["row"][0] != read_rows:
             raise DataError(f"{source}: internal error: batches arrived out of order")
         read_rows += len(batch)
-        codes.append(batch["code"].to_numpy())
-        kept.append(batch.filter(pl.col("code") == 0).select("row", "key", "content_key", *NUMERIC, "label"))
+        reasons.append(batch["reason"].to_numpy())
+        kept.append(batch.filter(pl.col("reason") == 0).select("row", "key", "content_key", "code", *NUMERIC, "label"))
         if on_batch is not None:
             on_batch(stats.path, read_rows)
-    all_codes = np.concatenate(codes) if codes else np.zeros(0, dtype=np.uint8)
-    return all_codes, pl.concat(kept) if kept else pl.DataFrame()
+    all_reasons = np.concatenate(reasons) if reasons else np.zeros(0, dtype=np.uint8)
+    return all_reasons, pl.concat(kept) if kept else pl.DataFrame()
 
 
 def _datacard(stats_list, rows, dropped, rules, fractions) -> dict[str, Any]:
-    per_split = {s: {c: sum(1 for r in rows[s] if r[4] == i) for i, c in enumerate(CLASSES)} for s in SPLITS}
+    label_at = len(NUMERIC)
+    per_split = {s: {c: sum(1 for r in rows[s] if r[label_at] == i) for i, c in enumerate(CLASSES)} for s in SPLITS}
     return {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "foodcls_version": __version__,
@@ -111,16 +115,27 @@ def _datacard(stats_list, rows, dropped, rules, fractions) -> dict[str, Any]:
         "per_class": {c: sum(per_split[s][c] for s in SPLITS) for c in CLASSES},
         "splits": {s: len(rows[s]) for s in SPLITS},
         "per_split": per_split,
+        "known_values": {
+            feature: sum(1 for s in SPLITS for r in rows[s] if r[i] is not None) for i, feature in enumerate(NUMERIC)
+        },
         "dropped": dropped,
         "split_fractions": dict(zip(SPLITS, fractions)),
         "rules": rules,
     }
 
 
+def _split_data(split_rows: list[tuple], name: str) -> LabelledData:
+    n, width = len(split_rows), len(NUMERIC)
+    values = np.array([r[:width] for r in split_rows], dtype=np.float64).reshape(n, width)  # None → NaN
+    columns = {"source": np.array([r[width + 1] for r in split_rows], dtype=object),
+               "code": np.array([r[width + 2] for r in split_rows], dtype=object)}
+    labels = np.array([r[width] for r in split_rows], dtype=np.int64)
+    return LabelledData(values.astype(np.float32), labels, ALL_FEATURES, name, columns=columns)
+
+
 def _write(out: Path, rows, card: dict[str, Any]) -> None:
     for split_name in SPLITS:
-        table = np.array(rows[split_name], dtype=np.float64).reshape(-1, 5)
-        write_labelled_csv(out / f"{split_name}.csv", table[:, :4], table[:, 4].astype(np.int64))
+        write_labelled_csv(out / f"{split_name}.csv", _split_data(rows[split_name], split_name), TRACE_COLUMNS)
     atomic_write_json(out / "datacard.json", card)
     atomic_write_text(out / "README.md", datacard_markdown(card))
 
@@ -130,7 +145,9 @@ def datacard_markdown(card: dict[str, Any]) -> str:
         "# Open Food Facts training data",
         "",
         f"Built by `foodcls data build` (foodcls {card['foodcls_version']}) on {card['created_at']} from real",
-        "Open Food Facts products (open data, ODbL). Rows: `label,protein,carbs,fat,additives`.",
+        "Open Food Facts products (open data, ODbL). Columns: `label`, the nine nutrients",
+        f"(`{','.join(NUMERIC)}`; g per 100 g, additives a count, energy kcal per 100 g; empty where the",
+        "label lacks the value), `source` (the export's file name) and `code` (the barcode).",
         "",
         "## Sources",
         "",
@@ -145,6 +162,12 @@ def datacard_markdown(card: dict[str, Any]) -> str:
         "| class | " + " | ".join(SPLITS) + " | total |",
         "|---|" + "---|" * (len(SPLITS) + 1),
         *[f"| {c} | " + " | ".join(str(card["per_split"][s][c]) for s in SPLITS) + f" | {card['per_class'][c]} |" for c in CLASSES],
+        "",
+        "## Known values per nutrient (of the products kept)",
+        "",
+        "| nutrient | known |",
+        "|---|---|",
+        *[f"| {feature} | {count} |" for feature, count in card["known_values"].items()],
         "",
         "## Dropped, per reason",
         "",

@@ -6,10 +6,12 @@ from typing import TypeVar
 
 import polars as pl
 
+from foodcls.features import ALL_FEATURES, MACROS, NUTRIENTS, PARTS, SEED_FEATURES, TOLERANCE_G
 from foodcls.offdata.rules import LabelRules, label_expressions
 
 Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
-NUMERIC = ("protein", "carbs", "fat", "additives")
+NUMERIC = ALL_FEATURES  # the nine nutrients, in the column order of the built CSVs
+KJ_PER_KCAL = 4.184
 # Every reason a row can be dropped for, in the order they are checked (a row counts under the first).
 DROP_REASONS = (
     "ragged_row",
@@ -23,16 +25,26 @@ DROP_REASONS = (
     "negative_value",
     "nutrient_over_100",
     "nutrients_sum_over_105",
+    "energy_over_900",
+    "sugars_over_carbs",
+    "saturated_fat_over_fat",
+    "additives_over_100",
     "duplicate",
 )
-SUM_TOLERANCE = 105.0  # protein + carbs + fat may exceed 100 g by rounding on the label
+SUM_TOLERANCE = 100.0 + TOLERANCE_G  # protein + carbs + fat may exceed 100 g by rounding on the label
 MANGLED_BARCODE = r"^\d+(?:[.,]\d+)?[eE][+-]?\d+$"  # 8.01E+12: a spreadsheet turned it into a number
+GRAMS = tuple(n for n in ALL_FEATURES if NUTRIENTS[n].unit == "g per 100 g")
 
 
 def _number(column: str) -> pl.Expr:
     """Decimal point or comma; non-numeric, NaN and infinities become null (counted as missing)."""
     value = pl.col(column).str.strip_chars().str.replace(",", ".", literal=True).cast(pl.Float64, strict=False)
     return pl.when(value.is_finite()).then(value).otherwise(None)
+
+
+def _energy() -> pl.Expr:
+    """kcal per 100 g: energy-kcal_100g, else energy_100g (kJ) ÷ 4.184."""
+    return pl.coalesce(_number("energy_kcal"), _number("energy_kj") / KJ_PER_KCAL)
 
 
 def _content_key() -> pl.Expr:
@@ -42,7 +54,7 @@ def _content_key() -> pl.Expr:
             pl.col("product_name").fill_null("").str.strip_chars().str.to_lowercase(),
             pl.lit("|"),
             pl.col("brands").fill_null("").str.strip_chars().str.to_lowercase(),
-            *[e for c in NUMERIC for e in (pl.lit("|"), pl.col(c).cast(pl.String))],
+            *[e for c in SEED_FEATURES for e in (pl.lit("|"), pl.col(c).cast(pl.String))],
         ]
     )
 
@@ -60,12 +72,13 @@ def _duplicate_keys() -> tuple[pl.Expr, pl.Expr]:
 
 
 def classify(batch: Frame, rules: LabelRules) -> Frame:
-    """Add label, the four numbers, key, content_key, and code: 0 for a row kept (before
+    """Add label, the nine nutrients, key, content_key, and reason: 0 for a row kept (before
     de-duplication), i + 1 for a row dropped for DROP_REASONS[i]. Works lazily too."""
     tags = pl.col("categories_tags").fill_null("").str.to_lowercase()
     label, n_matched = label_expressions(rules, tags)
-    frame = batch.with_columns(label.alias("label"), n_matched.alias("n_matched"), *[_number(c).alias(c) for c in NUMERIC])
-    nutrients = [pl.col(c) for c in ("protein", "carbs", "fat")]
+    numbers = [(_energy() if c == "energy" else _number(c)).alias(c) for c in NUMERIC]
+    frame = batch.with_columns(label.alias("label"), n_matched.alias("n_matched"), *numbers)
+    macros = [pl.col(c) for c in MACROS]
     checks = [
         ("no_class", pl.col("n_matched") == 0),
         ("ambiguous_class", pl.col("label").is_null()),
@@ -75,14 +88,17 @@ def classify(batch: Frame, rules: LabelRules) -> Frame:
         ("missing_additives", pl.col("additives").is_null()),
         ("fractional_additives", pl.col("additives") != pl.col("additives").round(0)),
         ("negative_value", pl.min_horizontal([pl.col(c) for c in NUMERIC]) < 0),
-        ("nutrient_over_100", pl.max_horizontal(nutrients) > 100),
-        ("nutrients_sum_over_105", pl.sum_horizontal(nutrients) > SUM_TOLERANCE),
+        ("nutrient_over_100", pl.max_horizontal([pl.col(c) for c in GRAMS]) > 100),
+        ("nutrients_sum_over_105", pl.sum_horizontal(macros) > SUM_TOLERANCE),
+        ("energy_over_900", pl.col("energy") > NUTRIENTS["energy"].high),
+        *[(f"{part}_over_{whole}", pl.col(part) > pl.col(whole) + TOLERANCE_G) for part, whole in PARTS],
+        ("additives_over_100", pl.col("additives") > NUTRIENTS["additives"].high),
     ]
-    code = pl.lit(0, pl.UInt8)
+    first_failed = pl.lit(0, pl.UInt8)
     for reason, failed in reversed(checks):  # built inside out, so the first check wins
-        code = pl.when(failed).then(pl.lit(reason_code(reason), pl.UInt8)).otherwise(code)
+        first_failed = pl.when(failed.fill_null(False)).then(pl.lit(reason_code(reason), pl.UInt8)).otherwise(first_failed)
     key, content_key = _duplicate_keys()
-    return frame.with_columns(code.alias("code"), key.alias("key"), content_key.alias("content_key"))
+    return frame.with_columns(first_failed.alias("reason"), key.alias("key"), content_key.alias("content_key"))
 
 
 def reason_code(reason: str) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import gzip
 import hashlib
 import io
 import json
@@ -22,22 +21,30 @@ from typing import TypeVar
 import polars as pl
 
 from foodcls.errors import DataError
+from foodcls.offdata.parquet import parquet_batches
 from foodcls.offdata.scan import line_problem, scan_tsv
-from foodcls.offdata.sniff import ExportFormat, sniff
+from foodcls.offdata.sniff import DAMAGED_STREAM_ERRORS, ExportFormat, decompressed, sniff
 
-# Export column → our column. product_name and brands only serve the fallback duplicate key.
-COLUMNS = {
-    "code": "code",
-    "product_name": "product_name",
-    "brands": "brands",
-    "categories_tags": "categories_tags",
-    "proteins_100g": "protein",
-    "carbohydrates_100g": "carbs",
-    "fat_100g": "fat",
-    "additives_n": "additives",
+# Our column → the export's names for it, first found wins. product_name and brands only serve the
+# fallback duplicate key. Older exports spell saturated_fat_100g with an underscore; energy_100g is kJ.
+EXPORT_NAMES: dict[str, tuple[str, ...]] = {
+    "code": ("code",),
+    "product_name": ("product_name",),
+    "brands": ("brands",),
+    "categories_tags": ("categories_tags",),
+    "protein": ("proteins_100g",),
+    "carbs": ("carbohydrates_100g",),
+    "fat": ("fat_100g",),
+    "additives": ("additives_n",),
+    "sugars": ("sugars_100g",),
+    "saturated_fat": ("saturated-fat_100g", "saturated_fat_100g"),
+    "salt": ("salt_100g",),
+    "fiber": ("fiber_100g",),
+    "energy_kcal": ("energy-kcal_100g",),
+    "energy_kj": ("energy_100g", "energy-kj_100g"),
 }
-REQUIRED = ("code", "categories_tags", "proteins_100g", "carbohydrates_100g", "fat_100g", "additives_n")
-JSON_NUTRIMENTS = ("proteins_100g", "carbohydrates_100g", "fat_100g")
+COLUMNS = tuple(EXPORT_NAMES)
+REQUIRED = ("code", "categories_tags", "protein", "carbs", "fat", "additives")
 Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
 Transform = Callable[[Frame], Frame]
 BLOCK_BYTES = 32 << 20
@@ -77,7 +84,7 @@ def _utf8_blocks(path: Path, fmt: ExportFormat, digest) -> Iterator[bytes]:
     """The file as UTF-8 bytes in large blocks, hashing the raw bytes on the way."""
     with open(path, "rb", buffering=0) as raw:
         stream = io.BufferedReader(_HashingReader(raw, digest), buffer_size=BLOCK_BYTES)
-        handle = gzip.GzipFile(fileobj=stream) if fmt.gzipped else stream
+        handle = decompressed(stream, fmt.compression)
         decoder = None if fmt.encoding == "utf-8" else codecs.getincrementaldecoder(fmt.encoding)(errors="replace")
         while True:
             block = handle.read(BLOCK_BYTES)
@@ -89,16 +96,26 @@ def _utf8_blocks(path: Path, fmt: ExportFormat, digest) -> Iterator[bytes]:
 
 
 def _header_indices(names: list[str], path: Path) -> dict[str, int]:
+    """Our column → its index in the export's header."""
     normalised = [n.strip().strip('"').lstrip("\ufeff").strip().lower() for n in names]
-    found = {name: normalised.index(name) for name in COLUMNS if name in normalised}
-    missing = [name for name in REQUIRED if name not in found]
-    if missing:
-        raise DataError(f"{path}: not an Open Food Facts export: no {', '.join(missing)} column")
+    found = {}
+    for column, export_names in EXPORT_NAMES.items():
+        for export_name in export_names:
+            if export_name in normalised:
+                found[column] = normalised.index(export_name)
+                break
+    _require(found, path)
     return found
 
 
+def _require(found, path: Path) -> None:
+    missing = [EXPORT_NAMES[name][0] for name in REQUIRED if name not in found]
+    if missing:
+        raise DataError(f"{path}: not an Open Food Facts export: no {', '.join(missing)} column")
+
+
 def _frame(columns: dict[str, list]) -> pl.DataFrame:
-    return pl.DataFrame({COLUMNS[k]: v for k, v in columns.items()}, schema={COLUMNS[k]: pl.String for k in columns})
+    return pl.DataFrame(columns, schema={k: pl.String for k in columns})
 
 
 def _tsv_batches(path: Path, fmt: ExportFormat, stats: SourceStats, digest) -> Iterator[pl.DataFrame]:
@@ -140,7 +157,7 @@ def _parse_tsv_block(block: bytes, indices: dict[str, int], width: int, stats: S
         io.BytesIO(block), separator="\t", quote_char=None, has_header=False, columns=[i for _, i in order],
         infer_schema=False, truncate_ragged_lines=True,
     )
-    yield frame.rename(dict(zip(frame.columns, (COLUMNS[name] for name, _ in order))))
+    yield frame.rename(dict(zip(frame.columns, (name for name, _ in order))))
 
 
 def _quoted_batches(path: Path, fmt: ExportFormat, stats: SourceStats, digest) -> Iterator[pl.DataFrame]:
@@ -175,6 +192,21 @@ def _json_value(value) -> str | None:
     return str(value)
 
 
+def _json_row(product: dict) -> dict[str, str | None]:
+    """Our columns from one product of the JSONL dump: nutrients under `nutriments` as <name>_100g keys."""
+    nutriments = product.get("nutriments")
+    nutriments = nutriments if isinstance(nutriments, dict) else {}
+    row = {}
+    for column, export_names in EXPORT_NAMES.items():
+        value = None
+        for export_name in export_names:
+            value = nutriments.get(export_name, product.get(export_name)) if export_name.endswith("_100g") else product.get(export_name)
+            if value is not None:
+                break
+        row[column] = _json_value(value)
+    return row
+
+
 def _jsonl_batches(path: Path, fmt: ExportFormat, stats: SourceStats, digest) -> Iterator[pl.DataFrame]:
     columns: dict[str, list] = {k: [] for k in COLUMNS}
     tail = b""
@@ -194,13 +226,11 @@ def _json_lines(lines: list[bytes], columns: dict[str, list], stats: SourceStats
             product = json.loads(line)
             if not isinstance(product, dict):
                 raise ValueError
-        except ValueError:
-            stats.ragged += 1
+        except (ValueError, RecursionError):
+            stats.ragged += 1  # a line that does not parse as one product's JSON object
             continue
-        nutriments = product.get("nutriments") or {}
-        for name in COLUMNS:
-            value = nutriments.get(name, product.get(name)) if name in JSON_NUTRIMENTS else product.get(name)
-            columns[name].append(_json_value(value))
+        for name, value in _json_row(product).items():
+            columns[name].append(value)
         if len(columns["code"]) >= BATCH_ROWS:
             yield _frame(columns)
             for values in columns.values():
@@ -213,8 +243,7 @@ def _fast_batches(path: Path, stats: SourceStats, transform: Transform) -> Itera
     with open(path, "rb") as handle:
         header = handle.readline()
     names = header.decode("utf-8", errors="replace").rstrip("\r\n").split("\t")
-    indices = _header_indices(names, path)
-    columns = {COLUMNS[k]: i for k, i in indices.items()}
+    columns = _header_indices(names, path)
     batches, check = scan_tsv(path, len(header), columns, len(names), lambda frame: transform(_complete(frame)))
     yield from batches
     stats.sha256 = check.sha256
@@ -233,7 +262,18 @@ def _numbered(batches: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
 def _complete(frame: Frame) -> Frame:
     """Add the optional columns a source lacks, as nulls."""
     names = frame.collect_schema().names()
-    return frame.with_columns([pl.lit(None, pl.String).alias(c) for c in COLUMNS.values() if c not in names])
+    return frame.with_columns([pl.lit(None, pl.String).alias(c) for c in COLUMNS if c not in names])
+
+
+def _read_guarded(path: Path, batches: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+    """Turn what a damaged file makes the readers raise into one DataError naming the file."""
+    try:
+        yield from batches
+    except DataError:
+        raise
+    except DAMAGED_STREAM_ERRORS as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"{path}: cannot read ({reason[:200]})") from None
 
 
 def read_export(path: str | Path, stats: SourceStats, transform: Transform = lambda frame: frame) -> Iterator[pl.DataFrame]:
@@ -243,11 +283,18 @@ def read_export(path: str | Path, stats: SourceStats, transform: Transform = lam
     path = Path(path)
     fmt = sniff(path)
     stats.format = fmt.describe()
+    yield from _read_guarded(path, _read_export(path, fmt, stats, transform))
+
+
+def _read_export(path: Path, fmt: ExportFormat, stats: SourceStats, transform: Transform) -> Iterator[pl.DataFrame]:
     digest = hashlib.sha256()
-    if fmt.kind == "csv" and not fmt.quoted and not fmt.gzipped and fmt.encoding == "utf-8":
+    if fmt.kind == "csv" and not fmt.quoted and fmt.compression is None and fmt.encoding == "utf-8":
         yield from _fast_batches(path, stats, transform)
         return
-    elif fmt.kind == "jsonl":
+    if fmt.kind == "parquet":
+        yield from parquet_batches(path, fmt, stats, lambda frame: transform(_complete(frame)))
+        return
+    if fmt.kind == "jsonl":
         batches = _numbered(_jsonl_batches(path, fmt, stats, digest))
     elif fmt.quoted:
         batches = _numbered(_quoted_batches(path, fmt, stats, digest))

@@ -90,6 +90,7 @@ def scan_tsv(
         frame = pl.scan_csv(
             path, separator="\t", quote_char=None, has_header=False, skip_rows=1,
             schema={f"c{i}": pl.String for i in range(width)}, truncate_ragged_lines=True, encoding="utf8-lossy",
+            missing_columns="insert",  # a short first line must not make polars refuse the file (ragged lines are counted)
         )
         selected = frame.select(*(pl.col(f"c{index}").alias(name) for name, index in columns.items())).with_row_index("row")
         yield from transform(selected).collect_batches()

@@ -1,47 +1,73 @@
-"""Recognise an export from its first bytes: compression, encoding, JSONL or CSV, separator, quoting."""
+"""Recognise an export from its first bytes: compression, Parquet, encoding, JSONL or CSV, separator, quoting."""
 
 from __future__ import annotations
 
 import codecs
 import gzip
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+
+import polars as pl
+import zstandard
 
 from foodcls.errors import DataError
 
 SNIFF_BYTES = 1 << 16
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+PARQUET_MAGIC = b"PAR1"
+# What reading a truncated or corrupt export raises, from the decompressors, the OS and polars.
+DAMAGED_STREAM_ERRORS = (OSError, EOFError, ValueError, zlib.error, zstandard.ZstdError, pl.exceptions.PolarsError)
 
 
 @dataclass(frozen=True)
 class ExportFormat:
-    gzipped: bool
+    compression: str | None  # None, "gzip" or "zstd" (the whole file)
     encoding: str  # a Python codec; utf-8 input is passed through untouched
-    kind: str  # "csv" or "jsonl"
+    kind: str  # "csv", "jsonl" or "parquet"
     separator: str = "\t"
     quoted: bool = False
 
     def describe(self) -> str:
-        if self.kind == "jsonl":
-            text = "JSONL"
+        if self.kind in ("jsonl", "parquet"):
+            text = {"jsonl": "JSONL", "parquet": "Parquet"}[self.kind]
         else:
             text = {"\t": "tab", ",": "comma", ";": "semicolon"}[self.separator] + "-separated" + (", quoted" if self.quoted else "")
-        return f"{text}, {self.encoding}{', gzip' if self.gzipped else ''}"
+            text += f", {self.encoding}"
+        return text + (f", {self.compression}" if self.compression else "")
 
 
-def open_binary(path: Path, gzipped: bool):
-    return gzip.open(path, "rb") if gzipped else open(path, "rb")  # noqa: SIM115 - caller closes
+def compression_of(path: Path) -> str | None:
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic.startswith(GZIP_MAGIC):
+        return "gzip"
+    return "zstd" if magic == ZSTD_MAGIC else None
+
+
+def decompressed(handle, compression: str | None):
+    """A binary file object reading the decompressed bytes of `handle` (which the caller closes)."""
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=handle)
+    if compression == "zstd":
+        return zstandard.ZstdDecompressor().stream_reader(handle, read_across_frames=True)
+    return handle
 
 
 def sniff(path: Path) -> ExportFormat:
     try:
-        with open(path, "rb") as handle:
-            gzipped = handle.read(2) == b"\x1f\x8b"
-        with open_binary(path, gzipped) as handle:
+        compression = compression_of(path)
+        with open(path, "rb") as raw, decompressed(raw, compression) as handle:
             head = handle.read(SNIFF_BYTES)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (OSError, EOFError) as error:
-        raise DataError(f"{path}: cannot read ({error})") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, expected an export file") from None
+    except DAMAGED_STREAM_ERRORS as error:
+        raise DataError(f"{path}: cannot read ({type(error).__name__}: {error})") from None
+    if head.startswith(PARQUET_MAGIC):
+        return ExportFormat(compression, "binary", "parquet")
     if not head.strip():
         raise DataError(f"{path}: file is empty")
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
@@ -57,7 +83,7 @@ def sniff(path: Path) -> ExportFormat:
             encoding = "utf-8" if error.start >= len(head) - 3 else "cp1252"
     text = head.decode("utf-16" if encoding == "utf-16" else encoding, errors="replace").lstrip("\ufeff")
     if text.lstrip().startswith("{"):
-        return ExportFormat(gzipped, encoding, "jsonl")
+        return ExportFormat(compression, encoding, "jsonl")
     header = text.split("\n", 1)[0]
     counts = {sep: header.count(sep) for sep in ("\t", ";", ",")}
     separator = max(counts, key=counts.get)
@@ -66,4 +92,4 @@ def sniff(path: Path) -> ExportFormat:
     # OFF's own export is tab-separated and never quoted (quotes inside names are literal); a
     # spreadsheet re-save quotes its cells, which shows in the header or in another separator.
     quoted = separator != "\t" or '"' in header
-    return ExportFormat(gzipped, encoding, "csv", separator, quoted)
+    return ExportFormat(compression, encoding, "csv", separator, quoted)

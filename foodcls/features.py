@@ -1,0 +1,103 @@
+"""The nutrient vocabulary: names, units and valid ranges — one definition of a valid product, used by
+`data build`, every CSV reader, `predict` and `serve`.
+
+Imports nothing heavier than numpy, so the quick paths (predict, serve) can use it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Nutrient:
+    name: str  # the column name in our CSVs, the key in configs and in the HTTP API
+    unit: str
+    high: float  # values must lie within 0..high
+    description: str
+    whole: bool = False  # a count: whole numbers only
+
+    @property
+    def option(self) -> str:
+        """The `foodcls predict` option: --saturated-fat for saturated_fat."""
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def rule(self) -> str:
+        """What a valid value is, as error messages say it."""
+        return f"be a whole number within 0-{self.high:g}" if self.whole else f"lie within 0-{self.high:g} {self.unit}"
+
+
+_NUTRIENTS = (
+    Nutrient("protein", "g per 100 g", 100, "protein"),
+    Nutrient("carbs", "g per 100 g", 100, "carbohydrates"),
+    Nutrient("fat", "g per 100 g", 100, "fat"),
+    # No real product lists a hundred additives; the bound keeps absurd counts (1e308) out.
+    Nutrient("additives", "additives", 100, "number of food additives", whole=True),
+    Nutrient("sugars", "g per 100 g", 100, "sugars (part of the carbohydrates)"),
+    Nutrient("saturated_fat", "g per 100 g", 100, "saturated fat (part of the fat)"),
+    Nutrient("salt", "g per 100 g", 100, "salt"),
+    Nutrient("fiber", "g per 100 g", 100, "dietary fiber"),
+    # Pure fat is 900 kcal per 100 g: nothing edible holds more.
+    Nutrient("energy", "kcal per 100 g", 900, "energy"),
+)
+NUTRIENTS: dict[str, Nutrient] = {n.name: n for n in _NUTRIENTS}
+ALL_FEATURES: tuple[str, ...] = tuple(NUTRIENTS)
+SEED_FEATURES: tuple[str, ...] = ("protein", "carbs", "fat", "additives")  # the classic recipe's four
+RICH_FEATURES: tuple[str, ...] = ALL_FEATURES
+# A product needs these to be kept by `data build`; the others may be unknown (an empty cell).
+REQUIRED_FEATURES: tuple[str, ...] = SEED_FEATURES
+
+# Labels round each figure: protein + carbs + fat may exceed 100 g, sugars the carbs and saturated fat
+# the fat, by this much before the product counts as inconsistent.
+TOLERANCE_G = 5.0
+PARTS: tuple[tuple[str, str], ...] = (("sugars", "carbs"), ("saturated_fat", "fat"))
+MACROS: tuple[str, ...] = ("protein", "carbs", "fat")
+
+
+def value_problem(name: str, value: float) -> str | None:
+    """Why `value` cannot be a `name` figure (not finite, out of range, fractional count), or None."""
+    nutrient = NUTRIENTS[name]
+    if not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    if not 0 <= value <= nutrient.high or (nutrient.whole and not float(value).is_integer()):
+        return f"must {nutrient.rule}, got {value:g}"
+    return None
+
+
+def invalid_mask(name: str, values: np.ndarray) -> np.ndarray:
+    """Rows whose `name` value fails value_problem (NaN counts as unknown, not invalid)."""
+    nutrient = NUTRIENTS[name]
+    with np.errstate(invalid="ignore"):
+        bad = np.isinf(values) | (values < 0) | (values > nutrient.high)
+        if nutrient.whole:
+            bad |= np.isfinite(values) & (values != np.round(values))
+    return bad
+
+
+def consistency_problems(values: dict[str, float]) -> list[str]:
+    """Figures that contradict each other beyond rounding (sum of macros, sugars > carbs, …)."""
+    problems = []
+    if all(n in values and math.isfinite(values[n]) for n in MACROS):
+        total = sum(values[n] for n in MACROS)
+        if total > 100:
+            problems.append(f"protein + carbs + fat = {total:g} g exceeds 100 g per 100 g; check the label")
+    for part, whole in PARTS:
+        if part in values and whole in values and math.isfinite(values[part]) and values[part] > values[whole] + TOLERANCE_G:
+            problems.append(f"{part} ({values[part]:g} g) exceeds {whole} ({values[whole]:g} g); check the label")
+    return problems
+
+
+def check_features(features: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Validate a feature list (known names, no repeats); returns it as a tuple."""
+    unknown = [f for f in features if f not in NUTRIENTS]
+    if unknown:
+        raise ValueError(f"unknown feature {unknown[0]!r}; features are {', '.join(ALL_FEATURES)}")
+    if len(set(features)) != len(features):
+        raise ValueError("a feature is listed twice")
+    if not features:
+        raise ValueError("at least one feature is needed")
+    return tuple(features)

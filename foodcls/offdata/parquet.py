@@ -1,0 +1,129 @@
+"""The official Open Food Facts Parquet export, read column-wise and streamed by polars.
+
+`nutriments` is a list of structs {name, value, 100g, serving, unit, …}: each nutrient we use is the
+`100g` field of the entry with its name. `product_name` is a list of {lang, text}; `categories_tags`
+a list of tags. A Parquet file with flat `<name>_100g` columns (the CSV layout) is read too. Values
+are turned into strings, as every other reader yields them, so one cleaning step serves all formats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import polars as pl
+
+from foodcls.errors import DataError
+from foodcls.offdata.sniff import DAMAGED_STREAM_ERRORS, ExportFormat, decompressed
+
+# Our column → the nutriment's name in the `nutriments` list.
+NUTRIMENT_NAMES = {
+    "protein": "proteins",
+    "carbs": "carbohydrates",
+    "fat": "fat",
+    "sugars": "sugars",
+    "saturated_fat": "saturated-fat",
+    "salt": "salt",
+    "fiber": "fiber",
+    "energy_kcal": "energy-kcal",
+    "energy_kj": "energy",
+}
+
+
+def _text(expr: pl.Expr) -> pl.Expr:
+    return expr.cast(pl.String)
+
+
+def _list_of_structs(dtype: pl.DataType, *fields: str) -> bool:
+    return isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct) and all(f in {x.name for x in dtype.inner.fields} for f in fields)
+
+
+def _nutriment(name: str) -> pl.Expr:
+    entry = pl.element().struct
+    return pl.col("nutriments").list.eval(entry.field("100g").filter(entry.field("name") == name)).list.first()
+
+
+def _name_expr(dtype: pl.DataType) -> pl.Expr:
+    if _list_of_structs(dtype, "lang", "text"):
+        names = pl.col("product_name")
+        main = names.list.eval(pl.element().struct.field("text").filter(pl.element().struct.field("lang") == "main")).list.first()
+        return main.fill_null(names.list.first().struct.field("text"))
+    return _text(pl.col("product_name"))
+
+
+def _tags_expr(dtype: pl.DataType) -> pl.Expr:
+    return pl.col("categories_tags").list.join(",") if isinstance(dtype, pl.List) else _text(pl.col("categories_tags"))
+
+
+def column_expressions(schema: dict[str, pl.DataType], path: Path) -> list[pl.Expr]:
+    """Our columns (as strings) from the Parquet schema; a one-line error when a required one is missing."""
+    from foodcls.offdata.read import EXPORT_NAMES, REQUIRED
+
+    nested = "nutriments" in schema and _list_of_structs(schema["nutriments"], "name", "100g")
+    found: dict[str, pl.Expr] = {}
+    for column, export_names in EXPORT_NAMES.items():
+        if nested and column in NUTRIMENT_NAMES:
+            found[column] = _text(_nutriment(NUTRIMENT_NAMES[column]))
+            continue
+        name = next((n for n in export_names if n in schema), None)
+        if name is None:
+            continue
+        if column == "product_name":
+            found[column] = _name_expr(schema[name])
+        elif column == "categories_tags":
+            found[column] = _tags_expr(schema[name])
+        elif isinstance(schema[name], (pl.List, pl.Struct)):
+            raise DataError(f"{path}: column {name} is {schema[name]}, expected a single value per product")
+        else:
+            found[column] = _text(pl.col(name))
+    missing = [EXPORT_NAMES[c][0] for c in REQUIRED if c not in found]
+    if missing:
+        hint = " (nor a nutriments list of {name, 100g})" if not nested and any(c in NUTRIMENT_NAMES for c in REQUIRED if c not in found) else ""
+        raise DataError(f"{path}: not an Open Food Facts export: no {', '.join(missing)} column{hint}")
+    return [expr.alias(column) for column, expr in found.items()]
+
+
+def _hash_file(path: Path, out: list[str]) -> None:
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as handle:
+        while chunk := handle.read(8 << 20):
+            digest.update(chunk)
+    out.append(digest.hexdigest())
+
+
+@contextmanager
+def _plain_parquet(path: Path, compression: str | None) -> Iterator[Path]:
+    """Parquet needs random access: a whole-file gzip/zstd copy is decompressed to a temp file first."""
+    if compression is None:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="foodcls-parquet-") as tmp:
+        plain = Path(tmp) / "export.parquet"
+        with open(path, "rb") as raw, decompressed(raw, compression) as source, open(plain, "wb") as target:
+            shutil.copyfileobj(source, target, 8 << 20)
+        yield plain
+
+
+def parquet_batches(path: Path, fmt: ExportFormat, stats, transform: Callable[[pl.LazyFrame], pl.LazyFrame]) -> Iterator[pl.DataFrame]:
+    """Batches of transform(our columns + `row`), streamed by polars; the file is hashed alongside."""
+    digest: list[str] = []
+    hasher = threading.Thread(target=_hash_file, args=(path, digest), daemon=True)
+    hasher.start()
+    with _plain_parquet(path, fmt.compression) as plain:
+        try:
+            frame = pl.scan_parquet(plain)
+            schema = dict(frame.collect_schema())
+        except DAMAGED_STREAM_ERRORS as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise DataError(f"{path}: not a readable Parquet file ({reason[:200]})") from None
+        selected = frame.select(column_expressions(schema, path)).with_row_index("row")
+        for batch in transform(selected).collect_batches():
+            stats.rows += len(batch)
+            yield batch
+    hasher.join()
+    stats.sha256 = digest[0] if digest else ""
