@@ -1,14 +1,16 @@
-"""Backpropagation written out for the MLP: forward, softmax + cross-entropy, and the gradients.
+"""Backpropagation written out for a stack of k MLPs of one shape: forward, softmax + cross-entropy, and
+the gradients, each a batched matrix product over the k models (one run trains as a stack of one).
 
 Autograd spends most of a step on bookkeeping when the layers are this small (4-32-32-4); the explicit
 chain rule below does the same arithmetic in a third of the time. tests/test_backprop.py checks every
 gradient against torch.autograd.
+
+Shapes: inputs x (k, B, F); weights[i] (k, out, in); biases[i] (k, 1, out); one_hot (k, B, C).
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 _ACTIVATION = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
 
@@ -23,30 +25,50 @@ def _activation_backward(name: str, grad: torch.Tensor, pre: torch.Tensor, post:
 
 
 @torch.no_grad()
+def logits(weights: list[torch.Tensor], biases: list[torch.Tensor], activation: str, x: torch.Tensor) -> torch.Tensor:
+    """The stacked networks' logits (k, N, C); x may be (N, F), shared by all k, or (k, N, F)."""
+    act = _ACTIVATION[activation]
+    h = x
+    for i, (weight, bias) in enumerate(zip(weights, biases)):
+        h = torch.matmul(h, weight.transpose(1, 2)).add_(bias)
+        if i < len(weights) - 1:
+            h = act(h)
+    return h
+
+
+@torch.no_grad()
 def loss_gradients(
-    layers: list[nn.Linear], activation: str, x: torch.Tensor, one_hot: torch.Tensor, row_weight: torch.Tensor | None
+    weights: list[torch.Tensor], biases: list[torch.Tensor], activation: str, x: torch.Tensor, one_hot: torch.Tensor,
+    row_weight: torch.Tensor | None, rows: torch.Tensor | None = None, weights_t: list[torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
-    """Gradients of F.cross_entropy(model(x), y, weight=class_weight) for [W0, b0, W1, b1, ...],
-    given one_hot = one_hot(y) and row_weight = class_weight[y] (the caller builds both once per epoch)."""
+    """Gradients of the (weighted) mean cross-entropy of each model, [W0, b0, W1, b1, ...], each (k, ...).
+    weights_t: the weights' transposed views, if the caller keeps them (saves an op per layer and step).
+
+    row_weight (k, B): a weight per row (class weight × file weight, 0 for padding); the loss is then
+    sum(w·l) / sum(w), as F.cross_entropy(weight=...) computes it. Without weights every row counts
+    once; rows (k, 1, 1), when given, is the number of real rows per model (the rest is padding and
+    one_hot is zero there), else all B rows are real."""
     act = _ACTIVATION[activation]
     inputs, pre_acts = [x], []
     h = x
-    for i, layer in enumerate(layers):
-        z = torch.addmm(layer.bias, h, layer.weight.t())
-        if i < len(layers) - 1:
+    for i, (weight_t, bias) in enumerate(zip(weights_t or [w.transpose(1, 2) for w in weights], biases)):
+        z = torch.baddbmm(bias, h, weight_t)
+        if i < len(weights) - 1:
             pre_acts.append(z)
             h = act(z)
             inputs.append(h)
-    # d(mean cross-entropy)/d(logits) = (softmax - one_hot) weighted per row by the true class's weight.
-    grad = torch.softmax(z, dim=1).sub_(one_hot)
-    if row_weight is None:
-        grad.div_(len(x))
+    # d(mean cross-entropy)/d(logits) = (softmax - one_hot), weighted per row by the true class's weight.
+    grad = torch.softmax(z, dim=2).sub_(one_hot)
+    if row_weight is not None:
+        grad.mul_((row_weight / row_weight.sum(dim=1, keepdim=True)).unsqueeze(2))
+    elif rows is not None:
+        grad.mul_((one_hot.sum(dim=2, keepdim=True))).div_(rows)  # padding rows (one_hot 0) contribute nothing
     else:
-        grad.mul_((row_weight / row_weight.sum()).unsqueeze(1))
-    grads: list[torch.Tensor] = [torch.empty(0)] * (2 * len(layers))
-    for i in range(len(layers) - 1, -1, -1):
-        grads[2 * i] = grad.t().mm(inputs[i])
-        grads[2 * i + 1] = grad.sum(dim=0)
+        grad.div_(x.shape[1])
+    grads: list[torch.Tensor] = [torch.empty(0)] * (2 * len(weights))
+    for i in range(len(weights) - 1, -1, -1):
+        grads[2 * i] = torch.bmm(grad.transpose(1, 2), inputs[i])
+        grads[2 * i + 1] = grad.sum(dim=1, keepdim=True)
         if i > 0:
-            grad = _activation_backward(activation, grad.mm(layers[i].weight), pre_acts[i - 1], inputs[i])
+            grad = _activation_backward(activation, torch.bmm(grad, weights[i]), pre_acts[i - 1], inputs[i])
     return grads

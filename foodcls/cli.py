@@ -298,12 +298,13 @@ def data_synth(
     n_train: Annotated[int, typer.Option("--n-train", min=4, help="Training rows.")] = 8000,
     n_test: Annotated[int, typer.Option("--n-test", min=4, help="Test rows.")] = 2000,
     seed: Annotated[Optional[int], typer.Option("--seed", min=0, help="Random seed [default: the demo set's].")] = None,
+    rich: Annotated[bool, typer.Option("--rich", help="All nine nutrients (data/demo-rich), not just the seed's four.")] = False,
 ) -> None:
     """Generate the synthetic demo set (balanced mixtures of real product archetypes)."""
     with reported_errors():
         from foodcls.synth import DEFAULT_SEED, write_demo_set
 
-        paths = write_demo_set(out, n_train, n_test, DEFAULT_SEED if seed is None else seed)
+        paths = write_demo_set(out, n_train, n_test, DEFAULT_SEED if seed is None else seed, rich=rich)
     for split, path in paths.items():
         stdout.print(f"{split}: {path}")
 
@@ -477,6 +478,90 @@ def sweep(
         table.add_row(*(json.dumps(entry["params"][k]) for k in keys), f"{ok}/{len(entry['runs'])}", *cells,
                       "best" if is_best else "", style="bold green" if is_best else None)
     stdout.print(table)
+
+
+@app.command()
+def cv(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML config whose training data are cross-validated.")],
+    folds: Annotated[int, typer.Option("--folds", help="Stratified folds (ignored with --group-by).")] = 5,
+    group_by: Annotated[Optional[str], typer.Option("--group-by", help="One fold per value of this column, e.g. source (leave one source out).")] = None,
+    overrides: SetOption = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Parallel worker processes [default: number of cores].")] = None,
+    baselines: Annotated[bool, typer.Option("--baselines", help="Also cross-validate the baselines on the same folds.")] = False,
+    runs_root: RunsRootOption = Path("runs"),
+    as_json: JsonOption = False,
+) -> None:
+    """Cross-validate a config: per-fold figures, mean ± std over folds, and pooled out-of-fold figures."""
+    with reported_errors():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from foodcls.cv import run_cv
+
+        progress = Progress(TextColumn("folds"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(), console=stderr)
+        task = progress.add_task("cv", total=None)
+
+        def on_start(total: int) -> None:
+            progress.update(task, total=total)
+            progress.start()
+
+        def on_fold(fold: dict[str, Any]) -> None:
+            progress.advance(task)
+            if fold["status"] == "failed":
+                progress.console.print(f"[red]failed:[/red] fold {fold['fold']}: {escape(fold['error'])}", highlight=False)
+
+        try:
+            report = run_cv(config, folds, group_by, overrides or [], workers, runs_root, baselines, on_fold=on_fold, on_start=on_start)
+        finally:
+            progress.stop()
+    if as_json:
+        print_json(report)
+        return
+    stdout.print(cv_table(report))
+    if report.get("baselines"):
+        stdout.print(cv_baselines_table(report))
+
+
+def cv_table(report: dict[str, Any]) -> Table:
+    kind = f"leave one {report['group_by']} out" if report["group_by"] else f"{len(report['folds'])} stratified folds"
+    table = Table(title=f"cv {report['cv_dir']} ({kind})")
+    for column in ("fold", "group", "train", "eval", "accuracy", "macro-F1", "balanced acc", *CLASS_COLUMNS):
+        table.add_column(column, justify="left" if column in ("fold", "group") else "right")
+    for fold in report["folds"]:
+        if fold["status"] == "failed":
+            table.add_row(str(fold["fold"]), fold["group"] or "", str(fold["n_train"]), str(fold["n_eval"]), "[red]failed[/red]")
+            continue
+        recall = fold["per_class_recall"]
+        table.add_row(str(fold["fold"]), fold["group"] or "", str(fold["n_train"]), str(fold["n_eval"]),
+                      *(f"{fold[m]:.4f}" for m in ("accuracy", "macro_f1", "balanced_accuracy")),
+                      *(_fmt(recall.get(c)) for c in _classes()))
+    table.add_section()
+    mean, std, pooled = report["mean"], report["std"], report["pooled"]
+    if pooled is not None:
+        table.add_row("mean ± std", "", "", "", *(f"{mean[m]:.4f} ± {std[m]:.4f}" for m in ("accuracy", "macro_f1", "balanced_accuracy")))
+        table.add_row("pooled", "", "", str(pooled["n"]), *(f"{pooled[m]:.4f}" for m in ("accuracy", "macro_f1", "balanced_accuracy")),
+                      *(_fmt(pooled["per_class_recall"].get(c)) for c in _classes()), style="bold")
+    return table
+
+
+def cv_baselines_table(report: dict[str, Any]) -> Table:
+    table = Table(title="the same folds: pooled out-of-fold figures (mean ± std over folds)")
+    for column in ("model", "accuracy", "balanced acc", "worst-class recall"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    rows = [("foodcls MLP", {"mean": report["mean"], "std": report["std"], "pooled": report["pooled"]})] + list(report["baselines"].items())
+    for name, b in rows:
+        table.add_row(name, *(f"{b['pooled'][m]:.4f} ({b['mean'][m]:.3f} ± {b['std'][m]:.3f})"
+                              for m in ("accuracy", "balanced_accuracy", "worst_class_recall")),
+                      style="bold" if name == "foodcls MLP" else None)
+    return table
+
+
+def _classes() -> tuple[str, ...]:
+    from foodcls.labels import CLASSES
+
+    return CLASSES
+
+
+CLASS_COLUMNS = ("recall bev", "recall meats", "recall snacks", "recall desserts")
 
 
 @app.command()

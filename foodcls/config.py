@@ -85,7 +85,10 @@ class TrainConfig(_Section):
     scheduler_step_size: Annotated[StrictInt, Field(ge=1)] = 100
     scheduler_gamma: Annotated[StrictFloat, Field(gt=0, lt=1)] = 0.5
     class_weights: Literal["none", "balanced"] | dict[StrictStr, Annotated[StrictFloat, Field(gt=0)]] = "none"
-    checkpoint_every: Annotated[StrictInt, Field(ge=1)] = 1
+    # The resumable last checkpoint (and the best) are written when this many seconds have passed since
+    # the previous write, at the end and on interrupt; checkpoint_every adds a write every N epochs.
+    checkpoint_seconds: Annotated[StrictFloat, Field(ge=0)] = 5.0
+    checkpoint_every: Annotated[StrictInt, Field(ge=1)] | None = None
     # Start from this checkpoint's weights, feature scaling and fill values (fine-tuning), not at random.
     init_from: StrictStr | None = None
 

@@ -1,4 +1,9 @@
-"""The synthetic demo set: each class a mixture of product archetypes measured on real Open Food Facts data."""
+"""The synthetic demo sets: each class a mixture of product archetypes measured on real Open Food Facts data.
+
+data/demo holds the seed's four features (protein, carbs, fat, additives); data/demo-rich holds the same
+products with the five richer nutrients (sugars, saturated fat, salt, fiber, energy) drawn from a
+separate random stream, so that adding them leaves the four-feature set byte-for-byte as it was.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from foodcls.data import LabelledData, write_labelled_csv
-from foodcls.features import SEED_FEATURES
+from foodcls.features import ALL_FEATURES, SEED_FEATURES
 from foodcls.labels import CLASSES
 
 DEFAULT_SEED = 20261128
@@ -23,6 +28,18 @@ class Archetype:
     carbs: tuple[float, float]
     fat: tuple[float, float]
     mean_additives: float
+
+
+@dataclass(frozen=True)
+class RichNutrients:
+    """An archetype's richer nutrients, 10th–90th percentiles measured on the real rows built from
+    ../shared/data/off-exports, each real product assigned to its class's nearest archetype in
+    (protein, carbs, fat); ranges resting on fewer than ten products were widened by hand."""
+
+    sugars_share: tuple[float, float]  # sugars as a share of the carbohydrates
+    saturated_share: tuple[float, float]  # saturated fat as a share of the fat
+    salt: tuple[float, float]  # g per 100 g
+    fiber: tuple[float, float]  # g per 100 g
 
 
 ARCHETYPES: dict[str, tuple[Archetype, ...]] = {
@@ -52,6 +69,35 @@ ARCHETYPES: dict[str, tuple[Archetype, ...]] = {
     ),
 }
 
+RICH: dict[str, tuple[RichNutrients, ...]] = {  # in the order of ARCHETYPES
+    "beverages": (
+        RichNutrients((0.3, 1.0), (0.0, 0.2), (0.0, 0.19), (0.0, 0.3)),
+        RichNutrients((0.86, 1.0), (0.0, 0.1), (0.0, 0.16), (0.0, 0.6)),
+        RichNutrients((0.3, 1.0), (0.1, 0.7), (0.03, 0.3), (0.0, 1.0)),
+        RichNutrients((0.5, 1.0), (0.2, 0.9), (0.0, 0.9), (0.0, 5.0)),
+    ),
+    "meats": (
+        RichNutrients((0.1, 1.0), (0.25, 0.44), (1.2, 2.2), (0.0, 0.1)),
+        RichNutrients((0.1, 1.0), (0.30, 0.46), (1.4, 4.0), (0.0, 1.0)),
+        RichNutrients((0.1, 1.0), (0.34, 0.52), (2.8, 5.6), (0.0, 0.1)),
+        RichNutrients((0.03, 0.24), (0.14, 0.38), (0.54, 2.1), (0.0, 2.1)),
+    ),
+    "snacks": (
+        RichNutrients((0.24, 0.96), (0.08, 0.8), (0.03, 1.34), (0.5, 8.0)),
+        RichNutrients((0.45, 0.96), (0.1, 1.0), (0.0, 0.67), (0.0, 5.0)),
+        RichNutrients((0.55, 1.0), (0.31, 0.74), (0.02, 0.36), (0.5, 7.9)),
+        RichNutrients((0.0, 0.79), (0.16, 0.63), (0.0, 1.07), (0.0, 16.0)),
+    ),
+    "desserts": (
+        RichNutrients((0.82, 1.0), (0.57, 0.73), (0.02, 0.15), (0.0, 1.6)),
+        RichNutrients((0.73, 0.98), (0.45, 0.70), (0.05, 0.24), (0.0, 1.2)),
+        RichNutrients((0.52, 0.81), (0.12, 0.51), (0.2, 0.72), (1.5, 4.7)),
+        RichNutrients((0.6, 0.95), (0.25, 0.68), (0.05, 0.45), (0.0, 1.0)),
+    ),
+}
+# Label energy is protein × 4 + carbs × 4 + fat × 9 + fiber × 2 kcal, within a few percent of rounding.
+ENERGY_NOISE = 0.02
+
 # Share of real products with no additive at all, per class.
 NO_ADDITIVE_SHARE: dict[str, float] = {"beverages": 0.41, "meats": 0.35, "snacks": 0.48, "desserts": 0.26}
 
@@ -70,8 +116,9 @@ def _additives(rng: np.random.Generator, mean: float, no_additive_share: float, 
     return np.where(rng.random(n) < zero_share, 0, counts)
 
 
-def sample_class(rng: np.random.Generator, class_name: str, n: int) -> np.ndarray:
-    """n products (n, 4) of one class: protein, carbs, fat rounded to 0.1 g, additives a whole count."""
+def sample_class(rng: np.random.Generator, class_name: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """n products (n, 4) of one class: protein, carbs, fat rounded to 0.1 g, additives a whole count;
+    and each product's archetype index."""
     archetypes = ARCHETYPES[class_name]
     shares = np.array([a.share for a in archetypes])
     counts = rng.multinomial(n, shares / shares.sum())
@@ -83,24 +130,60 @@ def sample_class(rng: np.random.Generator, class_name: str, n: int) -> np.ndarra
         nutrients = np.floor(nutrients * 10) / 10  # round down so the sum stays ≤ 100
         additives = _additives(rng, archetype.mean_additives, NO_ADDITIVE_SHARE[class_name], count)
         parts.append(np.column_stack([nutrients, additives]))
-    return np.concatenate(parts).astype(np.float32)
+    return np.concatenate(parts).astype(np.float32), np.repeat(np.arange(len(archetypes)), counts)
 
 
-def generate(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A balanced, shuffled set of n products (n must split evenly enough: class sizes differ by ≤ 1)."""
+def _share(rng: np.random.Generator, bounds: tuple[float, float], n: int) -> np.ndarray:
+    return np.clip(_nutrient(rng, bounds, n), 0, 1)
+
+
+def sample_rich(rng: np.random.Generator, seed_values: np.ndarray, labels: np.ndarray, archetypes: np.ndarray) -> np.ndarray:
+    """The five richer nutrients (n, 5) for products whose seed values, classes and archetypes are given:
+    sugars ≤ carbs and saturated fat ≤ fat by construction, energy from 4/4/9/2 kcal per g."""
+    n = len(labels)
+    rich = np.zeros((n, 5), dtype=np.float64)
+    for class_index, name in enumerate(CLASSES):
+        for archetype_index, nutrients in enumerate(RICH[name]):
+            rows = np.flatnonzero((labels == class_index) & (archetypes == archetype_index))
+            if not len(rows):
+                continue
+            protein, carbs, fat = (seed_values[rows, i].astype(np.float64) for i in range(3))
+            sugars = carbs * _share(rng, nutrients.sugars_share, len(rows))
+            saturated = fat * _share(rng, nutrients.saturated_share, len(rows))
+            salt = _nutrient(rng, nutrients.salt, len(rows))
+            fiber = _nutrient(rng, nutrients.fiber, len(rows))
+            energy = (4 * protein + 4 * carbs + 9 * fat + 2 * fiber) * (1 + rng.normal(0, ENERGY_NOISE, len(rows)))
+            rich[rows] = np.column_stack([
+                np.floor(sugars * 10) / 10, np.floor(saturated * 10) / 10, np.round(salt, 2), np.round(fiber, 1),
+                np.clip(np.round(energy), 0, 900),
+            ])
+    return rich.astype(np.float32)
+
+
+def generate(n: int, rng: np.random.Generator, rich_rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A balanced, shuffled set of n products (class sizes differ by ≤ 1): the four seed features, or all
+    nine when rich_rng is given (the same four, plus five from rich_rng)."""
     sizes = [n // len(CLASSES) + (1 if i < n % len(CLASSES) else 0) for i in range(len(CLASSES))]
-    features = np.concatenate([sample_class(rng, name, size) for name, size in zip(CLASSES, sizes)])
+    samples = [sample_class(rng, name, size) for name, size in zip(CLASSES, sizes)]
+    features = np.concatenate([values for values, _ in samples])
+    archetypes = np.concatenate([which for _, which in samples])
     labels = np.repeat(np.arange(len(CLASSES)), sizes)
     order = rng.permutation(n)
+    if rich_rng is not None:
+        features = np.column_stack([features, sample_rich(rich_rng, features, labels, archetypes)])
     return features[order], labels[order]
 
 
-def write_demo_set(out_dir: str | Path, n_train: int = 8000, n_test: int = 2000, seed: int = DEFAULT_SEED) -> dict[str, Path]:
-    """Write out_dir/train.csv and out_dir/test.csv from independent streams of one seed."""
+def write_demo_set(out_dir: str | Path, n_train: int = 8000, n_test: int = 2000, seed: int = DEFAULT_SEED,
+                   rich: bool = False) -> dict[str, Path]:
+    """Write out_dir/train.csv and out_dir/test.csv from independent streams of one seed; rich: the same
+    products with all nine nutrients."""
     out = Path(out_dir)
-    train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    # Children 0 and 1 draw the seed features of train and test; 2 and 3 their richer nutrients.
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
     paths = {"train": out / "train.csv", "test": out / "test.csv"}
-    for (split, path), rng, n in zip(paths.items(), (train_rng, test_rng), (n_train, n_test)):
-        features, labels = generate(n, rng)
-        write_labelled_csv(path, LabelledData(features, labels, SEED_FEATURES, str(path)))
+    features_written = ALL_FEATURES if rich else SEED_FEATURES
+    for i, ((split, path), n) in enumerate(zip(paths.items(), (n_train, n_test))):
+        features, labels = generate(n, streams[i], streams[i + 2] if rich else None)
+        write_labelled_csv(path, LabelledData(features, labels, features_written, str(path)))
     return paths

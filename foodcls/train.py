@@ -1,28 +1,31 @@
-"""The training loop: in-memory batches, cross-entropy, SGD/Adam, metrics per epoch, checkpoints, resume."""
+"""The training loop: runs that share a model shape train together, in lockstep, as one stack of k
+networks (one run is a stack of one: the same code path). Each run keeps its own data, order, learning
+rate, class weights, early stopping, checkpoints and run directory, exactly as if trained alone.
+
+Per epoch: every run's rows in their own order (a function of seed and epoch only: the key to exact
+resume), batches as slices, the explicit backprop of backprop.py, the optimizers of optim.py; then one
+forward pass scores train, val and test of every run. Checkpoints are written on a time budget
+(train.checkpoint_seconds), at the end, and on interrupt; the best weights wait in memory until then.
+"""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import platform
-import re
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from foodcls import __version__, runs
-from foodcls.backprop import loss_gradients
-from foodcls.checkpoint import WEIGHT_PREFIX, Checkpoint, load_checkpoint, save_checkpoint
+from foodcls.backprop import logits, loss_gradients
+from foodcls.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from foodcls.config import Config, config_to_dict, config_to_yaml, load_config
 from foodcls.data import LabelledData, Preprocessing, Splits, load_splits
 from foodcls.errors import ConfigError, RunError
@@ -30,10 +33,13 @@ from foodcls.evaluate import classification_report
 from foodcls.fileio import atomic_write_json, atomic_write_text
 from foodcls.labels import CLASSES
 from foodcls.model import build_model, linear_layers
+from foodcls.optim import Schedule, make_optimizer
+from foodcls.trainstate import Progress, layer_arrays, model_arrays, model_meta, restore_state, resumable_state
 
 # Measured in benchmarks/train_speed.py: for a 4-32-32-4 MLP at batch 256 one thread beats two,
 # because the per-op work is far too small to amortise thread hand-offs.
 TORCH_THREADS = 1
+SPLIT_NAMES = ("train", "val", "test")
 
 EpochCallback = Callable[[dict[str, Any], int], None]  # (epoch record, total epochs)
 
@@ -47,7 +53,7 @@ class TrainResult:
     test_accuracy: float | None
     val_accuracy: float | None
     train_seconds: float
-    warnings: list[str]  # about the final test evaluation (eval's warnings)
+    warnings: list[str] = field(default_factory=list)  # about the final test evaluation (eval's warnings)
 
     @property
     def best_checkpoint(self) -> Path:
@@ -70,17 +76,6 @@ class TrainResult:
             "train_seconds": self.train_seconds,
             "warnings": self.warnings,
         }
-
-
-@dataclass
-class _Progress:
-    """What a resumed run must get back besides weights and optimizer state."""
-
-    epoch: int = 0
-    best_value: float | None = None
-    best_epoch: int | None = None
-    bad_epochs: int = 0
-    train_seconds: float = 0.0
 
 
 def monitored_metric(config: Config, has_val: bool) -> str:
@@ -122,118 +117,141 @@ def _resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _make_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
-    t = config.train
-    if t.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-
-
-def _make_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> Any:
-    t = config.train
-    if t.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs)
-    if t.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.scheduler_step_size, gamma=t.scheduler_gamma)
-    if t.scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=t.scheduler_gamma, patience=t.scheduler_step_size)
-    return None
-
-
-def _step_scheduler(scheduler: Any, metric: float | None) -> None:
-    # The plain-SGD fast path updates weights without optimizer.step(), which torch takes for a
-    # scheduler stepped before its optimizer; the order is in fact right, so that warning is noise.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`"))
-        scheduler.step() if metric is None else scheduler.step(metric)
-
-
-def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The shuffled row order of an epoch depends only on (seed, epoch): the key to exact resume."""
-    return torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(n))
+    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def _train_epoch(model, activation, optimizer, x, y, order, batch_size, weight: torch.Tensor | None) -> list[float]:
-    """One pass over the data in the epoch's order; returns the mean gradient norm per layer.
+# --- one run: its data, state and files -------------------------------------------------------------
 
-    Rows are permuted once per epoch, so batches are contiguous slices; nothing syncs with the host
-    until the epoch ends.
-    """
-    layers = linear_layers(model)
-    params = [p for layer in layers for p in (layer.weight, layer.bias)]
-    group = optimizer.param_groups[0]
-    # Plain SGD is one fused in-place update; momentum, weight decay and Adam go through torch.optim.
-    plain_sgd = isinstance(optimizer, torch.optim.SGD) and group["momentum"] == 0 and group["weight_decay"] == 0
-    xs, ys = x[order], y[order]
-    targets = F.one_hot(ys, layers[-1].out_features).to(xs.dtype)
-    weights = weight[order] if weight is not None else None
-    norms = []
-    for start in range(0, len(order), batch_size):
-        batch = slice(start, start + batch_size)
-        grads = loss_gradients(layers, activation, xs[batch], targets[batch], weights[batch] if weights is not None else None)
-        norms.append(torch.stack(torch._foreach_norm(grads[0::2])))
-        if plain_sgd:
-            with torch.no_grad():
-                torch._foreach_add_(params, grads, alpha=-group["lr"])
+
+@dataclass
+class RunSpec:
+    """A run to train: a new one (checkpoint None) or one to resume from its last checkpoint."""
+
+    config: Config
+    run_dir: Path
+    name: str
+    checkpoint: Checkpoint | None = None
+    on_epoch: EpochCallback | None = None
+
+
+class _Run:
+    """One run inside a stack: what it trains on, how far it is, and its files."""
+
+    def __init__(self, spec: RunSpec, splits: Splits, device: torch.device) -> None:
+        self.spec, self.config, self.run_dir, self.splits = spec, spec.config, spec.run_dir, splits
+        t = self.config.train
+        init = _init_checkpoint(self.config) if spec.checkpoint is None else None
+        fitted = Preprocessing.fit(splits.train.features)
+        stored = init if init is not None else spec.checkpoint
+        self.prep = Preprocessing.from_checkpoint(stored) if stored is not None else fitted
+        if spec.checkpoint is not None and t.init_from is None and not fitted.matches(spec.checkpoint.arrays):
+            raise RunError(f"{self.run_dir}: the training data changed since this run started (feature scaling differs)")
+        self.n_layers = len(self.config.model.hidden) + 1
+        self.weights, self.biases = self._initial_weights(init or spec.checkpoint)
+        self.schedule = Schedule(t.scheduler, t.lr, t.epochs, t.scheduler_step_size, t.scheduler_gamma)
+        self.progress = Progress()
+        self.optimizer_state: dict[str, list[np.ndarray]] = {}
+        if spec.checkpoint is not None:
+            self.progress, schedule_state, self.optimizer_state = restore_state(spec.checkpoint)
+            self.schedule.load_state_dict(schedule_state)
+        self.x = {s: self.prep.apply(d.features) for s, d in zip(SPLIT_NAMES, (splits.train, splits.val, splits.test)) if d is not None}
+        self.y = {s: d.labels for s, d in zip(SPLIT_NAMES, (splits.train, splits.val, splits.test)) if d is not None}
+        self.row_weight = row_weights(self.config, splits.train)
+        self.metric = monitored_metric(self.config, splits.val is not None)
+        self.min_delta = t.early_stopping.min_delta if t.early_stopping else 0.0
+        self.status, self.stop_reason = "finished", "epochs"
+        self.snapshot: dict[str, Any] | None = None  # the last completed epoch's state, until written
+        self.best: dict[str, Any] | None = None  # the best epoch's weights and record, until written
+        self.last_write = time.monotonic()
+        self.summary: dict[str, Any] = {}
+        self.metrics_file = None
+
+    def _initial_weights(self, source: Checkpoint | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """From the checkpoint being resumed or fine-tuned, else nn.Linear's init under the run's seed."""
+        if source is not None:
+            pairs = layer_arrays(source, self.n_layers)
+            return [w.copy() for w, _ in pairs], [b.copy() for _, b in pairs]
+        torch.manual_seed(self.config.train.seed)
+        model = build_model(self.config.model, len(self.config.data.features), len(CLASSES))
+        layers = linear_layers(model)
+        return [layer.weight.detach().numpy().copy() for layer in layers], [layer.bias.detach().numpy().copy() for layer in layers]
+
+    @property
+    def n_train(self) -> int:
+        return len(self.y["train"])
+
+    def steps(self, batch_size: int) -> int:
+        return -(-self.n_train // batch_size)
+
+    def start(self) -> None:
+        """Mark the run as running and keep only the metrics its checkpoint has seen."""
+        summary = runs.read_summary(self.run_dir) if self.spec.checkpoint is not None else {}
+        splits = self.splits
+        summary.update(
+            name=self.spec.name, status="running", pid=os.getpid(),
+            started_at=summary.get("started_at", datetime.now(timezone.utc).isoformat(timespec="seconds")),
+            monitor=self.metric,
+            data={"train": len(splits.train), "val": len(splits.val) if splits.val else 0, "test": len(splits.test) if splits.test else 0},
+            versions={"foodcls": __version__, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
+        )
+        summary.pop("error", None)
+        self.summary = summary
+        _write_summary(self.run_dir, summary)
+        _truncate_metrics(self.run_dir, self.progress.epoch)
+        self.metrics_file = open(self.run_dir / runs.METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def close(self) -> None:
+        if self.metrics_file is not None:
+            self.metrics_file.close()
+            self.metrics_file = None
+
+    def record_epoch(self, record: dict[str, Any], stack_state: dict[str, Any]) -> bool:
+        """Book one finished epoch: best, early stopping, schedule, metrics line. True if the run stops."""
+        t = self.config.train
+        progress = self.progress
+        epoch = progress.epoch = record["epoch"]
+        if _improved(record[self.metric], progress.best_value, self.metric, self.min_delta):
+            progress.best_value, progress.best_epoch, progress.bad_epochs = record[self.metric], epoch, 0
+            self.best = {"weights": stack_state["weights"], "biases": stack_state["biases"], "record": record}
         else:
-            for param, grad in zip(params, grads):
-                param.grad = grad
-            optimizer.step()
-    return torch.stack(norms).mean(dim=0).tolist()
+            progress.bad_epochs += 1
+        monitored_loss = record["val_loss" if "val_loss" in record else "train_loss"]
+        self.schedule.after_epoch(epoch, monitored_loss if t.scheduler == "plateau" else None)
+        progress.train_seconds += record["seconds"]
+        self.snapshot = {**stack_state, "record": record, "progress": Progress(**vars(progress)),
+                         "schedule": self.schedule.state_dict()}
+        self.metrics_file.write(json.dumps(record) + "\n")
+        self.metrics_file.flush()
+        if self.spec.on_epoch is not None:
+            self.spec.on_epoch(record, t.epochs)
+        stop = t.early_stopping is not None and progress.bad_epochs >= t.early_stopping.patience
+        if stop:
+            self.stop_reason = "early_stopping"
+        return stop or epoch >= t.epochs
 
+    def checkpoint_due(self, now: float) -> bool:
+        t = self.config.train
+        every = t.checkpoint_every is not None and self.progress.epoch % t.checkpoint_every == 0
+        return every or now - self.last_write >= t.checkpoint_seconds
 
-@torch.no_grad()
-def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    model.eval()
-    logits = model(x)
-    return F.cross_entropy(logits, y).item(), (logits.argmax(dim=1) == y).float().mean().item()
-
-
-def _tensors(data: LabelledData, prep: Preprocessing, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.from_numpy(prep.apply(data.features)).to(device), torch.from_numpy(data.labels).to(device)
-
-
-def _model_arrays(model: nn.Module, prep: Preprocessing) -> dict[str, np.ndarray]:
-    arrays = {f"{WEIGHT_PREFIX}{k}": v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
-    arrays["scale"] = prep.scale
-    arrays["fill"] = prep.fill
-    return arrays
-
-
-def _model_meta(config: Config, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "classes": list(CLASSES),
-        "features": list(config.data.features),
-        "model": config_to_dict(config)["model"],
-        "config": config_to_dict(config),
-        "epoch": epoch,
-        "metrics": metrics,
-        "foodcls_version": __version__,
-        "torch_version": torch.__version__,
-    }
-
-
-def _resumable_state(model, optimizer, scheduler, prep: Preprocessing, config, progress: _Progress, metrics) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Arrays and metadata of the resumable last checkpoint: weights plus optimizer, scheduler, RNG
-    and loop state, copied off the live objects."""
-    arrays = _model_arrays(model, prep)
-    opt_state = optimizer.state_dict()
-    for pid, state in opt_state["state"].items():
-        for key, value in state.items():
-            arrays[f"optim.{pid}.{key}"] = value.detach().cpu().numpy().copy() if torch.is_tensor(value) else np.asarray(value)
-    arrays["rng.torch"] = torch.get_rng_state().numpy()
-    meta = _model_meta(config, progress.epoch, metrics)
-    meta["train_state"] = {
-        "progress": dict(vars(progress)),
-        "param_groups": copy.deepcopy(opt_state["param_groups"]),
-        "scheduler": copy.deepcopy(scheduler.state_dict()) if scheduler is not None else None,
-    }
-    return arrays, meta
-
-
-def _load_weights(model: nn.Module, checkpoint: Checkpoint) -> None:
-    arrays = checkpoint.arrays
-    model.load_state_dict({k[len(WEIGHT_PREFIX) :]: torch.from_numpy(v.copy()) for k, v in arrays.items() if k.startswith(WEIGHT_PREFIX)})
+    def write_checkpoints(self, optimizer_kind: str) -> None:
+        """The snapshot (last completed epoch) as last.safetensors, and the best weights as best.safetensors."""
+        snap = self.snapshot
+        if snap is None:
+            return
+        if self.best is not None:
+            best = self.best
+            save_checkpoint(runs.best_checkpoint(self.run_dir), model_arrays(best["weights"], best["biases"], self.prep),
+                            model_meta(self.config, best["record"]["epoch"], best["record"]))
+            self.best = None
+        model = model_arrays(snap["weights"], snap["biases"], self.prep)
+        arrays, meta = resumable_state(model, snap["optimizer"], model_meta(self.config, snap["record"]["epoch"], snap["record"]),
+                                       snap["progress"], snap["schedule"], optimizer_kind)
+        save_checkpoint(runs.last_checkpoint(self.run_dir), arrays, meta)
+        self.snapshot = None
+        self.last_write = time.monotonic()
 
 
 def _init_checkpoint(config: Config) -> Checkpoint | None:
@@ -248,138 +266,8 @@ def _init_checkpoint(config: Config) -> Checkpoint | None:
     return init
 
 
-def _restore(checkpoint: Checkpoint, model, optimizer, scheduler) -> _Progress:
-    arrays = checkpoint.arrays
-    _load_weights(model, checkpoint)
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in arrays.items():
-        if name.startswith("optim."):
-            _, pid, key = name.split(".", 2)
-            state.setdefault(int(pid), {})[key] = torch.from_numpy(value.copy())
-    train_state = checkpoint.meta["train_state"]
-    optimizer.load_state_dict({"state": state, "param_groups": train_state["param_groups"]})
-    if scheduler is not None and train_state["scheduler"] is not None:
-        scheduler.load_state_dict(train_state["scheduler"])
-    torch.set_rng_state(torch.from_numpy(arrays["rng.torch"].copy()))
-    return _Progress(**train_state["progress"])
-
-
 def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     atomic_write_json(run_dir / runs.SUMMARY_FILE, summary)
-
-
-def train(config: Config, runs_root: str | Path = "runs", name: str = "run", on_epoch: EpochCallback | None = None) -> TrainResult:
-    """Train a new run under runs_root/<name>-<timestamp> and return its figures."""
-    splits = load_splits(config)  # all input is validated before anything is written
-    device = _resolve_device(config.train.device)
-    run_dir = runs.create_run_dir(runs_root, name)
-    atomic_write_text(run_dir / runs.CONFIG_FILE, config_to_yaml(config))
-    return _fit(config, splits, device, run_dir, checkpoint=None, on_epoch=on_epoch, name=name)
-
-
-def resume(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), on_epoch: EpochCallback | None = None) -> TrainResult:
-    """Continue a run in place from its last checkpoint; ends bit-identical to an uninterrupted run."""
-    run_dir = runs.resolve_run_dir(run_dir)
-    config = load_config(run_dir / runs.CONFIG_FILE, overrides)
-    checkpoint = load_checkpoint(runs.last_checkpoint(run_dir)) if runs.last_checkpoint(run_dir).exists() else None
-    if checkpoint is not None and "train_state" not in checkpoint.meta:
-        raise RunError(f"{checkpoint.path}: not a resumable checkpoint")
-    if checkpoint is not None and checkpoint.meta["model"] != config_to_dict(config)["model"]:
-        raise ConfigError("--set: the model section cannot change on resume")
-    splits = load_splits(config)
-    device = _resolve_device(config.train.device)
-    atomic_write_text(run_dir / runs.CONFIG_FILE, config_to_yaml(config))
-    name = runs.read_summary(run_dir).get("name", run_dir.name)
-    return _fit(config, splits, device, run_dir, checkpoint=checkpoint, on_epoch=on_epoch, name=name)
-
-
-def _fit(config, splits: Splits, device, run_dir: Path, checkpoint: Checkpoint | None, on_epoch, name: str) -> TrainResult:
-    torch.set_num_threads(TORCH_THREADS)
-    t = config.train
-    init = _init_checkpoint(config) if checkpoint is None else None
-    fitted = Preprocessing.fit(splits.train.features)
-    stored = init if init is not None else checkpoint
-    prep = Preprocessing.from_checkpoint(stored) if stored is not None else fitted
-    if checkpoint is not None and config.train.init_from is None and not fitted.matches(checkpoint.arrays):
-        raise RunError(f"{run_dir}: the training data changed since this run started (feature scaling differs)")
-    x_train, y_train = _tensors(splits.train, prep, device)
-    val = _tensors(splits.val, prep, device) if splits.val is not None else None
-    test = _tensors(splits.test, prep, device) if splits.test is not None else None
-    weights = row_weights(config, splits.train)
-    weight = torch.from_numpy(weights).to(device) if weights is not None else None
-
-    torch.manual_seed(t.seed)
-    model = build_model(config.model, len(config.data.features), len(CLASSES)).to(device)
-    if init is not None:
-        _load_weights(model, init)
-    optimizer = _make_optimizer(config, model)
-    scheduler = _make_scheduler(config, optimizer)
-    progress = _restore(checkpoint, model, optimizer, scheduler) if checkpoint is not None else _Progress()
-    metric = monitored_metric(config, val is not None)
-    min_delta = t.early_stopping.min_delta if t.early_stopping else 0.0
-    summary = runs.read_summary(run_dir) if checkpoint is not None else {}
-    summary.update(
-        name=name,
-        status="running",
-        pid=os.getpid(),
-        started_at=summary.get("started_at", datetime.now(timezone.utc).isoformat(timespec="seconds")),
-        monitor=metric,
-        data={"train": len(splits.train), "val": len(splits.val) if splits.val else 0, "test": len(splits.test) if splits.test else 0},
-        versions={"foodcls": __version__, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
-    )
-    _write_summary(run_dir, summary)
-    _truncate_metrics(run_dir, progress.epoch)
-
-    status, stop_reason = "finished", "epochs"
-    unsaved = None  # the last completed epoch's resumable state, when not yet on disk
-    try:
-        with open(run_dir / runs.METRICS_FILE, "a", encoding="utf-8") as metrics_file:
-            while progress.epoch < t.epochs:
-                started = time.perf_counter()
-                epoch = progress.epoch + 1
-                order = epoch_order(t.seed, epoch, len(y_train)).to(device)
-                grad_norms = _train_epoch(model, config.model.activation, optimizer, x_train, y_train, order, t.batch_size, weight)
-                record = {"epoch": epoch}
-                # Loss and accuracy of the model as it stands at the epoch's end, on every split alike.
-                record["train_loss"], record["train_accuracy"] = _evaluate(model, x_train, y_train)
-                if val is not None:
-                    record["val_loss"], record["val_accuracy"] = _evaluate(model, *val)
-                if test is not None:
-                    record["test_loss"], record["test_accuracy"] = _evaluate(model, *test)
-                record["lr"] = optimizer.param_groups[0]["lr"]
-                record["grad_norms"] = grad_norms
-                if scheduler is not None:
-                    _step_scheduler(scheduler, record["val_loss" if val is not None else "train_loss"] if t.scheduler == "plateau" else None)
-                progress.epoch = epoch
-                if _improved(record[metric], progress.best_value, metric, min_delta):
-                    progress.best_value, progress.best_epoch, progress.bad_epochs = record[metric], epoch, 0
-                    save_checkpoint(runs.best_checkpoint(run_dir), _model_arrays(model, prep), _model_meta(config, epoch, record))
-                else:
-                    progress.bad_epochs += 1
-                progress.train_seconds += time.perf_counter() - started
-                record["seconds"] = round(time.perf_counter() - started, 6)
-                stop = t.early_stopping is not None and progress.bad_epochs >= t.early_stopping.patience
-                unsaved = _resumable_state(model, optimizer, scheduler, prep, config, progress, record)
-                if epoch % t.checkpoint_every == 0 or epoch == t.epochs or stop:
-                    save_checkpoint(runs.last_checkpoint(run_dir), *unsaved)
-                    unsaved = None
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
-                if on_epoch is not None:
-                    on_epoch(record, t.epochs)
-                if stop:
-                    stop_reason = "early_stopping"
-                    break
-    except KeyboardInterrupt:
-        # The live weights may be halfway through an epoch: save the state kept at the last epoch's end.
-        status, stop_reason = "interrupted", "interrupted"
-        if unsaved is not None:
-            save_checkpoint(runs.last_checkpoint(run_dir), *unsaved)
-    except BaseException:
-        summary["status"] = "failed"
-        _write_summary(run_dir, summary)
-        raise
-    return _finish(splits, run_dir, summary, progress, status, stop_reason)
 
 
 def _truncate_metrics(run_dir: Path, epoch: int) -> None:
@@ -390,10 +278,221 @@ def _truncate_metrics(run_dir: Path, epoch: int) -> None:
         atomic_write_text(path, "".join(kept))
 
 
-def _finish(splits: Splits, run_dir: Path, summary: dict[str, Any], progress: _Progress, status: str, stop_reason: str) -> TrainResult:
+# --- a stack of runs trained together ---------------------------------------------------------------
+
+
+def _pad_rows(arrays: list[np.ndarray], fill: float = 0.0) -> np.ndarray:
+    """Stack arrays of different lengths along a new first axis, padded at the end with `fill`."""
+    longest = max(len(a) for a in arrays)
+    out = np.full((len(arrays), longest, *arrays[0].shape[1:]), fill, dtype=arrays[0].dtype)
+    for i, a in enumerate(arrays):
+        out[i, : len(a)] = a
+    return out
+
+
+class _Stack:
+    """k runs of one model shape as stacked tensors: parameters, optimizer, training and evaluation data."""
+
+    def __init__(self, members: list[_Run], device: torch.device) -> None:
+        self.members, self.device = members, device
+        first = members[0].config
+        self.batch_size = first.train.batch_size
+        self.activation = first.model.activation
+        self.n_classes = len(CLASSES)
+        self.weights = [torch.from_numpy(np.stack([m.weights[i] for m in members])).to(device) for i in range(members[0].n_layers)]
+        self.biases = [torch.from_numpy(np.stack([m.biases[i] for m in members])[:, None, :]).to(device) for i in range(members[0].n_layers)]
+        t = [m.config.train for m in members]
+        self.optimizer = make_optimizer(first.train.optimizer, self.params, [m.schedule.lr for m in members],
+                                        [x.weight_decay for x in t], [x.momentum for x in t])
+        if any(m.optimizer_state for m in members):
+            for name, tensors in self.optimizer.state.items():
+                for i, tensor in enumerate(tensors):
+                    tensor.copy_(torch.from_numpy(np.stack([m.optimizer_state[name][i] for m in members])))
+        self._build_data()
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return [p for pair in zip(self.weights, self.biases) for p in pair]
+
+    def _build_data(self) -> None:
+        members = self.members
+        n = [m.n_train for m in members]
+        # Runs with the same number of rows step in step: no padding, each batch exactly as a solo run sees it.
+        self.ragged = len(set(n)) > 1
+        pad = 1 if self.ragged else 0  # one all-zero row that padding indices point at
+        self.x_train = torch.from_numpy(_pad_rows([np.vstack([m.x["train"], np.zeros((pad, m.x["train"].shape[1]), np.float32)]) for m in members])).to(self.device)
+        self.y_train = torch.from_numpy(_pad_rows([np.concatenate([m.y["train"], np.zeros(pad, np.int64)]) for m in members])).to(self.device)
+        weights = [m.row_weight for m in members]
+        self.w_train = None
+        if any(w is not None for w in weights):
+            full = [np.concatenate([w if w is not None else np.ones(m.n_train, np.float32), np.zeros(pad, np.float32)]) for w, m in zip(weights, members)]
+            self.w_train = torch.from_numpy(_pad_rows(full)).to(self.device)
+        self.n_rows = torch.tensor(n, device=self.device)
+        # Evaluation: every split of every run in one forward pass; seg[k, row, s] = 1 if the row is in split s.
+        eval_x, eval_y, seg = [], [], []
+        for m in members:
+            parts = [s for s in SPLIT_NAMES if s in m.x]
+            eval_x.append(np.vstack([m.x[s] for s in parts]))
+            eval_y.append(np.concatenate([m.y[s] for s in parts]))
+            marks = np.zeros((len(eval_y[-1]), len(SPLIT_NAMES)), np.float32)
+            start = 0
+            for s in parts:
+                marks[start : start + len(m.y[s]), SPLIT_NAMES.index(s)] = 1
+                start += len(m.y[s])
+            seg.append(marks)
+        self.eval_x = torch.from_numpy(_pad_rows(eval_x)).to(self.device)
+        self.eval_y = torch.from_numpy(_pad_rows(eval_y)).to(self.device)
+        self.eval_seg = torch.from_numpy(_pad_rows(seg)).to(self.device)
+        self.eval_counts = self.eval_seg.sum(dim=1).clamp(min=1)
+        self.eval_splits = [[s for s in SPLIT_NAMES if s in m.x] for m in members]
+
+    def keep(self, indices: list[int]) -> None:
+        """Continue with the listed runs only (the others finished or stopped early)."""
+        index = torch.tensor(indices, dtype=torch.long, device=self.device)
+        self.members = [self.members[i] for i in indices]
+        if not self.members:
+            return
+        self.weights = [w.index_select(0, index) for w in self.weights]
+        self.biases = [b.index_select(0, index) for b in self.biases]
+        self.optimizer.keep(index, self.params)
+        self._build_data()
+
+    def epoch_batches(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
+        """Every run's rows for its next epoch in its own order: inputs, one-hot targets, row weights, steps."""
+        orders = [epoch_order(m.config.train.seed, m.progress.epoch + 1, m.n_train) for m in self.members]
+        steps = max(m.steps(self.batch_size) for m in self.members)
+        if self.ragged:
+            width = steps * self.batch_size
+            pad_index = self.x_train.shape[1] - 1
+            orders = [np.concatenate([o, np.full(width - len(o), pad_index)]) for o in orders]
+        index = torch.from_numpy(np.stack(orders)).to(self.device)
+        runs_index = torch.arange(len(self.members), device=self.device).unsqueeze(1)
+        xs = self.x_train[runs_index, index]
+        ys = self.y_train[runs_index, index]
+        one_hot = torch.nn.functional.one_hot(ys, self.n_classes).to(xs.dtype)
+        if self.ragged:
+            one_hot.mul_((index < self.n_rows.unsqueeze(1)).unsqueeze(2))  # padding rows have no target
+        weights = self.w_train[runs_index, index] if self.w_train is not None else None
+        return xs, one_hot, weights, steps
+
+    @torch.no_grad()
+    def train_epoch(self) -> list[list[float]]:
+        """One pass over every run's data; each run's mean gradient norm per layer."""
+        xs, one_hot, weights, steps = self.epoch_batches()
+        b = self.batch_size
+        per_run_steps = [m.steps(b) for m in self.members]
+        all_active = min(per_run_steps)
+        weights_t = [w.transpose(1, 2) for w in self.weights]  # views: they follow the in-place updates
+        norms = []  # per step: (layers, k) gradient norms; runs idle at a step get 0 and are not counted
+        for step in range(steps):
+            batch = slice(step * b, (step + 1) * b)
+            rows = (self.n_rows - step * b).clamp(0, b).view(-1, 1, 1).to(xs.dtype) if self.ragged else None
+            if step < all_active:
+                grads = loss_gradients(self.weights, self.biases, self.activation, xs[:, batch], one_hot[:, batch],
+                                       weights[:, batch] if weights is not None else None, rows, weights_t)
+                norms.append(torch.stack([torch.linalg.vector_norm(g, dim=(1, 2)) for g in grads[0::2]]))
+                self.optimizer.step(grads)
+            else:
+                # Runs with fewer rows are done with this epoch: step only the others.
+                active = torch.tensor([i for i, n in enumerate(per_run_steps) if n > step], dtype=torch.long, device=self.device)
+                pick = lambda t: t.index_select(0, active)  # noqa: E731
+                grads = loss_gradients([pick(w) for w in self.weights], [pick(x) for x in self.biases], self.activation,
+                                       pick(xs[:, batch]), pick(one_hot[:, batch]),
+                                       pick(weights[:, batch]) if weights is not None else None, pick(rows))
+                step_norms = torch.zeros(len(self.weights), len(self.members), device=self.device)
+                step_norms.index_copy_(1, active, torch.stack([torch.linalg.vector_norm(g, dim=(1, 2)) for g in grads[0::2]]))
+                norms.append(step_norms)
+                self.optimizer.step(grads, active)
+        counts = torch.tensor(per_run_steps, dtype=torch.float32, device=self.device)
+        return (torch.stack(norms).sum(dim=0) / counts).t().tolist()
+
+    @torch.no_grad()
+    def evaluate(self) -> list[dict[str, float]]:
+        """Loss and accuracy of every run on each of its splits, from one forward pass and one host sync."""
+        z = logits(self.weights, self.biases, self.activation, self.eval_x)
+        nll = torch.logsumexp(z, dim=2).sub_(z.gather(2, self.eval_y.unsqueeze(2)).squeeze(2))
+        correct = (z.argmax(dim=2) == self.eval_y).to(z.dtype)
+        sums = torch.bmm(torch.stack([nll, correct], dim=1), self.eval_seg)  # (k, 2, splits)
+        means = (sums / self.eval_counts.unsqueeze(1)).tolist()
+        out = []
+        for splits, (losses, accuracies) in zip(self.eval_splits, means):
+            record = {}
+            for s in splits:
+                i = SPLIT_NAMES.index(s)
+                record[f"{s}_loss"], record[f"{s}_accuracy"] = losses[i], accuracies[i]
+            out.append(record)
+        return out
+
+    def state_of(self, i: int) -> dict[str, Any]:
+        """Run i's weights and optimizer buffers as numpy copies (for its checkpoints)."""
+        return {
+            "weights": [w[i].cpu().numpy().copy() for w in self.weights],
+            "biases": [b[i, 0].cpu().numpy().copy() for b in self.biases],
+            "optimizer": {name: [t[i].cpu().numpy().copy() for t in tensors] for name, tensors in self.optimizer.state.items()},
+        }
+
+    def set_lrs(self) -> None:
+        self.optimizer.set_lrs([m.schedule.lr for m in self.members])
+
+
+def group_key(config: Config) -> tuple:
+    """Runs with equal keys can share a stack: same network shape, optimizer kind, batch size and device."""
+    return (tuple(config.model.hidden), config.model.activation, tuple(config.data.features), config.train.optimizer,
+            config.train.batch_size, config.train.device)
+
+
+def _fit_stack(members: list[_Run], device: torch.device) -> None:
+    """Train a stack of runs to their ends; each run writes its own files as it goes and when it stops."""
+    stack = _Stack(members, device)
+    optimizer_kind = stack.optimizer.kind
+    try:
+        while stack.members:
+            started = time.perf_counter()
+            epochs = [m.progress.epoch + 1 for m in stack.members]
+            grad_norms = stack.train_epoch()
+            scores = stack.evaluate()
+            seconds = round(time.perf_counter() - started, 6)
+            now = time.monotonic()
+            stopping = []
+            for i, member in enumerate(stack.members):
+                record = {"epoch": epochs[i], **scores[i], "lr": member.schedule.lr, "grad_norms": grad_norms[i], "seconds": seconds}
+                state = stack.state_of(i)
+                if member.record_epoch(record, state):
+                    stopping.append(i)
+                elif member.checkpoint_due(now):
+                    member.write_checkpoints(optimizer_kind)
+            stack.set_lrs()
+            if stopping:
+                for i in stopping:
+                    member = stack.members[i]
+                    member.write_checkpoints(optimizer_kind)
+                    _finish(member)
+                stack.keep([i for i in range(len(stack.members)) if i not in stopping])
+    except KeyboardInterrupt:
+        # The live weights may be halfway through an epoch: each run saves the state kept at its last epoch's end.
+        for member in stack.members:
+            member.status, member.stop_reason = "interrupted", "interrupted"
+            member.write_checkpoints(optimizer_kind)
+            _finish(member)
+        raise _Interrupted() from None
+    except BaseException as error:
+        for member in stack.members:
+            member.summary.update(status="failed", error=f"{type(error).__name__}: {error}")
+            member.close()
+            _write_summary(member.run_dir, member.summary)
+        raise
+
+
+class _Interrupted(Exception):
+    """Every run of the stack was saved after Ctrl-C; the caller reports them as interrupted."""
+
+
+def _finish(member: _Run) -> None:
     """Score the best checkpoint on val and test, write summary.json and the plots."""
     from foodcls.predict import load_predictor
 
+    member.close()
+    run_dir, summary, progress, splits = member.run_dir, member.summary, member.progress, member.splits
     scores: dict[str, Any] = {}
     if runs.best_checkpoint(run_dir).exists():
         predictor = load_predictor(runs.best_checkpoint(run_dir))
@@ -401,8 +500,8 @@ def _finish(splits: Splits, run_dir: Path, summary: dict[str, Any], progress: _P
             if data is not None:
                 scores[split_name] = classification_report(data.labels, predictor.predict(data.features), CLASSES)
     summary.update(
-        status=status,
-        stop_reason=stop_reason,
+        status=member.status,
+        stop_reason=member.stop_reason,
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         epochs_run=progress.epoch,
         best_epoch=progress.best_epoch,
@@ -419,13 +518,70 @@ def _finish(splits: Splits, run_dir: Path, summary: dict[str, Any], progress: _P
         from foodcls.plots import write_run_plots
 
         write_run_plots(run_dir)
-    return TrainResult(
-        run_dir=run_dir,
-        status=status,
-        epochs_run=progress.epoch,
-        best_epoch=progress.best_epoch,
-        test_accuracy=summary["test_accuracy"],
-        val_accuracy=summary["val_accuracy"],
-        train_seconds=summary["train_seconds"],
-        warnings=summary["warnings"],
-    )
+
+
+def _result(member: _Run) -> TrainResult:
+    s = member.summary
+    return TrainResult(run_dir=member.run_dir, status=s["status"], epochs_run=s["epochs_run"], best_epoch=s["best_epoch"],
+                       test_accuracy=s["test_accuracy"], val_accuracy=s["val_accuracy"], train_seconds=s["train_seconds"],
+                       warnings=s["warnings"])
+
+
+def fit_runs(specs: list[RunSpec]) -> list[TrainResult]:
+    """Train (or resume) runs, those of one shape together in lockstep; results in the order given.
+    Every run's data are read and checked before anything is written."""
+    torch.set_num_threads(TORCH_THREADS)
+    members = []
+    for spec in specs:
+        device = _resolve_device(spec.config.train.device)
+        members.append((_Run(spec, load_splits(spec.config), device), device))
+    for member, _ in members:
+        member.start()
+    groups: dict[tuple, list[_Run]] = {}
+    for member, device in members:
+        groups.setdefault((group_key(member.config), str(device)), []).append(member)
+    interrupted = False
+    for (_, device_name), group in groups.items():
+        if interrupted:
+            break
+        pending = [m for m in group if m.progress.epoch < m.config.train.epochs]
+        try:
+            if pending:
+                _fit_stack(pending, torch.device(device_name))
+        except _Interrupted:
+            interrupted = True
+        for member in group:
+            if member.progress.epoch >= member.config.train.epochs and not member.summary.get("finished_at"):
+                _finish(member)  # resumed with nothing left to do
+    for member, _ in members:
+        if member.summary.get("status") == "running":  # never started: a later stack was interrupted first
+            member.status, member.stop_reason = "interrupted", "interrupted"
+            _finish(member)
+    return [_result(member) for member, _ in members]
+
+
+def train(config: Config, runs_root: str | Path = "runs", name: str = "run", on_epoch: EpochCallback | None = None) -> TrainResult:
+    """Train a new run under runs_root/<name>-<timestamp> and return its figures."""
+    load_splits(config)  # all input is validated before anything is written
+    if config.train.init_from is not None:
+        _init_checkpoint(config)
+    _resolve_device(config.train.device)
+    run_dir = runs.create_run_dir(runs_root, name)
+    atomic_write_text(run_dir / runs.CONFIG_FILE, config_to_yaml(config))
+    return fit_runs([RunSpec(config, run_dir, name, None, on_epoch)])[0]
+
+
+def resume(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), on_epoch: EpochCallback | None = None) -> TrainResult:
+    """Continue a run in place from its last checkpoint; ends bit-identical to an uninterrupted run."""
+    run_dir = runs.resolve_run_dir(run_dir)
+    config = load_config(run_dir / runs.CONFIG_FILE, overrides)
+    checkpoint = load_checkpoint(runs.last_checkpoint(run_dir)) if runs.last_checkpoint(run_dir).exists() else None
+    if checkpoint is not None:
+        restore_state(checkpoint)  # refuses a checkpoint that is not resumable
+        if checkpoint.meta["model"] != config_to_dict(config)["model"]:
+            raise ConfigError("--set: the model section cannot change on resume")
+    load_splits(config)
+    _resolve_device(config.train.device)
+    atomic_write_text(run_dir / runs.CONFIG_FILE, config_to_yaml(config))
+    name = runs.read_summary(run_dir).get("name", run_dir.name)
+    return fit_runs([RunSpec(config, run_dir, name, checkpoint, on_epoch)])[0]

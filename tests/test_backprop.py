@@ -2,25 +2,59 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from foodcls.backprop import loss_gradients
+from foodcls.backprop import logits, loss_gradients
 from foodcls.config import ModelConfig
 from foodcls.model import build_model, linear_layers
 
 
+def stacked(models):
+    layers = [linear_layers(m) for m in models]
+    weights = [torch.stack([ls[i].weight.detach() for ls in layers]) for i in range(len(layers[0]))]
+    biases = [torch.stack([ls[i].bias.detach() for ls in layers]).unsqueeze(1) for i in range(len(layers[0]))]
+    return weights, biases
+
+
 @pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_gradients_match_autograd(activation, weighted):
+def test_gradients_of_each_stacked_model_match_autograd(activation, weighted):
     torch.manual_seed(1)
-    model = build_model(ModelConfig(hidden=(16, 8, 8), activation=activation), 4, 4).double()
-    x = torch.rand(50, 4, dtype=torch.float64)
-    y = torch.randint(0, 4, (50,))
+    models = [build_model(ModelConfig(hidden=(16, 8, 8), activation=activation), 4, 4).double() for _ in range(3)]
+    x = torch.rand(3, 50, 4, dtype=torch.float64)
+    y = torch.randint(0, 4, (3, 50))
     weight = torch.tensor([0.5, 2.0, 1.0, 3.0], dtype=torch.float64) if weighted else None
 
-    F.cross_entropy(model(x), y, weight=weight).backward()
-    layers = linear_layers(model)
-    expected = [p.grad for layer in layers for p in (layer.weight, layer.bias)]
-    actual = loss_gradients(layers, activation, x, F.one_hot(y, 4).double(), weight[y] if weighted else None)
+    weights, biases = stacked(models)
+    actual = loss_gradients(weights, biases, activation, x, F.one_hot(y, 4).double(), weight[y] if weighted else None)
+    for k, model in enumerate(models):
+        F.cross_entropy(model(x[k]), y[k], weight=weight).backward()
+        expected = [p.grad for layer in linear_layers(model) for p in (layer.weight, layer.bias)]
+        assert len(actual) == len(expected)
+        for got, want in zip(actual, expected):
+            torch.testing.assert_close(got[k].reshape(want.shape), want, rtol=1e-10, atol=1e-12)
 
-    assert len(actual) == len(expected)
-    for got, want in zip(actual, expected):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+def test_padding_rows_change_nothing():
+    torch.manual_seed(2)
+    models = [build_model(ModelConfig(hidden=(8,)), 4, 4).double() for _ in range(2)]
+    weights, biases = stacked(models)
+    x = torch.rand(2, 10, 4, dtype=torch.float64)
+    one_hot = F.one_hot(torch.randint(0, 4, (2, 10)), 4).double()
+    real = torch.tensor([10, 6], dtype=torch.float64).view(2, 1, 1)
+    one_hot[1, 6:] = 0  # the second model has 6 real rows and 4 of padding
+    padded = loss_gradients(weights, biases, "relu", x, one_hot, None, real)
+    alone = loss_gradients([w[1:] for w in weights], [b[1:] for b in biases], "relu", x[1:, :6], one_hot[1:, :6], None)
+    for got, want in zip(padded, alone):
+        torch.testing.assert_close(got[1:], want, rtol=1e-12, atol=1e-14)
+
+
+def test_logits_match_the_torch_model_for_shared_and_per_model_inputs():
+    torch.manual_seed(3)
+    models = [build_model(ModelConfig(hidden=(8, 8), activation="tanh"), 4, 4) for _ in range(2)]
+    weights, biases = stacked(models)
+    x = torch.rand(7, 4)
+    shared = logits(weights, biases, "tanh", x)
+    own = logits(weights, biases, "tanh", torch.stack([x, x]))
+    for k, model in enumerate(models):
+        with torch.no_grad():
+            torch.testing.assert_close(shared[k], model(x))
+            torch.testing.assert_close(own[k], model(x))

@@ -31,37 +31,59 @@ def metric_lines(run_dir):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in runs.read_metrics(run_dir)]
 
 
-def test_sigkill_and_resume_ends_identical_to_an_uninterrupted_run(config_file, tmp_path):
-    overrides = [*RESUMABLE, "train.epochs=300"]
-    reference = train(load_config(config_file, overrides), runs_root=tmp_path / "reference", name="r")
-
-    args = [sys.executable, "-m", "foodcls", "train", "--config", str(config_file), "--runs-root", str(tmp_path / "killed")]
+def kill_mid_run(config_file, runs_root, overrides, ready):
+    """Start `foodcls train` in a subprocess, SIGKILL it once ready(run_dir) holds; the run directory."""
+    args = [sys.executable, "-m", "foodcls", "train", "--config", str(config_file), "--runs-root", str(runs_root)]
     for override in overrides:
         args += ["--set", override]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     run_dir = None
-    while time.time() < deadline:
-        found = list((tmp_path / "killed").glob("small-*"))
-        if found and len(runs.read_metrics(found[0])) >= 15:
+    while time.time() < deadline and process.poll() is None:
+        found = list(runs_root.glob("small-*"))
+        if found and ready(found[0]):
             run_dir = found[0]
             break
-        time.sleep(0.005)
+        time.sleep(0.002)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert run_dir is not None, "the run never got going"
-    killed_at = load_checkpoint(runs.last_checkpoint(run_dir)).meta["epoch"]
-    assert 15 <= killed_at < 300, "the kill should land mid-run"
     assert runs.run_overview(run_dir)["status"] == "interrupted"
+    return run_dir
 
+
+def resume_and_compare(run_dir, reference, epochs):
     result = subprocess.run([sys.executable, "-m", "foodcls", "train", "--resume", str(run_dir), "--json"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["epochs_run"] == 300
+    assert json.loads(result.stdout)["epochs_run"] == epochs
     assert_same_model(runs.last_checkpoint(run_dir), reference.last_checkpoint)
     assert_same_model(runs.best_checkpoint(run_dir), reference.best_checkpoint)
     assert metric_lines(run_dir) == metric_lines(reference.run_dir)  # each epoch exactly once
     assert runs.read_summary(run_dir)["status"] == "finished"
+
+
+def test_sigkill_between_two_checkpoint_writes_then_resume_ends_identical(config_file, tmp_path):
+    # Checkpoints every 0.3 s: the kill lands after some epochs past the last write, whose work is redone.
+    overrides = [*RESUMABLE, "train.epochs=300", "train.checkpoint_seconds=0.3"]
+    reference = train(load_config(config_file, overrides), runs_root=tmp_path / "reference", name="r")
+
+    def past_a_checkpoint(run_dir):
+        last = runs.last_checkpoint(run_dir)
+        return last.exists() and len(runs.read_metrics(run_dir)) > load_checkpoint(last).meta["epoch"] + 2
+
+    run_dir = kill_mid_run(config_file, tmp_path / "killed", overrides, past_a_checkpoint)
+    killed_at = load_checkpoint(runs.last_checkpoint(run_dir)).meta["epoch"]
+    assert 1 <= killed_at < len(runs.read_metrics(run_dir)) < 300, "the kill should land between two checkpoint writes"
+    resume_and_compare(run_dir, reference, 300)
+
+
+def test_sigkill_before_the_first_checkpoint_then_resume_starts_over_identically(config_file, tmp_path):
+    overrides = [*RESUMABLE, "train.epochs=60", "train.checkpoint_seconds=1000"]
+    reference = train(load_config(config_file, overrides), runs_root=tmp_path / "reference", name="r")
+    run_dir = kill_mid_run(config_file, tmp_path / "killed", overrides, lambda d: len(runs.read_metrics(d)) >= 10)
+    assert not runs.last_checkpoint(run_dir).exists()
+    resume_and_compare(run_dir, reference, 60)
 
 
 def test_resume_after_ctrl_c_with_more_epochs_equals_one_longer_run(config_file, tmp_path):

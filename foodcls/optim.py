@@ -1,0 +1,191 @@
+"""SGD (momentum, weight decay) and Adam for a stack of k models, each with its own learning rate and
+hyperparameters, written with torch._foreach_* ops; and the learning-rate schedules, per run.
+
+Why not torch.optim: constructing one imports torch._dynamo (a second on this machine), and it updates one
+model's parameters, not k stacked ones. tests/test_optim.py checks both against torch.optim step by step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+def _per_run(values: list[float], like: torch.Tensor) -> torch.Tensor:
+    """A (k, 1, 1) tensor that broadcasts a per-run value over a stacked parameter."""
+    return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, 1, 1)
+
+
+class StackedOptimizer:
+    """Updates stacked parameters in place; `state` holds every tensor a resume needs, per name,
+    stacked over runs like the parameters."""
+
+    kind = ""
+
+    def __init__(self, params: list[torch.Tensor], lrs: list[float], weight_decays: list[float]) -> None:
+        self.params = params
+        self.state: dict[str, list[torch.Tensor]] = {}
+        self.set_lrs(lrs)
+        self.weight_decay = _per_run(weight_decays, params[0]) if any(weight_decays) else None
+
+    def set_lrs(self, lrs: list[float]) -> None:
+        self.lrs = list(lrs)
+        self._neg_lr = _per_run([-lr for lr in lrs], self.params[0])
+
+    def _decayed(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.weight_decay is None:
+            return grads
+        return torch._foreach_add(grads, torch._foreach_mul(self.params, [self.weight_decay] * len(self.params)))
+
+    def step(self, grads: list[torch.Tensor], runs: torch.Tensor | None = None) -> None:
+        """Update every run, or only `runs` (indices into the stack; grads then hold just those runs):
+        the others' parameters and state stay exactly as they are."""
+        if runs is None:
+            self._step(grads)
+            return
+        full = (self.params, self.state, self._neg_lr, self._hyper())
+        self.params = [p.index_select(0, runs) for p in full[0]]
+        self.state = {name: [t.index_select(0, runs) for t in tensors] for name, tensors in full[1].items()}
+        self._neg_lr = full[2].index_select(0, runs)
+        self._set_hyper({name: t.index_select(0, runs) if t is not None else None for name, t in full[3].items()})
+        try:
+            self._step(grads)
+            for target, updated in zip(full[0], self.params):
+                target.index_copy_(0, runs, updated)
+            for name, tensors in full[1].items():
+                for target, updated in zip(tensors, self.state[name]):
+                    target.index_copy_(0, runs, updated)
+        finally:
+            self.params, self.state, self._neg_lr = full[0], full[1], full[2]
+            self._set_hyper(full[3])
+
+    def keep(self, runs: torch.Tensor, params: list[torch.Tensor]) -> None:
+        """Drop the runs not listed (they left the stack); params are the already-shrunk parameters."""
+        self.params = params
+        self.state = {name: [t.index_select(0, runs) for t in tensors] for name, tensors in self.state.items()}
+        self._neg_lr = self._neg_lr.index_select(0, runs)
+        self.lrs = [self.lrs[i] for i in runs.tolist()]
+        self._set_hyper({name: t.index_select(0, runs) if t is not None else None for name, t in self._hyper().items()})
+
+    def _hyper(self) -> dict[str, torch.Tensor | None]:
+        return {"weight_decay": self.weight_decay}
+
+    def _set_hyper(self, values: dict[str, torch.Tensor | None]) -> None:
+        self.weight_decay = values["weight_decay"]
+
+    def _step(self, grads: list[torch.Tensor]) -> None:
+        raise NotImplementedError
+
+
+class StackedSGD(StackedOptimizer):
+    """torch.optim.SGD(lr, momentum, weight_decay), dampening 0, no Nesterov: buf = m·buf + g; p -= lr·buf."""
+
+    kind = "sgd"
+
+    def __init__(self, params, lrs, weight_decays, momenta: list[float]) -> None:
+        super().__init__(params, lrs, weight_decays)
+        self.momentum = _per_run(momenta, params[0]) if any(momenta) else None
+        if self.momentum is not None:
+            # The first step sets buf = g (torch's convention), as m·0 + g does.
+            self.state["momentum_buffer"] = [torch.zeros_like(p) for p in params]
+
+    def _hyper(self) -> dict[str, torch.Tensor | None]:
+        return {"weight_decay": self.weight_decay, "momentum": self.momentum}
+
+    def _set_hyper(self, values: dict[str, torch.Tensor | None]) -> None:
+        self.weight_decay, self.momentum = values["weight_decay"], values["momentum"]
+
+    def _step(self, grads: list[torch.Tensor]) -> None:
+        grads = self._decayed(grads)
+        if self.momentum is not None:
+            buffers = self.state["momentum_buffer"]
+            torch._foreach_mul_(buffers, [self.momentum] * len(buffers))
+            torch._foreach_add_(buffers, grads)
+            grads = buffers
+        torch._foreach_addcmul_(self.params, grads, [self._neg_lr] * len(self.params))
+
+
+class StackedAdam(StackedOptimizer):
+    """torch.optim.Adam(lr, betas=(0.9, 0.999), eps=1e-8, weight_decay) with a step count per run."""
+
+    kind = "adam"
+
+    def __init__(self, params, lrs, weight_decays) -> None:
+        super().__init__(params, lrs, weight_decays)
+        self.state["exp_avg"] = [torch.zeros_like(p) for p in params]
+        self.state["exp_avg_sq"] = [torch.zeros_like(p) for p in params]
+        self.state["step"] = [torch.zeros(len(lrs), 1, 1, dtype=torch.float64, device=params[0].device)]
+
+    def _step(self, grads: list[torch.Tensor]) -> None:
+        beta1, beta2 = ADAM_BETAS
+        grads = self._decayed(grads)
+        exp_avg, exp_avg_sq = self.state["exp_avg"], self.state["exp_avg_sq"]
+        step = self.state["step"][0]
+        step.add_(1)
+        torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sq, beta2)
+        torch._foreach_addcmul_(exp_avg_sq, grads, grads, 1 - beta2)
+        # Bias corrections per run (its own step count), in float64 as torch.optim computes them.
+        bias_correction1 = 1 - torch.pow(beta1, step)
+        bias_correction2_sqrt = torch.sqrt(1 - torch.pow(beta2, step))
+        step_size = (self._neg_lr.double() / bias_correction1).to(self.params[0].dtype)
+        denominator = torch._foreach_sqrt(exp_avg_sq)
+        torch._foreach_div_(denominator, [bias_correction2_sqrt.to(self.params[0].dtype)] * len(denominator))
+        torch._foreach_add_(denominator, ADAM_EPS)
+        torch._foreach_addcmul_(self.params, torch._foreach_div(exp_avg, denominator), [step_size] * len(self.params))
+
+
+def make_optimizer(kind: str, params: list[torch.Tensor], lrs: list[float], weight_decays: list[float],
+                   momenta: list[float]) -> StackedOptimizer:
+    if kind == "adam":
+        return StackedAdam(params, lrs, weight_decays)
+    return StackedSGD(params, lrs, weight_decays, momenta)
+
+
+@dataclass
+class Schedule:
+    """One run's learning rate per epoch: none, step, cosine (over all epochs) or plateau (on a loss).
+    `lr` is the rate for the next epoch; the state is plain numbers, saved in the checkpoint metadata."""
+
+    kind: str
+    base_lr: float
+    epochs: int
+    step_size: int
+    gamma: float
+    lr: float = 0.0
+    best: float = math.inf  # plateau: the best loss so far
+    bad_epochs: int = 0  # plateau: epochs since it improved
+
+    def __post_init__(self) -> None:
+        if self.lr == 0.0:
+            self.lr = self.base_lr
+
+    def after_epoch(self, epoch: int, loss: float | None) -> None:
+        """Set the rate of epoch + 1, given the finished epoch (1-based) and, for plateau, its monitored loss."""
+        if self.kind == "step":
+            self.lr = self.base_lr * self.gamma ** (epoch // self.step_size)
+        elif self.kind == "cosine":
+            self.lr = self.base_lr * (1 + math.cos(math.pi * min(epoch, self.epochs) / self.epochs)) / 2
+        elif self.kind == "plateau" and loss is not None:
+            # torch's ReduceLROnPlateau defaults: relative threshold 1e-4, no cooldown.
+            if loss < self.best * (1 - 1e-4):
+                self.best, self.bad_epochs = loss, 0
+            else:
+                self.bad_epochs += 1
+            if self.bad_epochs > self.step_size:
+                self.lr *= self.gamma
+                self.bad_epochs = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lr": self.lr, "best": None if math.isinf(self.best) else self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lr = state["lr"]
+        self.best = math.inf if state["best"] is None else state["best"]
+        self.bad_epochs = state["bad_epochs"]

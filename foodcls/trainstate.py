@@ -1,0 +1,98 @@
+"""What a checkpoint holds for one run: the model (weights named as in an nn.Sequential, feature scaling,
+fill values, metadata to rebuild it) and, in the resumable last checkpoint, the optimizer, schedule and
+loop state — packed from and unpacked into one slice of a training stack."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from foodcls import __version__
+from foodcls.checkpoint import WEIGHT_PREFIX, Checkpoint
+from foodcls.config import Config, config_to_dict
+from foodcls.data import Preprocessing
+from foodcls.errors import RunError
+from foodcls.labels import CLASSES
+
+# Bumped when the resumable state changes shape: an older run cannot be resumed (its checkpoints still load).
+TRAIN_STATE_VERSION = 2
+
+
+@dataclass
+class Progress:
+    """What a resumed run must get back besides weights and optimizer state."""
+
+    epoch: int = 0
+    best_value: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    train_seconds: float = 0.0
+
+
+def weight_name(layer: int, kind: str) -> str:
+    """`net.<i>.weight`: the name nn.Sequential gives layer `layer` (every other module is an activation)."""
+    return f"{WEIGHT_PREFIX}{2 * layer}.{kind}"
+
+
+def layer_arrays(checkpoint: Checkpoint, layers: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    try:
+        return [(checkpoint.arrays[weight_name(i, "weight")], checkpoint.arrays[weight_name(i, "bias")]) for i in range(layers)]
+    except KeyError as missing:
+        raise RunError(f"{checkpoint.path}: checkpoint lacks {missing}") from None
+
+
+def model_arrays(weights: list[np.ndarray], biases: list[np.ndarray], prep: Preprocessing) -> dict[str, np.ndarray]:
+    arrays = {}
+    for i, (weight, bias) in enumerate(zip(weights, biases)):
+        arrays[weight_name(i, "weight")] = weight
+        arrays[weight_name(i, "bias")] = bias
+    arrays["scale"] = prep.scale
+    arrays["fill"] = prep.fill
+    return arrays
+
+
+def model_meta(config: Config, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
+    as_dict = config_to_dict(config)
+    return {
+        "classes": list(CLASSES),
+        "features": list(config.data.features),
+        "model": as_dict["model"],
+        "config": as_dict,
+        "epoch": epoch,
+        "metrics": metrics,
+        "foodcls_version": __version__,
+        "torch_version": torch.__version__,
+    }
+
+
+def resumable_state(
+    model: dict[str, np.ndarray], optimizer: dict[str, list[np.ndarray]], meta: dict[str, Any], progress: Progress,
+    schedule: dict[str, Any], optimizer_kind: str,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The last checkpoint's arrays and metadata: the model plus optimizer buffers (`optim.<param>.<name>`,
+    params in the order W0, b0, W1, b1…) and the loop state."""
+    arrays = dict(model)
+    for name, tensors in optimizer.items():
+        for i, value in enumerate(tensors):
+            arrays[f"optim.{i}.{name}"] = value
+    meta = dict(meta)
+    meta["train_state"] = {"version": TRAIN_STATE_VERSION, "progress": dict(vars(progress)), "schedule": schedule,
+                           "optimizer": optimizer_kind}
+    return arrays, meta
+
+
+def restore_state(checkpoint: Checkpoint) -> tuple[Progress, dict[str, Any], dict[str, list[np.ndarray]]]:
+    """(progress, schedule state, optimizer buffers by name) of a resumable checkpoint."""
+    state = checkpoint.meta.get("train_state")
+    if state is None or state.get("version") != TRAIN_STATE_VERSION:
+        raise RunError(f"{checkpoint.path}: not a resumable checkpoint of this foodcls version")
+    buffers: dict[str, dict[int, np.ndarray]] = {}
+    for name, value in checkpoint.arrays.items():
+        if name.startswith("optim."):
+            _, index, key = name.split(".", 2)
+            buffers.setdefault(key, {})[int(index)] = value
+    optimizer = {key: [values[i] for i in sorted(values)] for key, values in buffers.items()}
+    return Progress(**state["progress"]), state["schedule"], optimizer
