@@ -19,9 +19,9 @@ import numpy as np
 
 from foodcls.config import Config, config_to_dict, load_config, validate_config
 from foodcls.data import LabelledData, concat, read_eval_file, read_labelled_csv, write_labelled_csv
-from foodcls.errors import ConfigError, DataError, FoodclsError
+from foodcls.errors import ConfigError, DataError
 from foodcls.evaluate import classification_report
-from foodcls.executors import Job, run_jobs
+from foodcls.executors import train_runs
 from foodcls.fileio import atomic_write_json
 from foodcls.labels import CLASSES
 from foodcls.runs import unique_dir
@@ -120,30 +120,21 @@ def plan_folds(config: Config, folds: int, group_by: str | None, cv_dir: Path) -
     return plan
 
 
-def run_fold(config_dict: dict[str, Any], runs_root: str, name: str, baselines: bool) -> dict[str, Any]:
-    """In a worker: train one fold, then predict its held-out rows with the best checkpoint (and the baselines)."""
-    from foodcls.data import load_splits
+def fold_outcome(fold: Fold, run: dict[str, Any], baselines: bool) -> dict[str, Any]:
+    """The best checkpoint's predictions for the held-out rows of a trained fold (and the baselines')."""
     from foodcls.predict import load_predictor
-    from foodcls.train import train
 
-    config = Config.model_validate(config_dict)
-    try:
-        result = train(config, runs_root=runs_root, name=name)
-        predictor = load_predictor(result.best_checkpoint)
-        held_out = read_eval_file(config, config.data.test)
-        out = {"status": result.status, "run_dir": str(result.run_dir), "labels": held_out.labels.tolist(),
-               "predicted": predictor.predict(held_out.features).tolist()}
-        if baselines:
-            from foodcls.baselines import baseline_predictions
+    predictor = load_predictor(run["best_checkpoint"])
+    held_out = read_eval_file(fold.config, fold.config.data.test)
+    out = {"labels": held_out.labels.tolist(), "predicted": predictor.predict(held_out.features).tolist()}
+    if baselines:
+        from foodcls.baselines import baseline_predictions
+        from foodcls.data import load_splits
 
-            train_rows = load_splits(config).train
-            predicted = baseline_predictions(train_rows, held_out.features, predictor.prep, config.train.seed)
-            out["baselines"] = {k: v.tolist() for k, v in predicted.items()}
-        return out
-    except FoodclsError as error:
-        return {"status": "failed", "run_dir": None, "error": str(error)}
-    except Exception as error:  # a crashed fold is reported; the others go on
-        return {"status": "failed", "run_dir": None, "error": f"{type(error).__name__}: {error}"}
+        train_rows = load_splits(fold.config).train
+        predicted = baseline_predictions(train_rows, held_out.features, predictor.prep, fold.config.train.seed)
+        out["baselines"] = {k: v.tolist() for k, v in predicted.items()}
+    return out
 
 
 def fold_scores(labels: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
@@ -189,21 +180,22 @@ def run_cv(
         raise
     if on_start is not None:
         on_start(len(plan))
-    jobs = [Job(run_fold, {"config_dict": config_to_dict(f.config), "runs_root": str(cv_dir), "name": f"fold{f.number}",
-                           "baselines": baselines}) for f in plan]
     results: list[dict[str, Any] | None] = [None] * len(plan)
-    for index, outcome in run_jobs(jobs, workers):
-        fold = plan[index]
-        entry = {"fold": fold.number, "group": fold.group, "n_train": fold.n_train, "n_eval": fold.n_eval,
-                 "status": outcome["status"], "run_dir": outcome.get("run_dir")}
-        if outcome["status"] == "failed":
-            entry["error"] = outcome["error"]
-        else:
-            entry.update(fold_scores(np.array(outcome["labels"]), np.array(outcome["predicted"])))
-            entry["_outcome"] = outcome
-        results[index] = entry
-        if on_fold is not None:
-            on_fold(entry)
+    names = [f"fold{f.number}" for f in plan]
+    for indices, outcomes in train_runs([f.config for f in plan], names, cv_dir, workers):
+        for index, run in zip(indices, outcomes):
+            fold = plan[index]
+            entry = {"fold": fold.number, "group": fold.group, "n_train": fold.n_train, "n_eval": fold.n_eval,
+                     "status": run["status"], "run_dir": run.get("run_dir")}
+            if run["status"] == "failed":
+                entry["error"] = run["error"]
+            else:
+                outcome = fold_outcome(fold, run, baselines)
+                entry.update(fold_scores(np.array(outcome["labels"]), np.array(outcome["predicted"])))
+                entry["_outcome"] = outcome
+            results[index] = entry
+            if on_fold is not None:
+                on_fold(entry)
     _write_predictions(cv_dir / "predictions.csv", plan, results)
     report = summarise(results, group_by, folds, baselines)
     report.update(cv_dir=str(cv_dir), config=str(config_path))

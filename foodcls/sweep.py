@@ -6,13 +6,12 @@ import itertools
 import json
 import statistics
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from foodcls.config import Config, apply_override, config_to_dict, load_config, parse_yaml_value, validate_config
-from foodcls.errors import ConfigError, FoodclsError
+from foodcls.errors import ConfigError
+from foodcls.executors import train_runs
 from foodcls.fileio import atomic_write_json
 from foodcls.runs import unique_dir
 
@@ -65,22 +64,6 @@ def plan_sweep(config_path: str | Path, grid: list[str], seeds: int, overrides: 
     return plan
 
 
-def _run_one(config_dict: dict[str, Any], runs_root: str, name: str) -> dict[str, Any]:
-    """In a worker process: train one run, report its figures or its error."""
-    from foodcls.config import Config
-    from foodcls.train import train
-
-    config = Config.model_validate(config_dict)
-    try:
-        result = train(config, runs_root=runs_root, name=name)
-        return {"run_dir": str(result.run_dir), "seed": config.train.seed, "status": result.status,
-                "test_accuracy": result.test_accuracy, "val_accuracy": result.val_accuracy}
-    except FoodclsError as error:
-        return {"run_dir": None, "seed": config.train.seed, "status": "failed", "error": str(error)}
-    except Exception as error:  # a crashed run must not stop the sweep
-        return {"run_dir": None, "seed": config.train.seed, "status": "failed", "error": f"{type(error).__name__}: {error}"}
-
-
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
@@ -104,8 +87,6 @@ def run_sweep(
     runs_root: str | Path = "runs", on_run: RunCallback | None = None, on_start: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Run the sweep; returns (and writes to sweep.json) per-combination runs, mean and std, and the best."""
-    import os
-
     plan = plan_sweep(config_path, list(grid), seeds, list(overrides))
     stem = Path(config_path).stem
     sweep_dir = unique_dir(runs_root, f"sweep-{stem}")
@@ -113,16 +94,16 @@ def run_sweep(
     jobs = [(i, config) for i, (_, configs) in enumerate(plan) for config in configs]
     if on_start is not None:
         on_start(len(jobs))
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        futures = {
-            pool.submit(_run_one, config_to_dict(config), str(sweep_dir), f"{stem}-{i + 1}-seed{config.train.seed}"): i
-            for i, config in jobs
-        }
-        for future in as_completed(futures):
-            run = future.result()
-            run["params"] = results[futures[future]]["params"]
-            results[futures[future]]["runs"].append(run)
+    configs = [config for _, config in jobs]
+    names = [f"{stem}-{i + 1}-seed{config.train.seed}" for i, config in jobs]
+    for indices, outcomes in train_runs(configs, names, sweep_dir, workers):
+        for index, run in zip(indices, outcomes):
+            combination, config = jobs[index]
+            run = {"run_dir": run.get("run_dir"), "seed": config.train.seed, "status": run["status"],
+                   **({"error": run["error"]} if run["status"] == "failed" else
+                      {"test_accuracy": run["test_accuracy"], "val_accuracy": run["val_accuracy"]})}
+            run["params"] = results[combination]["params"]
+            results[combination]["runs"].append(run)
             if on_run is not None:
                 on_run(run)
     for entry in results:

@@ -28,7 +28,7 @@ from foodcls.backprop import logits, loss_gradients
 from foodcls.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from foodcls.config import Config, config_to_dict, config_to_yaml, load_config
 from foodcls.data import LabelledData, Preprocessing, Splits, load_splits
-from foodcls.errors import ConfigError, RunError
+from foodcls.errors import ConfigError, FoodclsError, RunError
 from foodcls.evaluate import classification_report
 from foodcls.fileio import atomic_write_json, atomic_write_text
 from foodcls.labels import CLASSES
@@ -560,15 +560,42 @@ def fit_runs(specs: list[RunSpec]) -> list[TrainResult]:
     return [_result(member) for member, _ in members]
 
 
-def train(config: Config, runs_root: str | Path = "runs", name: str = "run", on_epoch: EpochCallback | None = None) -> TrainResult:
-    """Train a new run under runs_root/<name>-<timestamp> and return its figures."""
-    load_splits(config)  # all input is validated before anything is written
+def _check_inputs(config: Config) -> None:
+    """Everything a new run reads, validated before anything is written."""
+    load_splits(config)
     if config.train.init_from is not None:
         _init_checkpoint(config)
     _resolve_device(config.train.device)
+
+
+def _new_run(config: Config, runs_root: str | Path, name: str, on_epoch: EpochCallback | None = None) -> RunSpec:
     run_dir = runs.create_run_dir(runs_root, name)
     atomic_write_text(run_dir / runs.CONFIG_FILE, config_to_yaml(config))
-    return fit_runs([RunSpec(config, run_dir, name, None, on_epoch)])[0]
+    return RunSpec(config, run_dir, name, None, on_epoch)
+
+
+def train(config: Config, runs_root: str | Path = "runs", name: str = "run", on_epoch: EpochCallback | None = None) -> TrainResult:
+    """Train a new run under runs_root/<name>-<timestamp> and return its figures."""
+    _check_inputs(config)
+    return fit_runs([_new_run(config, runs_root, name, on_epoch)])[0]
+
+
+def train_many(items: list[tuple[Config, str]], runs_root: str | Path = "runs") -> list[TrainResult | FoodclsError]:
+    """Train several new runs (config, name), those of one shape together in lockstep. A run whose input
+    is bad comes back as its error, with no directory made; the others train."""
+    outcomes: list[TrainResult | FoodclsError | None] = [None] * len(items)
+    specs, positions = [], []
+    for i, (config, name) in enumerate(items):
+        try:
+            _check_inputs(config)
+        except FoodclsError as error:
+            outcomes[i] = error
+            continue
+        specs.append(_new_run(config, runs_root, name))
+        positions.append(i)
+    for i, result in zip(positions, fit_runs(specs) if specs else []):
+        outcomes[i] = result
+    return outcomes  # type: ignore[return-value]
 
 
 def resume(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), on_epoch: EpochCallback | None = None) -> TrainResult:
