@@ -148,18 +148,24 @@ def train(
     as_json: JsonOption = False,
 ) -> None:
     """Train a model from a YAML config into a new run directory (or --resume one)."""
-    with reported_errors():
+    from foodcls.signals import exit_code, sigterm_as_interrupt
+
+    with reported_errors(), sigterm_as_interrupt() as received:
         from foodcls import train as training
         from foodcls.config import load_config
 
         if (config is None) == (resume is None):
             raise FoodclsError("give either --config PATH (a new run) or --resume RUN_DIR (continue one)")
-        with EpochBar() as on_epoch:
-            if config is not None:
-                cfg = load_config(config, overrides or [])
-                result = training.train(cfg, runs_root=runs_root, name=config.stem, on_epoch=on_epoch)
-            else:
-                result = training.resume(resume, overrides or [], on_epoch=on_epoch)
+        try:
+            with EpochBar() as on_epoch:
+                if config is not None:
+                    cfg = load_config(config, overrides or [])
+                    result = training.train(cfg, runs_root=runs_root, name=config.stem, on_epoch=on_epoch)
+                else:
+                    result = training.resume(resume, overrides or [], on_epoch=on_epoch)
+        except KeyboardInterrupt:  # before any run directory existed: nothing to save
+            stderr.print("interrupted")
+            raise typer.Exit(code=exit_code(received)) from None
     if as_json:
         print_json(result.to_json())
     else:
@@ -172,7 +178,7 @@ def train(
         print_warnings(result.warnings)
     if result.status == "interrupted":
         stderr.print(f"interrupted: resume with `foodcls train --resume {result.run_dir}`")
-        raise typer.Exit(code=130)
+        raise typer.Exit(code=exit_code(received))
 
 
 def print_warnings(warnings: list[str]) -> None:
@@ -522,46 +528,40 @@ def cv(
 
 
 def cv_table(report: dict[str, Any]) -> Table:
+    from foodcls.labels import CLASSES
+
     kind = f"leave one {report['group_by']} out" if report["group_by"] else f"{len(report['folds'])} stratified folds"
-    table = Table(title=f"cv {report['cv_dir']} ({kind})")
-    for column in ("fold", "group", "train", "eval", "accuracy", "macro-F1", "balanced acc", *CLASS_COLUMNS):
-        table.add_column(column, justify="left" if column in ("fold", "group") else "right")
+    table = Table(title=f"cv {report['cv_dir']} ({kind}); recall per class")
+    for column in ("fold", "held out", "rows", "acc", "bal acc", *(c[:5] for c in CLASSES)):
+        table.add_column(column, justify="left" if column in ("fold", "held out") else "right")
     for fold in report["folds"]:
+        group = fold["group"] or ""
         if fold["status"] == "failed":
-            table.add_row(str(fold["fold"]), fold["group"] or "", str(fold["n_train"]), str(fold["n_eval"]), "[red]failed[/red]")
+            table.add_row(str(fold["fold"]), group, str(fold["n_eval"]), "[red]failed[/red]")
             continue
         recall = fold["per_class_recall"]
-        table.add_row(str(fold["fold"]), fold["group"] or "", str(fold["n_train"]), str(fold["n_eval"]),
-                      *(f"{fold[m]:.4f}" for m in ("accuracy", "macro_f1", "balanced_accuracy")),
-                      *(_fmt(recall.get(c)) for c in _classes()))
-    table.add_section()
+        table.add_row(str(fold["fold"]), group, str(fold["n_eval"]), f"{fold['accuracy']:.3f}", f"{fold['balanced_accuracy']:.3f}",
+                      *(_fmt(recall.get(c), 2) for c in CLASSES))
     mean, std, pooled = report["mean"], report["std"], report["pooled"]
     if pooled is not None:
-        table.add_row("mean ± std", "", "", "", *(f"{mean[m]:.4f} ± {std[m]:.4f}" for m in ("accuracy", "macro_f1", "balanced_accuracy")))
-        table.add_row("pooled", "", "", str(pooled["n"]), *(f"{pooled[m]:.4f}" for m in ("accuracy", "macro_f1", "balanced_accuracy")),
-                      *(_fmt(pooled["per_class_recall"].get(c)) for c in _classes()), style="bold")
+        table.add_section()
+        table.add_row("mean ± std", "", "", f"{mean['accuracy']:.3f} ± {std['accuracy']:.3f}",
+                      f"{mean['balanced_accuracy']:.3f} ± {std['balanced_accuracy']:.3f}")
+        table.add_row("pooled", "", str(pooled["n"]), f"{pooled['accuracy']:.3f}", f"{pooled['balanced_accuracy']:.3f}",
+                      *(_fmt(pooled["per_class_recall"].get(c), 2) for c in CLASSES), style="bold")
     return table
 
 
 def cv_baselines_table(report: dict[str, Any]) -> Table:
-    table = Table(title="the same folds: pooled out-of-fold figures (mean ± std over folds)")
-    for column in ("model", "accuracy", "balanced acc", "worst-class recall"):
+    table = Table(title="baselines on the same folds: pooled (mean ± std over folds)")
+    for column in ("model", "accuracy", "balanced acc", "worst recall"):
         table.add_column(column, justify="left" if column == "model" else "right")
     rows = [("foodcls MLP", {"mean": report["mean"], "std": report["std"], "pooled": report["pooled"]})] + list(report["baselines"].items())
     for name, b in rows:
-        table.add_row(name, *(f"{b['pooled'][m]:.4f} ({b['mean'][m]:.3f} ± {b['std'][m]:.3f})"
+        table.add_row(name, *(f"{b['pooled'][m]:.3f} ({b['mean'][m]:.2f}±{b['std'][m]:.2f})"
                               for m in ("accuracy", "balanced_accuracy", "worst_class_recall")),
                       style="bold" if name == "foodcls MLP" else None)
     return table
-
-
-def _classes() -> tuple[str, ...]:
-    from foodcls.labels import CLASSES
-
-    return CLASSES
-
-
-CLASS_COLUMNS = ("recall bev", "recall meats", "recall snacks", "recall desserts")
 
 
 @app.command()

@@ -40,6 +40,8 @@ class DataConfig(_Section):
     val_fraction: Annotated[StrictFloat, Field(gt=0, lt=1)] | None = None
     features: tuple[StrictStr, ...] = SEED_FEATURES
     missing: Literal["median", "drop"] = "median"  # unknown optional nutrients: training medians, or drop the row
+    # Network inputs: each feature divided by its training maximum, or standardised (mean 0, std 1).
+    scaling: Literal["max", "standard"] = "max"
 
     @field_validator("features")
     @classmethod
@@ -169,12 +171,17 @@ def _nested_models(annotation: Any) -> list[type[BaseModel]]:
     return [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
 
 
-def _describe(error: ValidationError, key_lines: dict[str, int], origin: str) -> str:
+def _describe(error: ValidationError, key_lines: dict[str, int], origin: str, overrides: dict[str, str] | None = None) -> str:
     first = error.errors()[0]
     # Drop pydantic's union-branch labels (e.g. 'literal[...]', 'dict[str,...]') from the path.
     parts = [str(p) for p in first["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))]
     key = ".".join(parts)
-    where = f"{origin}:{key_lines[key]}: " if key in key_lines else (f"{origin}: " if origin else "")
+    # A key set (or inside a section set) by --set is reported with that --set as its origin.
+    setter = next((a for k, a in (overrides or {}).items() if key == k or key.startswith(k + ".")), None)
+    if setter is not None:
+        where = f"--set {setter}: "
+    else:
+        where = f"{origin}:{key_lines[key]}: " if key in key_lines else (f"{origin}: " if origin else "")
     if first["type"] == "extra_forbidden":
         valid = _valid_keys(Config)
         close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
@@ -208,14 +215,16 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def validate_config(raw: Any, origin: str = "", key_lines: dict[str, int] | None = None) -> Config:
-    """Build a Config from a raw dict, turning pydantic's errors into one ConfigError line."""
+def validate_config(raw: Any, origin: str = "", key_lines: dict[str, int] | None = None,
+                    overrides: dict[str, str] | None = None) -> Config:
+    """Build a Config from a raw dict, turning pydantic's errors into one ConfigError line that names
+    the file and line, or the --set that introduced the bad value (overrides: key → KEY=VALUE)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin}: the config must be a mapping with data/model/train sections")
     try:
         return Config.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(_describe(error, key_lines or {}, origin)) from None
+        raise ConfigError(_describe(error, key_lines or {}, origin, overrides)) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -241,9 +250,8 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: the config must be a mapping with data/model/train sections")
     for assignment in overrides:
         apply_override(raw, assignment)
-    overridden = {a.partition("=")[0].strip() for a in overrides}
-    lines = {k: v for k, v in key_lines.items() if k not in overridden}
-    return validate_config(raw, str(path), lines)
+    overridden = {a.partition("=")[0].strip(): a for a in overrides}
+    return validate_config(raw, str(path), key_lines, overridden)
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

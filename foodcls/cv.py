@@ -84,12 +84,16 @@ def fold_assignment(data: LabelledData, folds: int, group_by: str | None, seed: 
     return assignment, [None] * folds
 
 
-def plan_folds(config: Config, folds: int, group_by: str | None, cv_dir: Path) -> list[Fold]:
-    """Write each fold's training and held-out files into cv_dir/folds/ and build its config."""
-    scored, train_only = _scored_sets(config)
+def _check_groups(scored: list[tuple[LabelledData, float]], folds: int, group_by: str | None, seed: int) -> None:
     if group_by is not None:
         for data, _ in scored:
             data.column(group_by)  # every scored file must have the column, or the error names it
+    fold_assignment(concat([d for d, _ in scored]), folds, group_by, seed)
+
+
+def plan_folds(config: Config, folds: int, group_by: str | None, cv_dir: Path) -> list[Fold]:
+    """Write each fold's training and held-out files into cv_dir/folds/ and build its config."""
+    scored, train_only = _scored_sets(config)
     everything = concat([d for d, _ in scored])
     assignment, groups = fold_assignment(everything, folds, group_by, config.train.seed)
     # Which scored set each row came from, so each keeps its weight in the fold's training files.
@@ -169,14 +173,15 @@ def run_cv(
     """Run every fold; returns (and writes as cv.json) per-fold, mean ± std and pooled figures."""
     config = load_config(config_path, list(overrides))
     stem = Path(config_path).stem
-    _scored_sets(config)  # every input is checked before a directory is made
+    scored, _ = _scored_sets(config)  # every input is checked before a directory is made
+    _check_groups(scored, folds, group_by, config.train.seed)
     cv_dir = unique_dir(runs_root, f"cv-{stem}")
     try:
         plan = plan_folds(config, folds, group_by, cv_dir)
     except BaseException:
         import shutil
 
-        shutil.rmtree(cv_dir, ignore_errors=True)  # nothing half-written for an input error
+        shutil.rmtree(cv_dir, ignore_errors=True)  # nothing half-written
         raise
     if on_start is not None:
         on_start(len(plan))

@@ -288,33 +288,45 @@ def fill_missing(features: np.ndarray, fill: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class Preprocessing:
     """What turns label values into network inputs: unknown cells filled (training medians), then each
-    feature divided by its scale (training maximum). Fitted on the training rows, or taken from the
-    checkpoint being fine-tuned or resumed; stored in every checkpoint."""
+    feature shifted and divided, x' = (x - shift) / scale: by default shift 0 and scale the training
+    maximum; with data.scaling: standard, the training mean and standard deviation. Fitted on the
+    training rows, or taken from the checkpoint being fine-tuned or resumed; stored in every checkpoint."""
 
     scale: np.ndarray
     fill: np.ndarray
+    shift: np.ndarray
 
     @classmethod
-    def fit(cls, features: np.ndarray) -> Preprocessing:
-        return cls(fit_scale(features), fit_fill(features))
+    def fit(cls, features: np.ndarray, scaling: str = "max") -> Preprocessing:
+        fill = fit_fill(features)
+        if scaling == "standard":
+            filled = fill_missing(features, fill).astype(np.float64)
+            std = filled.std(axis=0) if len(filled) else np.ones(features.shape[1])
+            return cls(np.where(std > 0, std, 1.0).astype(np.float32), fill, filled.mean(axis=0).astype(np.float32))
+        return cls(fit_scale(features), fill, np.zeros(features.shape[1], dtype=np.float32))
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Preprocessing:
         scale = arrays["scale"].astype(np.float32)
-        # Checkpoints from before fill values existed had four always-known features.
+        # Checkpoints from before fill values and shifts existed had four always-known features, max-scaled.
         fill = arrays["fill"].astype(np.float32) if "fill" in arrays else np.zeros_like(scale)
-        return cls(scale, fill)
+        shift = arrays["shift"].astype(np.float32) if "shift" in arrays else np.zeros_like(scale)
+        return cls(scale, fill, shift)
 
     @classmethod
     def from_checkpoint(cls, checkpoint) -> Preprocessing:
         return cls.from_arrays(checkpoint.arrays)
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"scale": self.scale, "fill": self.fill, "shift": self.shift}
+
     def matches(self, arrays: dict[str, np.ndarray]) -> bool:
-        """Whether a checkpoint's stored scaling (and fill values, when it has them) are these."""
-        return np.array_equal(arrays["scale"], self.scale) and ("fill" not in arrays or np.array_equal(arrays["fill"], self.fill))
+        """Whether a checkpoint's stored preprocessing (as far as it has one) is this."""
+        return all(np.array_equal(arrays[name], value) for name, value in self.arrays().items() if name in arrays)
 
     def apply(self, features: np.ndarray) -> np.ndarray:
-        return (fill_missing(np.asarray(features, dtype=np.float32), self.fill) / self.scale).astype(np.float32)
+        filled = fill_missing(np.asarray(features, dtype=np.float32), self.fill)
+        return ((filled - self.shift) / self.scale).astype(np.float32)
 
 
 def drop_missing(data: LabelledData) -> LabelledData:

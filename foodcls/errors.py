@@ -23,3 +23,11 @@ class RunError(FoodclsError):
 
 class DownloadError(FoodclsError):
     """A download failed (HTTP status, timeout, dropped connection)."""
+
+
+class WriteError(FoodclsError):
+    """A file could not be written (disk full, file-size limit, permissions): nothing partial is left."""
+
+
+class ResourceError(FoodclsError):
+    """The machine cannot do what was asked (a model too big for its memory)."""

@@ -76,12 +76,13 @@ def plot_grad_norms(run_dirs: list[Path], out: Path) -> None:
     _save(fig, out)
 
 
-def write_run_plots(run_dir: Path) -> list[Path]:
-    """(Re)draw a run's learning curves, gradient norms and test confusion matrix into its directory."""
+def write_run_plots(run_dir: Path, summary: dict | None = None) -> list[Path]:
+    """(Re)draw a run's learning curves, gradient norms and test confusion matrix into its directory
+    (from its summary.json, or the summary about to be written)."""
     written = [run_dir / LEARNING_CURVES, run_dir / GRAD_NORMS]
     plot_learning_curves([run_dir], written[0])
     plot_grad_norms([run_dir], written[1])
-    evaluation = runs.read_summary(run_dir).get("evaluation", {})
+    evaluation = (summary if summary is not None else runs.read_summary(run_dir)).get("evaluation", {})
     split = "test" if "test" in evaluation else "val" if "val" in evaluation else None
     if split is not None:
         report = evaluation[split]

@@ -28,9 +28,9 @@ from foodcls.backprop import logits, loss_gradients
 from foodcls.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from foodcls.config import Config, config_to_dict, config_to_yaml, load_config
 from foodcls.data import LabelledData, Preprocessing, Splits, load_splits
-from foodcls.errors import ConfigError, FoodclsError, RunError
+from foodcls.errors import ConfigError, FoodclsError, ResourceError, RunError, WriteError
 from foodcls.evaluate import classification_report
-from foodcls.fileio import atomic_write_json, atomic_write_text
+from foodcls.fileio import atomic_write_json, atomic_write_text, write_error
 from foodcls.labels import CLASSES
 from foodcls.model import build_model, linear_layers
 from foodcls.optim import Schedule, make_optimizer
@@ -143,7 +143,7 @@ class _Run:
         self.spec, self.config, self.run_dir, self.splits = spec, spec.config, spec.run_dir, splits
         t = self.config.train
         init = _init_checkpoint(self.config) if spec.checkpoint is None else None
-        fitted = Preprocessing.fit(splits.train.features)
+        fitted = Preprocessing.fit(splits.train.features, self.config.data.scaling)
         stored = init if init is not None else spec.checkpoint
         self.prep = Preprocessing.from_checkpoint(stored) if stored is not None else fitted
         if spec.checkpoint is not None and t.init_from is None and not fitted.matches(spec.checkpoint.arrays):
@@ -204,8 +204,20 @@ class _Run:
 
     def close(self) -> None:
         if self.metrics_file is not None:
-            self.metrics_file.close()
+            try:
+                self.metrics_file.close()
+            except OSError:
+                pass  # its lines were flushed as written; a failing close changes nothing on disk
             self.metrics_file = None
+
+    def fail(self, reason: str) -> None:
+        """Mark the run failed, with the reason, as far as the disk still lets us."""
+        self.close()
+        self.summary.update(status="failed", error=reason, finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        try:
+            _write_summary(self.run_dir, self.summary)
+        except WriteError:
+            pass  # the error being reported is what matters; the summary stays as last written
 
     def record_epoch(self, record: dict[str, Any], stack_state: dict[str, Any]) -> bool:
         """Book one finished epoch: best, early stopping, schedule, metrics line. True if the run stops."""
@@ -222,8 +234,11 @@ class _Run:
         progress.train_seconds += record["seconds"]
         self.snapshot = {**stack_state, "record": record, "progress": Progress(**vars(progress)),
                          "schedule": self.schedule.state_dict()}
-        self.metrics_file.write(json.dumps(record) + "\n")
-        self.metrics_file.flush()
+        try:
+            self.metrics_file.write(json.dumps(record) + "\n")
+            self.metrics_file.flush()
+        except OSError as error:
+            raise write_error(self.run_dir / runs.METRICS_FILE, error) from None
         if self.spec.on_epoch is not None:
             self.spec.on_epoch(record, t.epochs)
         stop = t.early_stopping is not None and progress.bad_epochs >= t.early_stopping.patience
@@ -470,16 +485,30 @@ def _fit_stack(members: list[_Run], device: torch.device) -> None:
                 stack.keep([i for i in range(len(stack.members)) if i not in stopping])
     except KeyboardInterrupt:
         # The live weights may be halfway through an epoch: each run saves the state kept at its last epoch's end.
+        failure = None
         for member in stack.members:
+            if member.summary.get("status") != "running":
+                continue  # it had just finished when the interrupt came
             member.status, member.stop_reason = "interrupted", "interrupted"
-            member.write_checkpoints(optimizer_kind)
-            _finish(member)
+            try:
+                member.write_checkpoints(optimizer_kind)
+                _finish(member)
+            except FoodclsError as error:  # e.g. the disk filled up while saving
+                member.fail(str(error))
+                failure = error
+        if failure is not None:
+            raise failure from None
         raise _Interrupted() from None
     except BaseException as error:
+        if isinstance(error, RuntimeError) and "alloc" in str(error).lower():
+            error = ResourceError(f"out of memory while training ({error.__class__.__name__}: {str(error).splitlines()[0][:120]}); "
+                                  "use a smaller model.hidden or fewer runs at once")
+        reason = str(error) if isinstance(error, FoodclsError) else f"{type(error).__name__}: {error}"
         for member in stack.members:
-            member.summary.update(status="failed", error=f"{type(error).__name__}: {error}")
-            member.close()
-            _write_summary(member.run_dir, member.summary)
+            if member.summary.get("status") == "running":
+                member.fail(reason)
+        if isinstance(error, ResourceError):
+            raise error from None
         raise
 
 
@@ -488,11 +517,12 @@ class _Interrupted(Exception):
 
 
 def _finish(member: _Run) -> None:
-    """Score the best checkpoint on val and test, write summary.json and the plots."""
+    """Score the best checkpoint on val and test, draw the plots, then write summary.json: a run reads
+    `finished` only once every file of it is in place."""
     from foodcls.predict import load_predictor
 
     member.close()
-    run_dir, summary, progress, splits = member.run_dir, member.summary, member.progress, member.splits
+    run_dir, summary, progress, splits = member.run_dir, dict(member.summary), member.progress, member.splits
     scores: dict[str, Any] = {}
     if runs.best_checkpoint(run_dir).exists():
         predictor = load_predictor(runs.best_checkpoint(run_dir))
@@ -513,11 +543,12 @@ def _finish(member: _Run) -> None:
         warnings=scores["test"]["warnings"] if "test" in scores else [],
         evaluation=scores,
     )
-    _write_summary(run_dir, summary)
     if progress.epoch > 0:
         from foodcls.plots import write_run_plots
 
-        write_run_plots(run_dir)
+        write_run_plots(run_dir, summary)
+    member.summary = summary
+    _write_summary(run_dir, summary)
 
 
 def _result(member: _Run) -> TrainResult:
@@ -560,9 +591,35 @@ def fit_runs(specs: list[RunSpec]) -> list[TrainResult]:
     return [_result(member) for member, _ in members]
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_memory(config: Config, splits: Splits) -> None:
+    """Refuse, before anything is written, a model that cannot fit in this machine's memory."""
+    sizes = [len(config.data.features), *config.model.hidden, len(CLASSES)]
+    params = sum(i * o + o for i, o in zip(sizes, sizes[1:]))
+    rows = config.train.batch_size + sum(len(d) for d in (splits.train, splits.val, splits.test) if d is not None)
+    # Weights, gradients, two optimizer buffers, the in-memory best and last snapshots, float32; and the
+    # activations of a batch and of the evaluation pass.
+    need = params * 4 * 6 + rows * max(sizes) * 4 * 4
+    available = available_memory()
+    if available is not None and need > 0.8 * available:
+        raise ResourceError(f"model.hidden={list(config.model.hidden)}: training needs about {need / 1e9:.1f} GB "
+                            f"({params:,} parameters), more than the {available / 1e9:.1f} GB of memory available")
+
+
 def _check_inputs(config: Config) -> None:
     """Everything a new run reads, validated before anything is written."""
-    load_splits(config)
+    check_memory(config, load_splits(config))
     if config.train.init_from is not None:
         _init_checkpoint(config)
     _resolve_device(config.train.device)

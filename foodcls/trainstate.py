@@ -49,8 +49,7 @@ def model_arrays(weights: list[np.ndarray], biases: list[np.ndarray], prep: Prep
     for i, (weight, bias) in enumerate(zip(weights, biases)):
         arrays[weight_name(i, "weight")] = weight
         arrays[weight_name(i, "bias")] = bias
-    arrays["scale"] = prep.scale
-    arrays["fill"] = prep.fill
+    arrays.update(prep.arrays())
     return arrays
 
 
