@@ -119,7 +119,7 @@ class EpochBar:
 
         self.progress = Progress(
             TextColumn("epoch"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=stderr,
+            TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, disable=not stderr.is_terminal,
         )
         self.task = None
 
@@ -398,10 +398,13 @@ def runs_list(runs_root: RunsRootOption = Path("runs"), as_json: JsonOption = Fa
         table.add_column(column, justify="right" if "acc" in column or column == "epochs" else "left",
                          no_wrap=column in ("run", "status"))
     for o in overviews:
-        status = {"finished": "green", "interrupted": "yellow", "failed": "red"}.get(o["status"], "white")
+        status = {"finished": "green", "interrupted": "yellow", "failed": "red", "pruned": "cyan"}.get(o["status"], "white")
         table.add_row(str(Path(o["run_dir"]).relative_to(runs_root)), o["config"], f"[{status}]{o['status']}[/]", str(o["epochs"]),
                       _fmt(o["best_val_accuracy"]), _fmt(o["test_accuracy"]), o["started_at"].replace("T", " ")[:16])
     stdout.print(table)
+    for o in overviews:
+        if o["status"] == "failed" and o.get("error"):
+            stderr.print(f"[red]failed:[/red] {escape(str(Path(o['run_dir']).relative_to(runs_root)))}: {escape(o['error'])}", highlight=False)
 
 
 @runs_app.command("compare")
@@ -447,7 +450,8 @@ def sweep(
         from foodcls.sweep import run_sweep
 
         # The bar appears once the plan is validated, so a config mistake stays a single line.
-        progress = Progress(TextColumn("runs"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(), console=stderr)
+        progress = Progress(TextColumn("runs"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(), console=stderr,
+                            disable=not stderr.is_terminal)
         task = progress.add_task("sweep", total=None)
 
         def on_start(total: int) -> None:
@@ -503,7 +507,8 @@ def cv(
 
         from foodcls.cv import run_cv
 
-        progress = Progress(TextColumn("folds"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(), console=stderr)
+        progress = Progress(TextColumn("folds"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(), console=stderr,
+                            disable=not stderr.is_terminal)
         task = progress.add_task("cv", total=None)
 
         def on_start(total: int) -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import Any
@@ -77,18 +75,53 @@ def default_workers(jobs: int, workers: int | None) -> int:
     return max(1, min(workers or os.cpu_count() or 1, jobs))
 
 
+def _child(conn, fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any]) -> None:
+    """In a worker process: run one job and send its result back."""
+    try:
+        result = fn(**kwargs)
+    except BaseException as error:  # the job functions catch their own errors; this is the last resort
+        result = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+    conn.send(result)
+    conn.close()
+
+
 def run_jobs(jobs: list[Job], workers: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(index, result) of each job as it completes: in-process for one worker, else a spawned pool."""
+    """(index, result) of each job as it completes: in-process for one worker, else each job in a fresh
+    spawned process, at most `workers` at a time. A process that dies (killed, out of memory) fails its
+    own job only; the others carry on."""
+    from multiprocessing.connection import wait
+
     n = default_workers(len(jobs), workers)
     if n == 1:
         for index, job in enumerate(jobs):
             yield index, job.fn(**job.kwargs)
         return
-    with ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(job.fn, **job.kwargs): index for index, job in enumerate(jobs)}
-        for future in as_completed(futures):
-            try:
-                result = future.result()
-            except BrokenProcessPool:
-                result = {"status": "failed", "error": "the worker process died (killed or out of memory)"}
-            yield futures[future], result
+    context = get_context("spawn")
+    waiting = list(range(len(jobs)))
+    running: dict[Any, tuple[int, Any]] = {}  # receiving end → (job index, process)
+    try:
+        while waiting or running:
+            while waiting and len(running) < n:
+                index = waiting.pop(0)
+                receive, send = context.Pipe(duplex=False)
+                process = context.Process(target=_child, args=(send, jobs[index].fn, jobs[index].kwargs), daemon=True)
+                process.start()
+                send.close()  # the child holds the only sending end: EOF here means it is gone
+                running[receive] = (index, process)
+            # Wait on the pipes, not the processes: a child blocked on sending a big result must be read.
+            for receive in wait(list(running)):
+                index, process = running.pop(receive)
+                try:
+                    result = receive.recv()
+                except (EOFError, OSError):
+                    result = None
+                receive.close()
+                process.join()
+                if result is None:
+                    result = {"status": "failed", "error": f"the worker process died (exit code {process.exitcode})"}
+                yield index, result
+    finally:
+        for receive, (_, process) in running.items():
+            process.kill()
+            process.join()
+            receive.close()

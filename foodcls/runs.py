@@ -131,6 +131,7 @@ def run_overview(run_dir: Path) -> dict[str, Any]:
         "final_train_loss": records[-1]["train_loss"] if records else None,
         "train_seconds": summary.get("train_seconds"),
         "started_at": summary.get("started_at", ""),
+        "error": summary.get("error"),
     }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -166,6 +167,7 @@ class _Run:
         self.best: dict[str, Any] | None = None  # the best epoch's weights and record, until written
         self.last_write = time.monotonic()
         self.summary: dict[str, Any] = {}
+        self.done = False  # its final summary is written
         self.metrics_file = None
 
     def _initial_weights(self, source: Checkpoint | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -487,7 +489,7 @@ def _fit_stack(members: list[_Run], device: torch.device) -> None:
         # The live weights may be halfway through an epoch: each run saves the state kept at its last epoch's end.
         failure = None
         for member in stack.members:
-            if member.summary.get("status") != "running":
+            if member.done:
                 continue  # it had just finished when the interrupt came
             member.status, member.stop_reason = "interrupted", "interrupted"
             try:
@@ -505,7 +507,7 @@ def _fit_stack(members: list[_Run], device: torch.device) -> None:
                                   "use a smaller model.hidden or fewer runs at once")
         reason = str(error) if isinstance(error, FoodclsError) else f"{type(error).__name__}: {error}"
         for member in stack.members:
-            if member.summary.get("status") == "running":
+            if not member.done:
                 member.fail(reason)
         if isinstance(error, ResourceError):
             raise error from None
@@ -547,8 +549,8 @@ def _finish(member: _Run) -> None:
         from foodcls.plots import write_run_plots
 
         write_run_plots(run_dir, summary)
-    member.summary = summary
     _write_summary(run_dir, summary)
+    member.summary, member.done = summary, True
 
 
 def _result(member: _Run) -> TrainResult:
@@ -582,10 +584,10 @@ def fit_runs(specs: list[RunSpec]) -> list[TrainResult]:
         except _Interrupted:
             interrupted = True
         for member in group:
-            if member.progress.epoch >= member.config.train.epochs and not member.summary.get("finished_at"):
+            if member.progress.epoch >= member.config.train.epochs and not member.done:
                 _finish(member)  # resumed with nothing left to do
     for member, _ in members:
-        if member.summary.get("status") == "running":  # never started: a later stack was interrupted first
+        if not member.done:  # never started: an earlier stack was interrupted first
             member.status, member.stop_reason = "interrupted", "interrupted"
             _finish(member)
     return [_result(member) for member, _ in members]
@@ -627,7 +629,11 @@ def _check_inputs(config: Config) -> None:
 
 def _new_run(config: Config, runs_root: str | Path, name: str, on_epoch: EpochCallback | None = None) -> RunSpec:
     run_dir = runs.create_run_dir(runs_root, name)
-    atomic_write_text(run_dir / runs.CONFIG_FILE, config_to_yaml(config))
+    try:
+        atomic_write_text(run_dir / runs.CONFIG_FILE, config_to_yaml(config))
+    except WriteError:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a run directory without its config would be no run at all
+        raise
     return RunSpec(config, run_dir, name, None, on_epoch)
 
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
-from collections.abc import Callable
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,7 +20,7 @@ from foodcls import __version__
 from foodcls.data import TRACE_COLUMNS, LabelledData, write_labelled_csv
 from foodcls.errors import ConfigError, DataError
 from foodcls.features import ALL_FEATURES
-from foodcls.fileio import atomic_write_json, atomic_write_text
+from foodcls.fileio import atomic_write_json, atomic_write_text, write_error
 from foodcls.labels import CLASSES
 from foodcls.offdata.clean import DROP_REASONS, NUMERIC, classify
 from foodcls.offdata.read import SourceStats, read_export
@@ -48,11 +53,38 @@ def build_dataset(
     sources: list[str | Path], out_dir: str | Path, rules_path: str | Path | None = None,
     split: str = "0.8,0.1,0.1", on_batch: BatchCallback | None = None,
 ) -> dict[str, Any]:
-    """Read, label, clean, de-duplicate and split the sources; write the files; return the datacard."""
+    """Read, label, clean, de-duplicate and split the sources; write the files; return the datacard.
+    out_dir ends up either complete or as it was; two builds into one out_dir at once: the second is refused."""
     fractions = parse_split(split)
     rules = load_rules(rules_path)
     if not sources:
         raise DataError("give at least one export file")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a directory")
+    with build_lock(out):
+        return _build(sources, out, rules, fractions, on_batch)
+
+
+@contextmanager
+def build_lock(out: Path) -> Iterator[None]:
+    """An exclusive lock on out_dir's sibling .<name>.lock for the whole build (released if we crash)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(out.parent / f".{out.name}.lock", "a+")  # noqa: SIM115 - closed below
+    except OSError as error:
+        raise write_error(out, error) from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(f"{out}: another `foodcls data build` is writing this directory right now") from None
+        yield
+    finally:
+        handle.close()
+
+
+def _build(sources, out: Path, rules, fractions, on_batch) -> dict[str, Any]:
     dropped = dict.fromkeys(DROP_REASONS, 0)
     seen: set[str] = set()
     # Per split: one tuple per product, (nine nutrients…, label, source, barcode).
@@ -80,7 +112,7 @@ def build_dataset(
             rows[split_of(key, fractions)].append((*values, label, name, (barcode or "").strip()))
         stats_list.append(stats)
     card = _datacard(stats_list, rows, dropped, rules.to_json(), fractions)
-    _write(Path(out_dir), rows, card)
+    _write(out, rows, card)
     return card
 
 
@@ -134,10 +166,24 @@ def _split_data(split_rows: list[tuple], name: str) -> LabelledData:
 
 
 def _write(out: Path, rows, card: dict[str, Any]) -> None:
-    for split_name in SPLITS:
-        write_labelled_csv(out / f"{split_name}.csv", _split_data(rows[split_name], split_name), TRACE_COLUMNS)
-    atomic_write_json(out / "datacard.json", card)
-    atomic_write_text(out / "README.md", datacard_markdown(card))
+    """Write every file into a fresh sibling directory, then swap it in: out is never half-written."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+    try:
+        for split_name in SPLITS:
+            write_labelled_csv(staging / f"{split_name}.csv", _split_data(rows[split_name], split_name), TRACE_COLUMNS)
+        atomic_write_json(staging / "datacard.json", card)
+        atomic_write_text(staging / "README.md", datacard_markdown(card))
+        if out.exists():
+            previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, previous / out.name)
+            os.replace(staging, out)
+            shutil.rmtree(previous, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    except OSError as error:
+        raise write_error(out, error) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def datacard_markdown(card: dict[str, Any]) -> str:
