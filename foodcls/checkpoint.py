@@ -69,21 +69,49 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: corrupt foodcls metadata") from None
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: unsupported checkpoint format {meta.get('format')!r} v{meta.get('format_version')}")
-    for required in ("classes", "features", "model", "config"):
-        if required not in meta:
-            raise CheckpointError(f"{path}: checkpoint metadata lacks {required!r}")
+    _check_meta(path, meta)
     if "scale" not in arrays or not any(n.startswith(WEIGHT_PREFIX) for n in arrays):
         raise CheckpointError(f"{path}: checkpoint lacks weights or feature scaling")
     return Checkpoint(arrays, meta, path)
 
 
+def _is_list_of(value: Any, kind: type) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
+
+
+def _check_meta(path: Path, meta: dict[str, Any]) -> None:
+    """The metadata a predictor and a resumed run rely on, with the right types (a hand-edited or damaged
+    checkpoint is refused here, in one line, not deep inside numpy)."""
+    for required in ("classes", "features", "model", "config"):
+        if required not in meta:
+            raise CheckpointError(f"{path}: checkpoint metadata lacks {required!r}")
+    if not _is_list_of(meta["classes"], str) or not _is_list_of(meta["features"], str):
+        raise CheckpointError(f"{path}: checkpoint metadata: classes and features must be lists of names")
+    model = meta["model"]
+    if not isinstance(model, dict) or not isinstance(model.get("activation"), str) or not (
+        _is_list_of(model.get("hidden"), int) or model.get("hidden") == []
+    ):
+        raise CheckpointError(f"{path}: checkpoint metadata: model must give hidden (list of widths) and activation")
+    if not isinstance(meta["config"], dict):
+        raise CheckpointError(f"{path}: checkpoint metadata: config must be a mapping")
+
+
 def weight_arrays(checkpoint: Checkpoint) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(weight, bias) of each Linear layer, first to last."""
-    indices = sorted({int(n.split(".")[1]) for n in checkpoint.arrays if n.startswith(WEIGHT_PREFIX)})
+    """(weight, bias) of each Linear layer, first to last: float matrices and vectors, all finite."""
+    names = [n.split(".") for n in checkpoint.arrays if n.startswith(WEIGHT_PREFIX)]
+    if any(len(parts) != 3 or not parts[1].isdigit() or parts[2] not in ("weight", "bias") for parts in names):
+        raise CheckpointError(f"{checkpoint.path}: checkpoint has weights under unexpected names")
+    indices = sorted({int(parts[1]) for parts in names})
     try:
-        return [
+        layers = [
             (checkpoint.arrays[f"{WEIGHT_PREFIX}{i}.weight"], checkpoint.arrays[f"{WEIGHT_PREFIX}{i}.bias"])
             for i in indices
         ]
     except KeyError as missing:
         raise CheckpointError(f"{checkpoint.path}: checkpoint lacks {missing}") from None
+    for weight, bias in layers:
+        if weight.ndim != 2 or bias.ndim != 1 or weight.dtype.kind != "f" or bias.dtype.kind != "f":
+            raise CheckpointError(f"{checkpoint.path}: checkpoint weights have the wrong shape or type")
+        if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+            raise CheckpointError(f"{checkpoint.path}: checkpoint holds weights that are not finite numbers (damaged file?)")
+    return layers

@@ -307,6 +307,7 @@ class Preprocessing:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Preprocessing:
+        """From a checkpoint's arrays (the caller checks their shapes against its features)."""
         scale = arrays["scale"].astype(np.float32)
         # Checkpoints from before fill values and shifts existed had four always-known features, max-scaled.
         fill = arrays["fill"].astype(np.float32) if "fill" in arrays else np.zeros_like(scale)

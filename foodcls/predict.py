@@ -65,8 +65,11 @@ def predictor_from_checkpoint(checkpoint: Checkpoint) -> Predictor:
         raise CheckpointError(f"{checkpoint.path}: unknown feature {unknown[0]!r} in the checkpoint")
     layers = [(w.astype(np.float32), b.astype(np.float32)) for w, b in weight_arrays(checkpoint)]
     prep = Preprocessing.from_arrays(checkpoint.arrays)
-    if layers[0][0].shape[1] != len(features) or prep.scale.shape != (len(features),) or prep.fill.shape != (len(features),):
+    shapes_ok = all(a.shape == (len(features),) for a in prep.arrays().values())
+    if layers[0][0].shape[1] != len(features) or not shapes_ok:
         raise CheckpointError(f"{checkpoint.path}: weights or scaling do not match its {len(features)} features")
+    if not all(np.isfinite(a).all() for a in prep.arrays().values()) or not (prep.scale != 0).all():
+        raise CheckpointError(f"{checkpoint.path}: its feature scaling holds zeros or non-finite numbers (damaged file?)")
     if layers[-1][0].shape[0] != len(checkpoint.meta["classes"]):
         raise CheckpointError(f"{checkpoint.path}: the output layer does not match its {len(checkpoint.meta['classes'])} classes")
     for (w, b), (w_next, _) in zip(layers, layers[1:]):

@@ -6,9 +6,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import settings
 
 from foodcls.config import load_config
 from foodcls.synth import write_demo_set
+
+# Fuzzing budgets: `ci` (the default, about a minute in all) and `long` (100x; --hypothesis-profile=long).
+settings.register_profile("ci", max_examples=40, deadline=10_000)
+settings.register_profile("long", max_examples=4000, deadline=10_000)
+settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parent.parent
 

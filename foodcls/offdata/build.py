@@ -129,7 +129,11 @@ def _classify_source(source, stats: SourceStats, rules, on_batch) -> tuple[np.nd
         if on_batch is not None:
             on_batch(stats.path, read_rows)
     all_reasons = np.concatenate(reasons) if reasons else np.zeros(0, dtype=np.uint8)
-    return all_reasons, pl.concat(kept) if kept else pl.DataFrame()
+    if not kept:  # a header and no rows
+        empty = {"row": pl.UInt32, "key": pl.String, "content_key": pl.String, "code": pl.String,
+                 **{c: pl.Float64 for c in NUMERIC}, "label": pl.Int8}
+        return all_reasons, pl.DataFrame(schema=empty)
+    return all_reasons, pl.concat(kept)
 
 
 def _datacard(stats_list, rows, dropped, rules, fractions) -> dict[str, Any]:

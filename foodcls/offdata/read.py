@@ -48,6 +48,8 @@ REQUIRED = ("code", "categories_tags", "protein", "carbs", "fat", "additives")
 Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
 Transform = Callable[[Frame], Frame]
 BLOCK_BYTES = 32 << 20
+# Ingredient lists can be long: a cell may hold up to 16 MiB (the csv module's default stops at 128 KiB).
+csv.field_size_limit(16 << 20)
 BATCH_ROWS = 50_000
 
 
@@ -160,15 +162,28 @@ def _parse_tsv_block(block: bytes, indices: dict[str, int], width: int, stats: S
     yield frame.rename(dict(zip(frame.columns, (name for name, _ in order))))
 
 
+def _rows(reader, path: Path) -> Iterator[list[str]]:
+    """The csv module's rows; a row it cannot parse (a cell past the size limit, a stray NUL) is a
+    one-line error naming the file and line."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise DataError(f"{path}:{reader.line_num}: unreadable CSV row ({error})") from None
+        yield row
+
+
 def _quoted_batches(path: Path, fmt: ExportFormat, stats: SourceStats, digest) -> Iterator[pl.DataFrame]:
     text = io.TextIOWrapper(io.BytesIO(b"".join(_utf8_blocks(path, fmt, digest))), encoding="utf-8", newline="")
-    reader = csv.reader(text, delimiter=fmt.separator)
-    names = next(reader, None)
+    rows = _rows(csv.reader(text, delimiter=fmt.separator), path)
+    names = next(rows, None)
     if names is None:
         raise DataError(f"{path}: file is empty")
     indices = _header_indices(names, path)
     columns: dict[str, list] = {k: [] for k in indices}
-    for row in reader:
+    for row in rows:
         if not any(cell.strip() for cell in row):
             continue
         stats.rows += 1
