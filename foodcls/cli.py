@@ -256,6 +256,7 @@ def predict(
     fiber: Annotated[Optional[float], _nutrient_option("--fiber", "Fiber, g per 100 g (if the model uses it).")] = None,
     energy: Annotated[Optional[float], _nutrient_option("--energy", "Energy, kcal per 100 g (if the model uses it).")] = None,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Fill a value the model uses but you did not give with its training median.")] = False,
+    explain: Annotated[bool, typer.Option("--explain", help="Show each feature's contribution to the predicted class (integrated gradients).")] = False,
     input_path: Annotated[Optional[str], typer.Option("--input", help="Batch: CSV whose header names the model's features, or - for stdin.")] = None,
     output_path: Annotated[Optional[str], typer.Option("--output", help="Batch output CSV, or - for stdout [default: -].")] = None,
     as_json: JsonOption = False,
@@ -269,29 +270,54 @@ def predict(
         if input_path is not None:
             if any(v is not None for v in values.values()):
                 raise FoodclsError("give either --input or single-product values such as --protein, not both")
-            _predict_batch(_default_checkpoint(checkpoint), input_path, output_path or "-")
+            _predict_batch(_default_checkpoint(checkpoint), input_path, output_path or "-", explain)
             return
         if all(v is None for v in values.values()):
             raise FoodclsError("give the product's values (--protein, --carbs, --fat, --additives, …) or --input CSV for a batch")
         predictor = load_predictor(_default_checkpoint(checkpoint))
         checked = check_product(values, predictor.features, predictor.fill_values, allow_missing)
         probabilities = predictor.probabilities([checked.values])[0]
+        explanation = None
+        if explain:
+            import numpy as np
+
+            from foodcls.explain import integrated_gradients
+
+            explanation = integrated_gradients(predictor, np.array(checked.values, dtype=np.float64))
     print_warnings(checked.warnings)
     best = predictor.classes[int(probabilities.argmax())]
     by_class = {name: float(p) for name, p in zip(predictor.classes, probabilities)}
     if as_json:
-        print_json({"class": best, "probabilities": by_class, "warnings": checked.warnings})
+        out: dict[str, Any] = {"class": best, "probabilities": by_class, "warnings": checked.warnings}
+        if explanation is not None:
+            out["contributions"] = dict(zip(predictor.features, explanation.contributions.tolist()))
+            out["baseline_probability"] = explanation.baseline_probability
+        print_json(out)
         return
     stdout.print(f"[bold]{best}[/bold]")
     for name, p in by_class.items():
         stdout.print(f"  {name:<10} {p:.4f}", highlight=False)
+    if explanation is not None:
+        stdout.print(_explanation_table(predictor, checked.values, explanation, best))
 
 
-def _predict_batch(checkpoint: Path, input_path: str, output_path: str) -> None:
+def _explanation_table(predictor: Any, values: list[float], explanation: Any, best: str) -> Table:
+    table = Table(title=f"why {best}: p = {explanation.probability:.3f}, {explanation.baseline_probability:.3f} at the "
+                        "training medians; contributions add up to the difference")
+    for column in ("feature", "value", "median", "contribution", ""):
+        table.add_column(column, justify="left" if column in ("feature", "") else "right")
+    peak = max(abs(explanation.contributions).max(), 1e-12)
+    for name, value, median, share in zip(predictor.features, values, predictor.prep.fill, explanation.contributions):
+        bar = ("[green]" + "█" * round(20 * share / peak) + "[/green]") if share > 0 else ("[red]" + "█" * round(-20 * share / peak) + "[/red]")
+        table.add_row(name, "-" if value != value else f"{value:g}", f"{median:g}", f"{share:+.4f}", bar)
+    return table
+
+
+def _predict_batch(checkpoint: Path, input_path: str, output_path: str, explain: bool = False) -> None:
     from foodcls.fileio import atomic_write_text
     from foodcls.predict import predict_csv
 
-    text = predict_csv(checkpoint, input_path)  # everything is read and checked before anything is written
+    text = predict_csv(checkpoint, input_path, explain)  # everything is read and checked before anything is written
     if output_path == "-":
         sys.stdout.write(text)
     else:
@@ -567,6 +593,44 @@ def cv_baselines_table(report: dict[str, Any]) -> Table:
                               for m in ("accuracy", "balanced_accuracy", "worst_class_recall")),
                       style="bold" if name == "foodcls MLP" else None)
     return table
+
+
+@app.command()
+def serve(
+    checkpoint: CheckpointOption = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free port).")] = 8000,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Server processes.")] = 1,
+) -> None:
+    """Serve a checkpoint over HTTP: POST /predict, /predict/batch; GET /health, /model, and a page at /."""
+    with reported_errors():
+        import os
+
+        import uvicorn
+
+        from foodcls.checkpoint import resolve_checkpoint_path
+        from foodcls.predict import load_predictor
+        from foodcls.serve.app import CHECKPOINT_ENV
+
+        path = resolve_checkpoint_path(_default_checkpoint(checkpoint))
+        load_predictor(path)  # a bad checkpoint is one line here, not a traceback in every worker
+        os.environ[CHECKPOINT_ENV] = str(path.resolve())
+        stderr.print(f"serving {path} on http://{host}:{port}/  (Ctrl-C to stop)")
+    uvicorn.run("foodcls.serve.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
+
+
+@app.command("export")
+def export_(
+    out: Annotated[Path, typer.Option("--out", help="File to write, e.g. model.onnx.")],
+    checkpoint: CheckpointOption = None,
+    fmt: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
+) -> None:
+    """Export a checkpoint (scaling, fill values and network in one graph) for other runtimes."""
+    with reported_errors():
+        from foodcls.export import export
+
+        path = export(_default_checkpoint(checkpoint), out, fmt)
+    stdout.print(f"wrote {path}")
 
 
 @app.command()

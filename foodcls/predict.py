@@ -30,6 +30,7 @@ class Predictor:
     classes: tuple[str, ...]
     features: tuple[str, ...]
     config: dict  # the training config stored in the checkpoint
+    metrics: dict  # the epoch's metrics at save time
 
     def logits(self, inputs: np.ndarray) -> np.ndarray:
         """The network on preprocessed inputs (filled and scaled)."""
@@ -75,7 +76,8 @@ def predictor_from_checkpoint(checkpoint: Checkpoint) -> Predictor:
     for (w, b), (w_next, _) in zip(layers, layers[1:]):
         if w.shape[0] != b.shape[0] or w_next.shape[1] != w.shape[0]:
             raise CheckpointError(f"{checkpoint.path}: layer shapes do not chain")
-    return Predictor(layers, activation, prep, tuple(checkpoint.meta["classes"]), features, checkpoint.meta["config"])
+    metrics = checkpoint.meta.get("metrics") if isinstance(checkpoint.meta.get("metrics"), dict) else {}
+    return Predictor(layers, activation, prep, tuple(checkpoint.meta["classes"]), features, checkpoint.meta["config"], metrics)
 
 
 def load_predictor(path: str | Path) -> Predictor:
@@ -116,14 +118,21 @@ def check_product(values: dict[str, float | None], features: tuple[str, ...], fi
     return ProductCheck(row, warnings, missing)
 
 
-def predict_table(predictor: Predictor, table: FeatureTable) -> tuple[list[str], list[list[str]]]:
-    """The input's columns plus `predicted` and one `p_<class>` per class."""
+def predict_table(predictor: Predictor, table: FeatureTable, explain: bool = False) -> tuple[list[str], list[list[str]]]:
+    """The input's columns plus `predicted` and one `p_<class>` per class (and, with explain, one
+    `contrib_<feature>` per feature: its share of the predicted class's probability)."""
     probabilities = predictor.probabilities(table.features)
     header = [*table.header, "predicted", *(f"p_{name}" for name in predictor.classes)]
     rows = [
         [*row, predictor.classes[int(p.argmax())], *(f"{value:.6f}" for value in p)]
         for row, p in zip(table.rows, probabilities)
     ]
+    if explain:
+        from foodcls.explain import integrated_gradients
+
+        header += [f"contrib_{name}" for name in predictor.features]
+        for row, features, p in zip(rows, table.features, probabilities):
+            row += [f"{c:.6f}" for c in integrated_gradients(predictor, features, target=int(p.argmax())).contributions]
     return header, rows
 
 
@@ -135,9 +144,9 @@ def format_csv(header: list[str], rows: list[list[str]]) -> str:
     return buffer.getvalue()
 
 
-def predict_csv(checkpoint_path: str | Path, input_path: str | Path) -> str:
+def predict_csv(checkpoint_path: str | Path, input_path: str | Path, explain: bool = False) -> str:
     """Batch prediction: the input CSV (or - for stdin) with predicted and p_<class> columns, as text."""
     from foodcls.data import read_feature_table
 
     predictor = load_predictor(checkpoint_path)
-    return format_csv(*predict_table(predictor, read_feature_table(input_path, predictor.features)))
+    return format_csv(*predict_table(predictor, read_feature_table(input_path, predictor.features), explain))

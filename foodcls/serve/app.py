@@ -1,0 +1,239 @@
+"""The ASGI app: loads the checkpoint once, answers with the numpy predictor (torch is never imported).
+
+POST /predict, POST /predict/batch, GET /health, GET /model, GET / (a page to try it). Input rules are
+those of `foodcls predict`: a bad or missing value is a 422 naming each bad field; a malformed body a
+400 or 422; a body over 5 MB a 413 — never a 500.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from foodcls.features import NUTRIENTS, consistency_problems, invalid_mask, value_problem
+from foodcls.predict import Predictor, load_predictor
+
+MAX_BODY_BYTES = 5 * 1024 * 1024
+MAX_BATCH = 10_000
+CHECKPOINT_ENV = "FOODCLS_CHECKPOINT"
+PAGE = Path(__file__).with_name("page.html")
+
+
+class BodyLimit:
+    """ASGI middleware: reads the request body first; one over the limit is answered 413 without ever
+    reaching the app (a stated Content-Length at once, a streamed body as soon as it passes the limit)."""
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await _too_large(send, self.limit)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                await _too_large(send, self.limit)
+                return
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        delivered = False
+
+        async def replay() -> dict:
+            nonlocal delivered
+            if delivered:
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+async def _too_large(send: Any, limit: int) -> None:
+    body = orjson.dumps({"detail": f"request body over {limit // (1024 * 1024)} MB"})
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status, media_type="application/json")
+
+
+def _field_error(field: str, message: str, where: list[Any] | None = None) -> dict[str, Any]:
+    return {"loc": ["body", *(where or []), field], "msg": message, "type": "value_error"}
+
+
+def _check_product(predictor: Predictor, product: Any, allow_missing: bool) -> tuple[list[float], list[dict], list[str]]:
+    """(values in feature order, errors naming each bad field, warnings) for one product object."""
+    if not isinstance(product, dict):
+        return [], [{"loc": ["body"], "msg": "expected a JSON object of nutrient values", "type": "type_error"}], []
+    errors, values = [], {}
+    for field, value in product.items():
+        if field in ("explain", "allow_missing"):
+            continue
+        if field not in NUTRIENTS:
+            errors.append(_field_error(field, f"unknown field; nutrients are {', '.join(NUTRIENTS)}"))
+        elif value is None:
+            continue
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            errors.append(_field_error(field, f"must be a number, got {value!r}"))
+        else:
+            problem = value_problem(field, float(value))
+            if problem is not None:
+                errors.append(_field_error(field, problem))
+            values[field] = float(value)
+    missing = [f for f in predictor.features if f not in values and not any(e["loc"][-1] == f for e in errors)]
+    if missing and not allow_missing:
+        errors += [_field_error(f, "missing (this model uses it; send allow_missing: true to use the training median)") for f in missing]
+    warnings = consistency_problems(values)
+    if missing and allow_missing:
+        warnings.append("unknown " + ", ".join(f"{f} (used the training median {predictor.fill_values[f]:g})" for f in missing))
+    unused = [f for f in values if f not in predictor.features]
+    if unused:
+        warnings.append(f"ignored {', '.join(unused)}: this model uses {', '.join(predictor.features)}")
+    return [values.get(f, np.nan) for f in predictor.features], errors, warnings
+
+
+def _probabilities(predictor: Predictor, row: np.ndarray) -> dict[str, float]:
+    return {name: float(p) for name, p in zip(predictor.classes, row)}
+
+
+def create_app(checkpoint: str | Path | None = None) -> FastAPI:
+    """The app for one checkpoint (default: $FOODCLS_CHECKPOINT, set by `foodcls serve` for its workers)."""
+    from foodcls.checkpoint import resolve_checkpoint_path
+
+    path = resolve_checkpoint_path(checkpoint or os.environ[CHECKPOINT_ENV])
+    predictor = load_predictor(path)
+    model_info = {
+        "classes": list(predictor.classes), "features": list(predictor.features), "activation": predictor.activation,
+        "config": predictor.config, "metrics": predictor.metrics, "checkpoint": str(path),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "fill_values": predictor.fill_values,
+    }
+    # The OpenAPI page at /docs would load its scripts from a CDN: off, so nothing is fetched from outside.
+    app = FastAPI(title="foodcls", docs_url=None, redoc_url=None)
+    page = PAGE.read_text(encoding="utf-8")
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> Response:
+        return _json({"detail": [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in error.errors()]}, 422)
+
+    async def body_json(request: Request) -> Any:
+        raw = await request.body()
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as error:
+            raise _BadBody(f"malformed JSON body: {error}") from None
+
+    @app.exception_handler(_BadBody)
+    async def bad_body(request: Request, error: _BadBody) -> Response:
+        return _json({"detail": str(error)}, 400)
+
+    @app.get("/health")
+    async def health() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/model")
+    async def model() -> Response:
+        return _json(model_info)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.post("/predict")
+    async def predict(request: Request) -> Response:
+        product = await body_json(request)
+        options = product if isinstance(product, dict) else {}
+        values, errors, warnings = _check_product(predictor, product, bool(options.get("allow_missing")))
+        if errors:
+            return _json({"detail": errors}, 422)
+        row = np.array([values], dtype=np.float32)
+        probabilities = predictor.probabilities(row)[0]
+        out = {"class": predictor.classes[int(probabilities.argmax())], "probabilities": _probabilities(predictor, probabilities),
+               "warnings": warnings}
+        if options.get("explain"):
+            from foodcls.explain import integrated_gradients
+
+            explanation = integrated_gradients(predictor, row[0].astype(np.float64))
+            out["contributions"] = dict(zip(predictor.features, explanation.contributions.tolist()))
+            out["baseline_probability"] = explanation.baseline_probability
+        return _json(out)
+
+    @app.post("/predict/batch")
+    async def predict_batch(request: Request) -> Response:
+        body = await body_json(request)
+        products = body.get("products") if isinstance(body, dict) else None
+        if not isinstance(products, list):
+            return _json({"detail": [{"loc": ["body", "products"], "msg": "expected a list of products", "type": "type_error"}]}, 422)
+        if len(products) > MAX_BATCH:
+            return _json({"detail": [{"loc": ["body", "products"], "msg": f"at most {MAX_BATCH} products per request, got {len(products)}",
+                                      "type": "value_error"}]}, 422)
+        try:
+            features = batch_features(predictor, products, bool(body.get("allow_missing")))
+        except _BatchErrors as errors:
+            return _json({"detail": errors.errors}, 422)
+        probabilities = predictor.probabilities(features)
+        best = probabilities.argmax(axis=1)
+        classes = predictor.classes
+        predictions = [{"class": classes[b], "probabilities": dict(zip(classes, p))} for b, p in zip(best.tolist(), probabilities.tolist())]
+        return _json({"predictions": predictions})
+
+    return BodyLimit(app)
+
+
+class _BadBody(Exception):
+    pass
+
+
+class _BatchErrors(Exception):
+    def __init__(self, errors: list[dict]) -> None:
+        super().__init__(f"{len(errors)} bad values")
+        self.errors = errors
+
+
+def batch_features(predictor: Predictor, products: list[Any], allow_missing: bool) -> np.ndarray:
+    """The products' values (n, features), checked column by column; _BatchErrors names each bad field."""
+    if not all(isinstance(p, dict) for p in products):
+        bad = next(i for i, p in enumerate(products) if not isinstance(p, dict))
+        raise _BatchErrors([{"loc": ["body", "products", bad], "msg": "expected a JSON object", "type": "type_error"}])
+    errors: list[dict] = []
+    columns = []
+    for field in predictor.features:
+        raw = [p.get(field) for p in products]
+        try:
+            column = np.array([np.nan if v is None else v for v in raw], dtype=np.float64)
+            if any(isinstance(v, (bool, str)) for v in raw):
+                raise ValueError
+        except (ValueError, TypeError):
+            index = next(i for i, v in enumerate(raw) if v is not None and (isinstance(v, (bool, str)) or not isinstance(v, (int, float))))
+            errors.append(_field_error(field, f"must be a number, got {raw[index]!r}", ["products", index]))
+            continue
+        bad = np.flatnonzero(invalid_mask(field, column))
+        errors += [_field_error(field, value_problem(field, float(column[i])) or "invalid", ["products", int(i)]) for i in bad[:20]]
+        if not allow_missing:
+            errors += [_field_error(field, "missing", ["products", int(i)]) for i in np.flatnonzero(np.isnan(column))[:20]]
+        columns.append(column)
+    unknown = {k for p in products for k in p} - set(NUTRIENTS)
+    errors += [_field_error(k, f"unknown field; nutrients are {', '.join(NUTRIENTS)}", ["products"]) for k in sorted(unknown)]
+    if errors:
+        raise _BatchErrors(errors[:100])
+    return np.stack(columns, axis=1).astype(np.float32) if columns else np.zeros((len(products), 0), np.float32)
