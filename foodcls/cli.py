@@ -68,6 +68,9 @@ app.add_typer(data_app, name="data")
 app.add_typer(runs_app, name="runs")
 
 
+ClusterOption = Annotated[
+    Optional[str], typer.Option("--cluster", help="Run on a Dask cluster: tcp://host:8786, or local[:N] to start one here.")
+]
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: KEY=VALUE (repeatable).")]
 RunsRootOption = Annotated[Path, typer.Option("--runs-root", help="Where run directories live.")]
@@ -466,6 +469,7 @@ def sweep(
     seeds: Annotated[int, typer.Option("--seeds", help="Seeds per combination: train.seed, +1, +2, ...")] = 1,
     overrides: SetOption = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Parallel worker processes [default: number of cores].")] = None,
+    cluster: ClusterOption = None,
     runs_root: RunsRootOption = Path("runs"),
     as_json: JsonOption = False,
 ) -> None:
@@ -490,7 +494,8 @@ def sweep(
                 progress.console.print(f"[red]failed:[/red] {run['params']} seed {run['seed']}: {run['error']}", highlight=False)
 
         try:
-            report = run_sweep(config, grid or [], seeds, overrides or [], workers, runs_root, on_run=on_run, on_start=on_start)
+            report = run_sweep(config, grid or [], seeds, overrides or [], workers, runs_root, on_run=on_run, on_start=on_start,
+                               cluster=cluster)
         finally:
             progress.stop()
     if as_json:
@@ -524,6 +529,7 @@ def cv(
     overrides: SetOption = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Parallel worker processes [default: number of cores].")] = None,
     baselines: Annotated[bool, typer.Option("--baselines", help="Also cross-validate the baselines on the same folds.")] = False,
+    cluster: ClusterOption = None,
     runs_root: RunsRootOption = Path("runs"),
     as_json: JsonOption = False,
 ) -> None:
@@ -547,7 +553,8 @@ def cv(
                 progress.console.print(f"[red]failed:[/red] fold {fold['fold']}: {escape(fold['error'])}", highlight=False)
 
         try:
-            report = run_cv(config, folds, group_by, overrides or [], workers, runs_root, baselines, on_fold=on_fold, on_start=on_start)
+            report = run_cv(config, folds, group_by, overrides or [], workers, runs_root, baselines, on_fold=on_fold, on_start=on_start,
+                            cluster=cluster)
         finally:
             progress.stop()
     if as_json:
@@ -592,6 +599,67 @@ def cv_baselines_table(report: dict[str, Any]) -> Table:
         table.add_row(name, *(f"{b['pooled'][m]:.3f} ({b['mean'][m]:.2f}±{b['std'][m]:.2f})"
                               for m in ("accuracy", "balanced_accuracy", "worst_class_recall")),
                       style="bold" if name == "foodcls MLP" else None)
+    return table
+
+
+@app.command()
+def tune(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Base YAML config.")] = None,
+    space: Annotated[Optional[Path], typer.Option("--space", help="Search space YAML: config key → {float|int: [low, high], log} or {choice: [...]}.")] = None,
+    trials: Annotated[int, typer.Option("--trials", help="Finished trials the study should hold (earlier ones count).")] = 20,
+    sampler: Annotated[str, typer.Option("--sampler", help="tpe, random or grid.")] = "tpe",
+    pruner: Annotated[str, typer.Option("--pruner", help="median, hyperband or none.")] = "median",
+    metric: Annotated[str, typer.Option("--metric", help="val_accuracy, val_loss or cv_balanced_accuracy.")] = "val_accuracy",
+    study: Annotated[Optional[str], typer.Option("--study", help="Study name [default: the config's stem].")] = None,
+    storage: Annotated[Optional[str], typer.Option("--storage", help="Optuna storage URL [default: sqlite:///runs/tune-<study>/study.db].")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Trials trained at once.")] = 1,
+    cluster: ClusterOption = None,
+    overrides: SetOption = None,
+    folds: Annotated[int, typer.Option("--folds", help="With --metric cv_balanced_accuracy: stratified folds.")] = 5,
+    group_by: Annotated[Optional[str], typer.Option("--group-by", help="With --metric cv_balanced_accuracy: leave one group out.")] = None,
+    show: Annotated[bool, typer.Option("--show", help="Print the study's trials and best config; run nothing.")] = False,
+    runs_root: RunsRootOption = Path("runs"),
+    as_json: JsonOption = False,
+) -> None:
+    """Search hyperparameters with Optuna; every trial an ordinary run; the best config as best.yaml."""
+    with reported_errors():
+        from foodcls.tune import run_tune, show_tune
+
+        if show:
+            if study is None:
+                raise FoodclsError("--show needs --study NAME")
+            report = show_tune(study, storage, runs_root)
+        else:
+            if config is None or space is None:
+                raise FoodclsError("give --config PATH and --space SPACE.yaml (or --show --study NAME)")
+
+            def on_trial(trial: dict[str, Any]) -> None:
+                value = "-" if trial["value"] is None else f"{trial['value']:.4f}"
+                stderr.print(f"trial {trial['number']}: {trial['state']} {value} {json.dumps(trial['params'])}", highlight=False)
+
+            report = run_tune(config, space, trials, sampler, pruner, metric, study, storage, workers, cluster, overrides or [],
+                              runs_root, folds, group_by, on_trial if stderr.is_terminal else None)
+    if as_json:
+        print_json(report)
+        return
+    stdout.print(tune_table(report))
+
+
+def tune_table(report: dict[str, Any]) -> Table:
+    trials = report["trials"]
+    maximize = report["direction"] == "maximize"
+    done = sorted((t for t in trials if t["value"] is not None), key=lambda t: -t["value"] if maximize else t["value"])
+    states = {s: sum(1 for t in trials if t["state"] == s) for s in ("complete", "pruned", "fail", "running")}
+    table = Table(title=f"study {report['study']}: " + ", ".join(f"{n} {s}" for s, n in states.items() if n) + f"; best {len(done[:10])} by value")
+    keys = list(dict.fromkeys(k for t in trials for k in t["params"]))
+    for column in ("trial", "value", *keys):
+        table.add_column(column, justify="right" if column in ("trial", "value") else "left")
+    for t in done[:10]:
+        best = report["best"] is not None and t["number"] == report["best"]["number"]
+        table.add_row(str(t["number"]), f"{t['value']:.4f}", *(json.dumps(t["params"].get(k)) for k in keys),
+                      style="bold green" if best else None)
+    if report["best"] is not None:
+        table.caption = f"best config: {report['best']['config']}  (storage {report['storage']})"
     return table
 
 

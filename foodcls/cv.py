@@ -21,7 +21,7 @@ from foodcls.config import Config, config_to_dict, load_config, validate_config
 from foodcls.data import LabelledData, concat, read_eval_file, read_labelled_csv, write_labelled_csv
 from foodcls.errors import ConfigError, DataError
 from foodcls.evaluate import classification_report
-from foodcls.executors import train_runs
+from foodcls.executors import check_cluster, train_runs
 from foodcls.fileio import atomic_write_json
 from foodcls.labels import CLASSES
 from foodcls.runs import unique_dir
@@ -168,13 +168,24 @@ def _pooled(labels: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
 def run_cv(
     config_path: str | Path, folds: int = 5, group_by: str | None = None, overrides: list[str] = (),
     workers: int | None = None, runs_root: str | Path = "runs", baselines: bool = False,
-    on_fold: FoldCallback | None = None, on_start: Callable[[int], None] | None = None,
+    on_fold: FoldCallback | None = None, on_start: Callable[[int], None] | None = None, cluster: str | None = None,
 ) -> dict[str, Any]:
     """Run every fold; returns (and writes as cv.json) per-fold, mean ± std and pooled figures."""
     config = load_config(config_path, list(overrides))
-    stem = Path(config_path).stem
+    report = run_cv_config(config, folds, group_by, runs_root, Path(config_path).stem, workers, baselines, on_fold, on_start, cluster)
+    report["config"] = str(config_path)
+    return report
+
+
+def run_cv_config(
+    config: Config, folds: int, group_by: str | None, runs_root: str | Path, stem: str, workers: int | None = None,
+    baselines: bool = False, on_fold: FoldCallback | None = None, on_start: Callable[[int], None] | None = None,
+    cluster: str | None = None,
+) -> dict[str, Any]:
+    """run_cv for a config already loaded (a tune trial's); the folds go under runs_root/cv-<stem>-<timestamp>."""
     scored, _ = _scored_sets(config)  # every input is checked before a directory is made
     _check_groups(scored, folds, group_by, config.train.seed)
+    check_cluster(cluster)
     cv_dir = unique_dir(runs_root, f"cv-{stem}")
     try:
         plan = plan_folds(config, folds, group_by, cv_dir)
@@ -187,7 +198,7 @@ def run_cv(
         on_start(len(plan))
     results: list[dict[str, Any] | None] = [None] * len(plan)
     names = [f"fold{f.number}" for f in plan]
-    for indices, outcomes in train_runs([f.config for f in plan], names, cv_dir, workers):
+    for indices, outcomes in train_runs([f.config for f in plan], names, cv_dir, workers, cluster):
         for index, run in zip(indices, outcomes):
             fold = plan[index]
             entry = {"fold": fold.number, "group": fold.group, "n_train": fold.n_train, "n_eval": fold.n_eval,
@@ -203,7 +214,7 @@ def run_cv(
                 on_fold(entry)
     _write_predictions(cv_dir / "predictions.csv", plan, results)
     report = summarise(results, group_by, folds, baselines)
-    report.update(cv_dir=str(cv_dir), config=str(config_path))
+    report.update(cv_dir=str(cv_dir))
     atomic_write_json(cv_dir / "cv.json", report)
     return report
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from foodcls.config import Config, apply_override, config_to_dict, load_config, parse_yaml_value, validate_config
 from foodcls.errors import ConfigError
-from foodcls.executors import train_runs
+from foodcls.executors import check_cluster, train_runs
 from foodcls.fileio import atomic_write_json
 from foodcls.runs import unique_dir
 
@@ -85,9 +85,11 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any] | None:
 def run_sweep(
     config_path: str | Path, grid: list[str], seeds: int = 1, overrides: list[str] = (), workers: int | None = None,
     runs_root: str | Path = "runs", on_run: RunCallback | None = None, on_start: Callable[[int], None] | None = None,
+    cluster: str | None = None,
 ) -> dict[str, Any]:
     """Run the sweep; returns (and writes to sweep.json) per-combination runs, mean and std, and the best."""
     plan = plan_sweep(config_path, list(grid), seeds, list(overrides))
+    check_cluster(cluster)  # an unreachable cluster is one line, before anything is written
     stem = Path(config_path).stem
     sweep_dir = unique_dir(runs_root, f"sweep-{stem}")
     results = [{"params": params, "runs": [], "mean": {}, "std": {}} for params, _ in plan]
@@ -96,7 +98,7 @@ def run_sweep(
         on_start(len(jobs))
     configs = [config for _, config in jobs]
     names = [f"{stem}-{i + 1}-seed{config.train.seed}" for i, config in jobs]
-    for indices, outcomes in train_runs(configs, names, sweep_dir, workers):
+    for indices, outcomes in train_runs(configs, names, sweep_dir, workers, cluster):
         for index, run in zip(indices, outcomes):
             combination, config = jobs[index]
             run = {"run_dir": run.get("run_dir"), "seed": config.train.seed, "status": run["status"],

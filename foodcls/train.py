@@ -45,10 +45,15 @@ SPLIT_NAMES = ("train", "val", "test")
 EpochCallback = Callable[[dict[str, Any], int], None]  # (epoch record, total epochs)
 
 
+class RunPruned(Exception):
+    """Raised by an epoch callback (a search's pruner) to stop that run early: it ends `pruned`, with its
+    files written as for any finished run."""
+
+
 @dataclass(frozen=True)
 class TrainResult:
     run_dir: Path
-    status: str  # finished | interrupted
+    status: str  # finished | interrupted | pruned
     epochs_run: int
     best_epoch: int | None
     test_accuracy: float | None
@@ -242,7 +247,11 @@ class _Run:
         except OSError as error:
             raise write_error(self.run_dir / runs.METRICS_FILE, error) from None
         if self.spec.on_epoch is not None:
-            self.spec.on_epoch(record, t.epochs)
+            try:
+                self.spec.on_epoch(record, t.epochs)
+            except RunPruned:
+                self.status, self.stop_reason = "pruned", "pruned"
+                return True
         stop = t.early_stopping is not None and progress.bad_epochs >= t.early_stopping.patience
         if stop:
             self.stop_reason = "early_stopping"
