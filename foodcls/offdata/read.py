@@ -13,6 +13,9 @@ import csv
 import hashlib
 import io
 import json
+import os
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +65,7 @@ class SourceStats:
     sha256: str = ""
     rows: int = 0
     ragged: int = 0
+    lines: int = 0  # data lines, blank ones included (the fast path's row numbering)
     # Row indices (the `row` column) to leave out after the fact: the fast path learns which rows
     # were ragged or blank only once the whole file has been checked.
     excluded: set[int] = field(default_factory=set)
@@ -254,17 +258,106 @@ def _json_lines(lines: list[bytes], columns: dict[str, list], stats: SourceStats
         yield _frame(columns)
 
 
-def _fast_batches(path: Path, stats: SourceStats, transform: Transform) -> Iterator[pl.DataFrame]:
+def _fast_batches(path: Path, stats: SourceStats, transform: Transform, named: Path | None = None) -> Iterator[pl.DataFrame]:
+    """OFF's own TSV through scan.py; `named` is the file errors name (the export, when path is its
+    decompressed copy)."""
     with open(path, "rb") as handle:
         header = handle.readline()
     names = header.decode("utf-8", errors="replace").rstrip("\r\n").split("\t")
-    columns = _header_indices(names, path)
+    columns = _header_indices(names, named or path)
     batches, check = scan_tsv(path, len(header), columns, len(names), lambda frame: transform(_complete(frame)))
     yield from batches
     stats.sha256 = check.sha256
+    stats.lines = check.lines
     stats.rows = check.lines - len(check.blank)
     stats.ragged = len(check.ragged)
     stats.excluded = check.ragged | check.blank
+
+
+# A compressed export is decompressed in a thread of its own into temporary chunk files of about this
+# size, each scanned by the fast path while the next is decompressed; at most two chunks exist at once.
+CHUNK_BYTES = 64 << 20
+# In memory (tmpfs) where the system has one: a disk write of every chunk would cost more than inflating it.
+CHUNK_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def _decompressed_chunks(path: Path, fmt: ExportFormat, digest, chunks: queue.Queue) -> None:
+    """In a thread: decompress the export (ISA-L for gzip), hashing the compressed bytes, into chunk files
+    that each start with the header and end at a line end; puts (path, None), then (None, error or None)."""
+    import tempfile
+
+    try:
+        with open(path, "rb", buffering=0) as raw:
+            hashed = io.BufferedReader(_HashingReader(raw, digest), buffer_size=BLOCK_BYTES)
+            if fmt.compression == "gzip":
+                from isal import igzip_threaded
+
+                source = igzip_threaded.open(hashed, "rb", threads=1)
+            else:
+                source = decompressed(hashed, fmt.compression)
+            with source:
+                header = source.readline()
+                carry = b""
+                block = bytearray(CHUNK_BYTES)
+                while True:
+                    n = source.readinto(block)
+                    view = memoryview(block)[:n]
+                    cut = block.rfind(b"\n", 0, n) + 1 if n else 0
+                    if n and cut == 0:
+                        carry += bytes(view)  # a line longer than a chunk: keep reading
+                        continue
+                    body = view[:cut] if n else memoryview(b"")
+                    if carry or len(body):
+                        fd, name = tempfile.mkstemp(prefix="foodcls-chunk-", suffix=".tsv", dir=CHUNK_DIR)
+                        with open(fd, "wb") as target:  # written from views: no copy of the 64 MB block
+                            target.write(header)
+                            target.write(carry)
+                            target.write(body)
+                            if not n and not carry.endswith(b"\n"):
+                                target.write(b"\n")
+                        chunks.put((Path(name), None))
+                    if not n:
+                        break
+                    carry = bytes(view[cut:])
+        chunks.put((None, None))
+    except BaseException as error:  # reported by the reader, in the main thread
+        chunks.put((None, error))
+
+
+def _chunked_batches(path: Path, fmt: ExportFormat, stats: SourceStats, transform: Transform, digest) -> Iterator[pl.DataFrame]:
+    """A compressed OFF TSV: decompression in its own thread, each chunk through the fast path, rows
+    numbered across chunks."""
+    chunks: queue.Queue = queue.Queue(maxsize=1)
+    worker = threading.Thread(target=_decompressed_chunks, args=(path, fmt, digest, chunks), daemon=True)
+    worker.start()
+    offset, rows, ragged, excluded = 0, 0, 0, set()
+    try:
+        while True:
+            chunk, error = chunks.get()
+            if error is not None:
+                raise error
+            if chunk is None:
+                break
+            try:
+                part = SourceStats(chunk)
+                for batch in _fast_batches(chunk, part, transform, named=path):
+                    yield batch.with_columns(pl.col("row") + offset)
+                rows += part.rows
+                ragged += part.ragged
+                excluded |= {offset + i for i in part.excluded}
+                offset += part.lines
+            finally:
+                chunk.unlink(missing_ok=True)
+    finally:
+        while worker.is_alive():  # let the thread finish (or fail) so no chunk file is left behind
+            try:
+                leftover, _ = chunks.get(timeout=0.1)
+                if leftover is not None:
+                    leftover.unlink(missing_ok=True)
+            except queue.Empty:
+                pass
+    stats.rows, stats.ragged, stats.excluded = rows, ragged, excluded
+    stats.sha256 = digest.hexdigest()  # of the export as stored, compressed
 
 
 def _numbered(batches: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
@@ -305,6 +398,9 @@ def _read_export(path: Path, fmt: ExportFormat, stats: SourceStats, transform: T
     digest = hashlib.sha256()
     if fmt.kind == "csv" and not fmt.quoted and fmt.compression is None and fmt.encoding == "utf-8":
         yield from _fast_batches(path, stats, transform)
+        return
+    if fmt.kind == "csv" and not fmt.quoted and fmt.encoding == "utf-8":
+        yield from _chunked_batches(path, fmt, stats, transform, digest)
         return
     if fmt.kind == "parquet":
         yield from parquet_batches(path, fmt, stats, lambda frame: transform(_complete(frame)))
