@@ -1,26 +1,36 @@
-"""Time one training epoch: foodcls's trainer against the tutorial's per-sample Dataset + DataLoader loop.
+"""Time a whole training run per epoch: foodcls's train() against scikit-learn's MLPClassifier and the
+tutorial's per-sample Dataset + DataLoader loop, on the same data with the same recipe.
 
-Same model (4-32-32-4 ReLU), same data (data/demo/train.csv, 8,000 rows), batch 256, SGD lr 0.01, one
-process. Prints seconds per epoch for each and the ratio; also times foodcls's epoch at 1 and 2 torch
-threads (how TORCH_THREADS in foodcls/train.py was chosen).
+Each is run at two epoch counts and the difference divided by the epochs between them, so fixed costs
+(imports, reading data, plots) cancel and what remains is the cost of an epoch end to end: for foodcls
+the training step, the evaluation of train and test every epoch, the metrics line, checkpoints. The
+three are interleaved, repeated, and the median kept, so a shared machine's drift hits all alike. Also
+times a full `foodcls train --config configs/mlp.yaml` (1000 epochs, plots included) as a process.
 
-    python benchmarks/train_speed.py [--epochs 5]
+    python benchmarks/train_speed.py [--repeat 3] [--short 50] [--long 250] [--no-cli]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+import warnings
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from foodcls.config import ModelConfig
+from foodcls.config import load_config
 from foodcls.data import fit_scale, read_labelled_csv
-from foodcls.model import build_model
-from foodcls.train import TORCH_THREADS, _train_epoch, epoch_order
+from foodcls.train import train
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 class ProductDataset(Dataset):
@@ -36,77 +46,77 @@ class ProductDataset(Dataset):
         return torch.tensor(self.features[i], dtype=torch.float32), torch.tensor(self.labels[i], dtype=torch.long)
 
 
-def tutorial_epoch(model, optimizer, loader) -> float:
+def tutorial_run(features: np.ndarray, labels: np.ndarray, epochs: int) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    loader = DataLoader(ProductDataset(features, labels), batch_size=256, shuffle=True)
     loss_fn = nn.CrossEntropyLoss()
-    total = 0.0
-    for xb, yb in loader:
-        optimizer.zero_grad()
-        loss = loss_fn(model(xb), yb)
-        loss.backward()
-        optimizer.step()
-        total += loss.item()
-    return total
-
-
-def timed_interleaved(fns: dict[str, object], epochs: int) -> dict[str, float]:
-    """Median seconds per epoch of each function, run in turns so that a shared machine's drift in
-    speed hits all of them alike."""
-    for fn in fns.values():
-        fn()  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(epochs):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+        for xb, yb in loader:
+            optimizer.zero_grad()
+            loss_fn(model(xb), yb).backward()
+            optimizer.step()
+
+
+def sklearn_run(features: np.ndarray, labels: np.ndarray, epochs: int) -> None:
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    model = MLPClassifier(hidden_layer_sizes=(32, 32), solver="sgd", learning_rate_init=0.01, momentum=0, batch_size=256,
+                          max_iter=epochs, tol=0, n_iter_no_change=10**9, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(features, labels)
+
+
+def foodcls_run(epochs: int, root: Path) -> None:
+    train(load_config(REPO / "configs" / "mlp.yaml", [f"train.epochs={epochs}"]), runs_root=root, name="bench")
+
+
+def per_epoch(run, short: int, long: int) -> float:
+    start = time.perf_counter()
+    run(short)
+    middle = time.perf_counter()
+    run(long)
+    return ((time.perf_counter() - middle) - (middle - start)) / (long - short)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--data", default="data/demo/train.csv")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--short", type=int, default=50)
+    parser.add_argument("--long", type=int, default=250)
+    parser.add_argument("--no-cli", action="store_true", help="skip the full `foodcls train` process")
     args = parser.parse_args()
-
-    data = read_labelled_csv(args.data)
-    scale = fit_scale(data.features)
-    features = data.features / scale
-    x, y = torch.from_numpy(features), torch.from_numpy(data.labels)
-
-    def fresh():
-        torch.manual_seed(0)
-        model = build_model(ModelConfig(), 4, 4)
-        return model, torch.optim.SGD(model.parameters(), lr=0.01)
-
-    def foodcls_epoch(threads: int):
-        model, optimizer = fresh()
-        epoch = iter(range(1, 10**6))
-
-        def run() -> None:
-            torch.set_num_threads(threads)
-            _train_epoch(model, "relu", optimizer, x, y, epoch_order(0, next(epoch), len(y)), 256, None)
-
-        return run
-
-    model, optimizer = fresh()
-    loader = DataLoader(ProductDataset(features, data.labels), batch_size=256, shuffle=True)
-    default_threads = torch.get_num_threads()
-
-    def tutorial() -> None:
-        torch.set_num_threads(default_threads)  # the tutorial runs with torch's defaults
-        tutorial_epoch(model, optimizer, loader)
-
-    results = timed_interleaved(
-        {"foodcls, 1 thread": foodcls_epoch(1), "foodcls, 2 threads": foodcls_epoch(2), "tutorial DataLoader loop": tutorial},
-        args.epochs,
-    )
-    tutorial_time = results.pop("tutorial DataLoader loop")
-    foodcls_time = results[f"foodcls, {TORCH_THREADS} thread" + ("s" if TORCH_THREADS > 1 else "")]
-    print(f"torch {torch.__version__}, {len(y)} rows, batch 256, median of {args.epochs} epochs each, interleaved")
-    for name, seconds in results.items():
-        print(f"{name:<24} {seconds * 1000:8.2f} ms/epoch")
-    print(f"{'tutorial DataLoader loop':<24} {tutorial_time * 1000:8.2f} ms/epoch")
-    print(f"speed-up: {tutorial_time / foodcls_time:.1f}x (tutorial / foodcls at TORCH_THREADS={TORCH_THREADS}, as it trains)")
+    data = read_labelled_csv(REPO / "data" / "demo" / "train.csv")
+    features = (data.features / fit_scale(data.features)).astype(np.float32)
+    root = Path(tempfile.mkdtemp(prefix="foodcls-bench-"))
+    runners = {
+        "foodcls train()": (lambda e: foodcls_run(e, root), args.short, args.long),
+        "scikit-learn MLPClassifier": (lambda e: sklearn_run(features, data.labels, e), args.short, args.long),
+        # The tutorial loop is ~20x slower per epoch: fewer epochs, the same difference method.
+        "tutorial DataLoader loop": (lambda e: tutorial_run(features, data.labels, e), 2, 7),
+    }
+    foodcls_run(2, root)  # warm-up: imports, first allocations
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(args.repeat):
+        for name, (run, short, long) in runners.items():
+            times[name].append(per_epoch(run, short, long))
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    print(f"torch {torch.__version__}, {len(data)} rows, 4-32-32-4 ReLU, SGD lr 0.01, batch 256; "
+          f"per epoch end to end, median of {args.repeat} interleaved rounds")
+    for name, seconds in medians.items():
+        spread = ", ".join(f"{t * 1000:.2f}" for t in times[name])
+        print(f"{name:<28} {seconds * 1000:8.2f} ms/epoch   ({spread})")
+    ours = medians["foodcls train()"]
+    print(f"foodcls / scikit-learn: {ours / medians['scikit-learn MLPClassifier']:.2f}x the time per epoch")
+    print(f"tutorial / foodcls:     {medians['tutorial DataLoader loop'] / ours:.1f}x faster")
+    if not args.no_cli:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "foodcls", "train", "--config", "configs/mlp.yaml", "--runs-root", str(root)],
+                       check=True, capture_output=True, cwd=REPO)
+        print(f"`foodcls train --config configs/mlp.yaml` (1000 epochs, plots included): {time.perf_counter() - start:.2f} s wall")
 
 
 if __name__ == "__main__":

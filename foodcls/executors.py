@@ -84,6 +84,9 @@ def default_workers(jobs: int, workers: int | None) -> int:
 
 def _child(conn, fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any]) -> None:
     """In a worker process: run one job and send its result back."""
+    from foodcls.train import share_the_machine
+
+    share_the_machine()
     try:
         result = fn(**kwargs)
     except BaseException as error:  # the job functions catch their own errors; this is the last resort
@@ -196,6 +199,9 @@ def _on_worker(fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any]) -> tup
     import tarfile
     import tempfile
 
+    from foodcls.train import share_the_machine
+
+    share_the_machine()
     with tempfile.TemporaryDirectory(prefix="foodcls-job-") as root:
         try:
             result = fn(**{**kwargs, "runs_root": root})

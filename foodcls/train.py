@@ -37,9 +37,18 @@ from foodcls.model import build_model, linear_layers
 from foodcls.optim import Schedule, make_optimizer
 from foodcls.trainstate import Progress, layer_arrays, model_arrays, model_meta, restore_state, resumable_state
 
-# Measured in benchmarks/train_speed.py: for a 4-32-32-4 MLP at batch 256 one thread beats two,
-# because the per-op work is far too small to amortise thread hand-offs.
+# Measured (2-core machine, 4-32-32-4 MLP, batch 256): a training step's ops are too small to gain from a
+# second thread (5.8 vs 5.6 ms per epoch, within noise, and slower beside other work); the evaluation pass
+# over every split at once is big enough: 2.0 → 1.45 ms per epoch with two.
 TORCH_THREADS = 1
+EVAL_THREADS = min(2, os.cpu_count() or 1)
+
+
+def share_the_machine() -> None:
+    """In one of several worker processes: one thread for everything (a second evaluation thread per
+    process oversubscribes the cores, and OpenMP's spinning threads then slow every process down)."""
+    global EVAL_THREADS
+    EVAL_THREADS = 1
 SPLIT_NAMES = ("train", "val", "test")
 
 EpochCallback = Callable[[dict[str, Any], int], None]  # (epoch record, total epochs)
@@ -435,10 +444,14 @@ class _Stack:
     @torch.no_grad()
     def evaluate(self) -> list[dict[str, float]]:
         """Loss and accuracy of every run on each of its splits, from one forward pass and one host sync."""
-        z = logits(self.weights, self.biases, self.activation, self.eval_x)
-        nll = torch.logsumexp(z, dim=2).sub_(z.gather(2, self.eval_y.unsqueeze(2)).squeeze(2))
-        correct = (z.argmax(dim=2) == self.eval_y).to(z.dtype)
-        sums = torch.bmm(torch.stack([nll, correct], dim=1), self.eval_seg)  # (k, 2, splits)
+        torch.set_num_threads(EVAL_THREADS)
+        try:
+            z = logits(self.weights, self.biases, self.activation, self.eval_x)
+            nll = torch.logsumexp(z, dim=2).sub_(z.gather(2, self.eval_y.unsqueeze(2)).squeeze(2))
+            correct = (z.argmax(dim=2) == self.eval_y).to(z.dtype)
+            sums = torch.bmm(torch.stack([nll, correct], dim=1), self.eval_seg)  # (k, 2, splits)
+        finally:
+            torch.set_num_threads(TORCH_THREADS)
         means = (sums / self.eval_counts.unsqueeze(1)).tolist()
         out = []
         for splits, (losses, accuracies) in zip(self.eval_splits, means):
