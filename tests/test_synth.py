@@ -35,3 +35,24 @@ def test_shipped_demo_set_is_the_generator_output(tmp_path):
     write_demo_set(tmp_path, seed=DEFAULT_SEED)
     for split in ("train", "test"):
         assert (tmp_path / f"{split}.csv").read_bytes() == (REPO / "data" / "demo" / f"{split}.csv").read_bytes()
+
+
+def test_shipped_rich_demo_set_is_the_generator_output_and_extends_the_four_feature_set(tmp_path):
+    import csv
+
+    from tests.conftest import REPO
+    from foodcls.features import ALL_FEATURES
+    from foodcls.synth import DEFAULT_SEED
+
+    write_demo_set(tmp_path, seed=DEFAULT_SEED, rich=True)
+    for split in ("train", "test"):
+        assert (tmp_path / f"{split}.csv").read_bytes() == (REPO / "data" / "demo-rich" / f"{split}.csv").read_bytes()
+        rich = list(csv.reader((tmp_path / f"{split}.csv").read_text().splitlines()))
+        seed = list(csv.reader((REPO / "data" / "demo" / f"{split}.csv").read_text().splitlines()))
+        assert [row[:5] for row in rich[1:]] == seed[1:]
+    data = read_labelled_csv(tmp_path / "train.csv", ALL_FEATURES)
+    f = {name: data.features[:, i] for i, name in enumerate(ALL_FEATURES)}
+    assert (f["sugars"] <= f["carbs"]).all() and (f["saturated_fat"] <= f["fat"]).all()
+    estimate = 4 * f["protein"] + 4 * f["carbs"] + 9 * f["fat"] + 2 * f["fiber"]
+    close = np.abs(f["energy"] - estimate) <= np.maximum(0.1 * estimate, 2)
+    assert close.mean() > 0.99
