@@ -11,9 +11,9 @@ from typing import Annotated, Any, Iterator, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from foodcls import __version__
+from foodcls import report as report_tables
 from foodcls.errors import FoodclsError
 
 stdout = Console(soft_wrap=True)  # long paths stay whole, so they can be copied and parsed
@@ -142,6 +142,33 @@ class EpochBar:
         self.progress.stop()
 
 
+class JobBar:
+    """A progress bar over the runs of a sweep or the folds of a cv, on stderr when it is a terminal. It
+    appears once the plan is validated (start), so that an input mistake stays a single line."""
+
+    def __init__(self, label: str) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn(label), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(), console=stderr,
+                                 disable=not stderr.is_terminal)
+        self.task = self.progress.add_task(label, total=None)
+
+    def start(self, total: int) -> None:
+        self.progress.update(self.task, total=total)
+        self.progress.start()
+
+    def advance(self, failure: str | None = None) -> None:
+        self.progress.advance(self.task)
+        if failure is not None:
+            self.progress.console.print(f"[red]failed:[/red] {escape(failure)}", highlight=False)
+
+    def __enter__(self) -> JobBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
 @app.command()
 def train(
     config: ConfigOption = None,
@@ -189,23 +216,6 @@ def print_warnings(warnings: list[str]) -> None:
         stderr.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
-def _metrics_tables(report: dict[str, Any]) -> list[Table]:
-    low, high = report["accuracy_ci"]
-    per_class = Table(title=f"accuracy {report['accuracy']:.4f} (95 % CI {low:.3f}-{high:.3f}) on {report['n']} rows "
-                            f"(macro-F1 {report['macro_f1']:.4f}, balanced accuracy {report['balanced_accuracy']:.4f})")
-    for column in ("class", "precision", "recall", "f1", "support"):
-        per_class.add_column(column, justify="left" if column == "class" else "right")
-    for name, m in report["per_class"].items():
-        per_class.add_row(name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", str(m["support"]))
-    confusion = Table(title="confusion matrix (rows: true class, columns: predicted)")
-    confusion.add_column("true \\ predicted")
-    for name in report["classes"]:
-        confusion.add_column(name, justify="right")
-    for name, row in zip(report["classes"], report["confusion_matrix"]):
-        confusion.add_row(name, *(str(v) for v in row))
-    return [per_class, confusion]
-
-
 @app.command("eval")
 def eval_(
     checkpoint: CheckpointOption = None,
@@ -229,17 +239,11 @@ def eval_(
         print_json(report)
         return
     stdout.print(f"checkpoint: {path}\ndata: {report['data']}")
-    for table in _metrics_tables(report):
+    for table in report_tables.metrics_tables(report):
         stdout.print(table)
     print_warnings(report["warnings"])
     if baselines:
-        table = Table(title="baselines (same training data, same evaluation data)")
-        for column in ("model", "accuracy", "macro-F1"):
-            table.add_column(column, justify="left" if column == "model" else "right")
-        table.add_row("foodcls MLP", f"{report['accuracy']:.4f}", f"{report['macro_f1']:.4f}", style="bold")
-        for name, details in report["baseline_details"].items():
-            table.add_row(name, f"{details['accuracy']:.4f}", f"{details['macro_f1']:.4f}")
-        stdout.print(table)
+        stdout.print(report_tables.baselines_table(report))
 
 
 def _nutrient_option(option: str, help_text: str) -> Any:
@@ -301,19 +305,7 @@ def predict(
     for name, p in by_class.items():
         stdout.print(f"  {name:<10} {p:.4f}", highlight=False)
     if explanation is not None:
-        stdout.print(_explanation_table(predictor, checked.values, explanation, best))
-
-
-def _explanation_table(predictor: Any, values: list[float], explanation: Any, best: str) -> Table:
-    table = Table(title=f"why {best}: p = {explanation.probability:.3f}, {explanation.baseline_probability:.3f} at the "
-                        "training medians; contributions add up to the difference")
-    for column in ("feature", "value", "median", "contribution", ""):
-        table.add_column(column, justify="left" if column in ("feature", "") else "right")
-    peak = max(abs(explanation.contributions).max(), 1e-12)
-    for name, value, median, share in zip(predictor.features, values, predictor.prep.fill, explanation.contributions):
-        bar = ("[green]" + "█" * round(20 * share / peak) + "[/green]") if share > 0 else ("[red]" + "█" * round(-20 * share / peak) + "[/red]")
-        table.add_row(name, "-" if value != value else f"{value:g}", f"{median:g}", f"{share:+.4f}", bar)
-    return table
+        stdout.print(report_tables.explanation_table(predictor, checked.values, explanation, best))
 
 
 def _predict_batch(checkpoint: Path, input_path: str, output_path: str, explain: bool = False) -> None:
@@ -367,22 +359,7 @@ def data_build(
     if as_json:
         print_json(card)
         return
-    sources_table = Table(title=f"{card['rows_read']:,} rows read, {card['rows_kept']:,} kept → {out}")
-    for column in ("source", "format", "rows", "sha256"):
-        sources_table.add_column(column)
-    for source in card["sources"]:
-        sources_table.add_row(Path(source["path"]).name, source["format"], f"{source['rows']:,}", source["sha256"][:12] + "…")
-    kept = Table(title="kept per class and split")
-    for column in ("class", "train", "val", "test", "total"):
-        kept.add_column(column, justify="left" if column == "class" else "right")
-    for name, total in card["per_class"].items():
-        kept.add_row(name, *(str(card["per_split"][s][name]) for s in ("train", "val", "test")), str(total))
-    dropped = Table(title="dropped per reason")
-    dropped.add_column("reason")
-    dropped.add_column("rows", justify="right")
-    for reason, count in card["dropped"].items():
-        dropped.add_row(reason, f"{count:,}")
-    for table in (sources_table, kept, dropped):
+    for table in report_tables.build_tables(card, out):
         stdout.print(table)
 
 
@@ -407,12 +384,6 @@ def data_download(
     stdout.print(f"saved {source} → {path} ({path.stat().st_size:,} bytes)")
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
 @runs_app.command("list")
 def runs_list(runs_root: RunsRootOption = Path("runs"), as_json: JsonOption = False) -> None:
     """All runs under the runs root, oldest first: status, epochs, best val and test accuracy."""
@@ -422,15 +393,7 @@ def runs_list(runs_root: RunsRootOption = Path("runs"), as_json: JsonOption = Fa
     if as_json:
         print_json(overviews)
         return
-    table = Table(title=f"{len(overviews)} runs under {runs_root}/")
-    for column in ("run", "config", "status", "epochs", "best val acc", "test acc", "started (UTC)"):
-        table.add_column(column, justify="right" if "acc" in column or column == "epochs" else "left",
-                         no_wrap=column in ("run", "status"))
-    for o in overviews:
-        status = {"finished": "green", "interrupted": "yellow", "failed": "red", "pruned": "cyan"}.get(o["status"], "white")
-        table.add_row(str(Path(o["run_dir"]).relative_to(runs_root)), o["config"], f"[{status}]{o['status']}[/]", str(o["epochs"]),
-                      _fmt(o["best_val_accuracy"]), _fmt(o["test_accuracy"]), o["started_at"].replace("T", " ")[:16])
-    stdout.print(table)
+    stdout.print(report_tables.runs_table(overviews, runs_root))
     for o in overviews:
         if o["status"] == "failed" and o.get("error"):
             stderr.print(f"[red]failed:[/red] {escape(str(Path(o['run_dir']).relative_to(runs_root)))}: {escape(o['error'])}", highlight=False)
@@ -449,17 +412,7 @@ def runs_compare(
     if as_json:
         print_json(comparison)
         return
-    table = Table(title="runs compared")
-    table.add_column("")
-    for overview in comparison["runs"]:
-        table.add_column(overview["run"], justify="right")
-    for key, values in comparison["config_diff"].items():
-        table.add_row(f"[cyan]{key}[/]", *(_fmt(v) for v in values))
-    if comparison["config_diff"]:
-        table.add_section()
-    for name, values in comparison["metrics"].items():
-        table.add_row(name, *(_fmt(v) for v in values))
-    stdout.print(table)
+    stdout.print(report_tables.compare_table(comparison))
 
 
 @app.command()
@@ -474,51 +427,18 @@ def sweep(
     as_json: JsonOption = False,
 ) -> None:
     """Run a grid of configs × seeds in parallel; report mean ± std per combination."""
-    with reported_errors():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    with reported_errors(), JobBar("runs") as bar:
         from foodcls.sweep import run_sweep
 
-        # The bar appears once the plan is validated, so a config mistake stays a single line.
-        progress = Progress(TextColumn("runs"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(), console=stderr,
-                            disable=not stderr.is_terminal)
-        task = progress.add_task("sweep", total=None)
-
-        def on_start(total: int) -> None:
-            progress.update(task, total=total)
-            progress.start()
-
         def on_run(run: dict[str, Any]) -> None:
-            progress.advance(task)
-            if run["status"] == "failed":
-                progress.console.print(f"[red]failed:[/red] {run['params']} seed {run['seed']}: {run['error']}", highlight=False)
+            bar.advance(f"{run['params']} seed {run['seed']}: {run['error']}" if run["status"] == "failed" else None)
 
-        try:
-            report = run_sweep(config, grid or [], seeds, overrides or [], workers, runs_root, on_run=on_run, on_start=on_start,
-                               cluster=cluster)
-        finally:
-            progress.stop()
+        report = run_sweep(config, grid or [], seeds, overrides or [], workers, runs_root, on_run=on_run, on_start=bar.start,
+                           cluster=cluster)
     if as_json:
         print_json(report)
         return
-    best = report["best"]
-    table = Table(title=f"sweep {report['sweep_dir']} ({report['seeds']} seed(s) per combination)"
-                  + (f"; best by mean {best['criterion']}" if best else ""))
-    keys = list(report["results"][0]["params"]) if report["results"] else []
-    for key in keys:
-        table.add_column(key)
-    for column in ("runs", "val accuracy", "test accuracy", ""):
-        table.add_column(column, justify="right")
-    for entry in report["results"]:
-        ok = sum(1 for r in entry["runs"] if r["status"] != "failed")
-        cells = [
-            "-" if entry["mean"][m] is None else f"{entry['mean'][m]:.4f} ± {entry['std'][m]:.4f}"
-            for m in ("val_accuracy", "test_accuracy")
-        ]
-        is_best = best is not None and entry["params"] == best["params"]
-        table.add_row(*(json.dumps(entry["params"][k]) for k in keys), f"{ok}/{len(entry['runs'])}", *cells,
-                      "best" if is_best else "", style="bold green" if is_best else None)
-    stdout.print(table)
+    stdout.print(report_tables.sweep_table(report))
 
 
 @app.command()
@@ -534,72 +454,20 @@ def cv(
     as_json: JsonOption = False,
 ) -> None:
     """Cross-validate a config: per-fold figures, mean ± std over folds, and pooled out-of-fold figures."""
-    with reported_errors():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    with reported_errors(), JobBar("folds") as bar:
         from foodcls.cv import run_cv
 
-        progress = Progress(TextColumn("folds"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(), console=stderr,
-                            disable=not stderr.is_terminal)
-        task = progress.add_task("cv", total=None)
-
-        def on_start(total: int) -> None:
-            progress.update(task, total=total)
-            progress.start()
-
         def on_fold(fold: dict[str, Any]) -> None:
-            progress.advance(task)
-            if fold["status"] == "failed":
-                progress.console.print(f"[red]failed:[/red] fold {fold['fold']}: {escape(fold['error'])}", highlight=False)
+            bar.advance(f"fold {fold['fold']}: {fold['error']}" if fold["status"] == "failed" else None)
 
-        try:
-            report = run_cv(config, folds, group_by, overrides or [], workers, runs_root, baselines, on_fold=on_fold, on_start=on_start,
-                            cluster=cluster)
-        finally:
-            progress.stop()
+        report = run_cv(config, folds, group_by, overrides or [], workers, runs_root, baselines, on_fold=on_fold, on_start=bar.start,
+                        cluster=cluster)
     if as_json:
         print_json(report)
         return
-    stdout.print(cv_table(report))
+    stdout.print(report_tables.cv_table(report))
     if report.get("baselines"):
-        stdout.print(cv_baselines_table(report))
-
-
-def cv_table(report: dict[str, Any]) -> Table:
-    from foodcls.labels import CLASSES
-
-    kind = f"leave one {report['group_by']} out" if report["group_by"] else f"{len(report['folds'])} stratified folds"
-    table = Table(title=f"cv {report['cv_dir']} ({kind}); recall per class")
-    for column in ("fold", "held out", "rows", "acc", "bal acc", *(c[:5] for c in CLASSES)):
-        table.add_column(column, justify="left" if column in ("fold", "held out") else "right")
-    for fold in report["folds"]:
-        group = fold["group"] or ""
-        if fold["status"] == "failed":
-            table.add_row(str(fold["fold"]), group, str(fold["n_eval"]), "[red]failed[/red]")
-            continue
-        recall = fold["per_class_recall"]
-        table.add_row(str(fold["fold"]), group, str(fold["n_eval"]), f"{fold['accuracy']:.3f}", f"{fold['balanced_accuracy']:.3f}",
-                      *(_fmt(recall.get(c), 2) for c in CLASSES))
-    mean, std, pooled = report["mean"], report["std"], report["pooled"]
-    if pooled is not None:
-        table.add_section()
-        table.add_row("mean ± std", "", "", f"{mean['accuracy']:.3f} ± {std['accuracy']:.3f}",
-                      f"{mean['balanced_accuracy']:.3f} ± {std['balanced_accuracy']:.3f}")
-        table.add_row("pooled", "", str(pooled["n"]), f"{pooled['accuracy']:.3f}", f"{pooled['balanced_accuracy']:.3f}",
-                      *(_fmt(pooled["per_class_recall"].get(c), 2) for c in CLASSES), style="bold")
-    return table
-
-
-def cv_baselines_table(report: dict[str, Any]) -> Table:
-    table = Table(title="baselines on the same folds: pooled (mean ± std over folds)")
-    for column in ("model", "accuracy", "balanced acc", "worst recall"):
-        table.add_column(column, justify="left" if column == "model" else "right")
-    rows = [("foodcls MLP", {"mean": report["mean"], "std": report["std"], "pooled": report["pooled"]})] + list(report["baselines"].items())
-    for name, b in rows:
-        table.add_row(name, *(f"{b['pooled'][m]:.3f} ({b['mean'][m]:.2f}±{b['std'][m]:.2f})"
-                              for m in ("accuracy", "balanced_accuracy", "worst_class_recall")),
-                      style="bold" if name == "foodcls MLP" else None)
-    return table
+        stdout.print(report_tables.cv_baselines_table(report))
 
 
 @app.command()
@@ -642,25 +510,7 @@ def tune(
     if as_json:
         print_json(report)
         return
-    stdout.print(tune_table(report))
-
-
-def tune_table(report: dict[str, Any]) -> Table:
-    trials = report["trials"]
-    maximize = report["direction"] == "maximize"
-    done = sorted((t for t in trials if t["value"] is not None), key=lambda t: -t["value"] if maximize else t["value"])
-    states = {s: sum(1 for t in trials if t["state"] == s) for s in ("complete", "pruned", "fail", "running")}
-    table = Table(title=f"study {report['study']}: " + ", ".join(f"{n} {s}" for s, n in states.items() if n) + f"; best {len(done[:10])} by value")
-    keys = list(dict.fromkeys(k for t in trials for k in t["params"]))
-    for column in ("trial", "value", *keys):
-        table.add_column(column, justify="right" if column in ("trial", "value") else "left")
-    for t in done[:10]:
-        best = report["best"] is not None and t["number"] == report["best"]["number"]
-        table.add_row(str(t["number"]), f"{t['value']:.4f}", *(json.dumps(t["params"].get(k)) for k in keys),
-                      style="bold green" if best else None)
-    if report["best"] is not None:
-        table.caption = f"best config: {report['best']['config']}  (storage {report['storage']})"
-    return table
+    stdout.print(report_tables.tune_table(report))
 
 
 @app.command()

@@ -188,7 +188,7 @@ def trial_job(config_dict: dict[str, Any], name: str, runs_root: str, metric: st
     in-memory copy of the study's finished trials. Returns the value, the reports and the state."""
     import optuna
 
-    from foodcls.train import RunPruned, train_many
+    from foodcls.train import RunPruned, train
 
     config = Config.model_validate(config_dict)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -216,11 +216,7 @@ def trial_job(config_dict: dict[str, Any], name: str, runs_root: str, metric: st
 
             report_ = run_cv_config(config, cv["folds"], cv["group_by"], runs_root, name)
             return {"status": "finished", "value": report_["pooled"]["balanced_accuracy"], "reports": {}, "run_dir": report_["cv_dir"]}
-        from foodcls.train import _new_run, _check_inputs, fit_runs
-
-        _check_inputs(config)
-        spec = _new_run(config, runs_root, name, report)
-        result = fit_runs([spec])[0]
+        result = train(config, runs_root=runs_root, name=name, on_epoch=report)
     except FoodclsError as error:
         return {"status": "failed", "error": str(error), "reports": reports, "run_dir": None}
     except Exception as error:  # a crashed trial is reported; the search goes on

@@ -7,9 +7,7 @@ CI runs the `ci` profile (bounded); `pytest tests/test_fuzz.py --hypothesis-prof
 from __future__ import annotations
 
 import gzip
-import io
 import json
-import math
 import string
 from pathlib import Path
 

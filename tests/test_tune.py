@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from foodcls import runs
 from foodcls.errors import ConfigError

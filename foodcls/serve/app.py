@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 
 from foodcls.features import NUTRIENTS, consistency_problems, invalid_mask, value_problem
 from foodcls.predict import Predictor, load_predictor
