@@ -99,7 +99,7 @@ def _check_meta(path: Path, meta: dict[str, Any]) -> None:
 def weight_arrays(checkpoint: Checkpoint) -> list[tuple[np.ndarray, np.ndarray]]:
     """(weight, bias) of each Linear layer, first to last: float matrices and vectors, all finite."""
     names = [n.split(".") for n in checkpoint.arrays if n.startswith(WEIGHT_PREFIX)]
-    if any(len(parts) != 3 or not parts[1].isdigit() or parts[2] not in ("weight", "bias") for parts in names):
+    if any(len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit()) or parts[2] not in ("weight", "bias") for parts in names):
         raise CheckpointError(f"{checkpoint.path}: checkpoint has weights under unexpected names")
     indices = sorted({int(parts[1]) for parts in names})
     try:

@@ -236,8 +236,8 @@ def read_labelled_csvs(paths: list[str | Path], features: tuple[str, ...] = SEED
 
 def _looks_like_header(row: list[str]) -> bool:
     """The seed's headerless rows start with a class (name or index); anything else is a header."""
-    text = row[0].strip() if row else ""
-    return not (text in CLASSES or (text.isdigit() and int(text) < len(CLASSES)))
+    # Not str.isdigit(): it accepts '¹', which int() refuses (found by the long fuzzing profile).
+    return (row[0].strip() if row else "") not in _CLASS_INDEX
 
 
 def read_feature_table(path: str | Path, features: tuple[str, ...] = SEED_FEATURES) -> FeatureTable:

@@ -155,7 +155,7 @@ def connect(address: str):
     dask.config.set({"distributed.scheduler.allowed-failures": 1})
     if address == "local" or address.startswith("local:"):
         count = address.partition(":")[2]
-        if count and not count.isdigit():
+        if count and not (count.isascii() and count.isdigit()):
             raise ConfigError(f"--cluster {address}: expected local or local:N (N workers)")
         cluster = LocalCluster(n_workers=int(count) if count else (os.cpu_count() or 1), threads_per_worker=1, processes=True,
                                dashboard_address=None, host="127.0.0.1")
@@ -173,7 +173,7 @@ def check_cluster(address: str | None) -> None:
         return
     if address == "local" or address.startswith("local:"):
         count = address.partition(":")[2]
-        if count and not (count.isdigit() and int(count) >= 1):
+        if count and not (count.isascii() and count.isdigit() and int(count) >= 1):
             from foodcls.errors import ConfigError
 
             raise ConfigError(f"--cluster {address}: expected local or local:N (N ≥ 1 workers)")

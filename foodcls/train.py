@@ -342,7 +342,10 @@ class _Stack:
         if any(m.optimizer_state for m in members):
             for name, tensors in self.optimizer.state.items():
                 for i, tensor in enumerate(tensors):
-                    tensor.copy_(torch.from_numpy(np.stack([m.optimizer_state[name][i] for m in members])))
+                    # A run without this buffer (plain SGD beside a momentum run) starts it at zero, as alone.
+                    tensor.copy_(torch.from_numpy(np.stack([
+                        m.optimizer_state[name][i] if name in m.optimizer_state else np.zeros(tensor.shape[1:], np.float32)
+                        for m in members]).astype(tensor.numpy().dtype)))
         self._build_data()
 
     @property
@@ -463,11 +466,14 @@ class _Stack:
         return out
 
     def state_of(self, i: int) -> dict[str, Any]:
-        """Run i's weights and optimizer buffers as numpy copies (for its checkpoints)."""
+        """Run i's weights and optimizer buffers as numpy copies (for its checkpoints): only the buffers its
+        own optimizer has, so its files are those it would have written trained alone."""
+        plain_sgd = self.optimizer.kind == "sgd" and self.members[i].config.train.momentum == 0
         return {
             "weights": [w[i].cpu().numpy().copy() for w in self.weights],
             "biases": [b[i, 0].cpu().numpy().copy() for b in self.biases],
-            "optimizer": {name: [t[i].cpu().numpy().copy() for t in tensors] for name, tensors in self.optimizer.state.items()},
+            "optimizer": {name: [t[i].cpu().numpy().copy() for t in tensors] for name, tensors in self.optimizer.state.items()
+                          if not (plain_sgd and name == "momentum_buffer")},
         }
 
     def set_lrs(self) -> None:

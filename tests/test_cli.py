@@ -165,3 +165,17 @@ def test_sweep_with_a_bad_grid_key_is_one_line_and_writes_nothing(config_file, t
     one_line_error(run_cli("sweep", "--config", config_file, "--grid", "train.lrr=0.1", "--runs-root", tmp_path / "runs"),
                    "train.lrr", "train.lr")
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_bad_set_value_names_the_set_as_its_origin(config_file, tmp_path):
+    one_line_error(run_cli("train", "--config", config_file, "--set", "train.epoch=5", "--runs-root", tmp_path),
+                   "--set train.epoch=5: train.epoch: unknown key", "train.epochs")
+    one_line_error(run_cli("train", "--config", config_file, "--set", "model.hidden=[0]", "--runs-root", tmp_path),
+                   "--set model.hidden=[0]")
+
+
+def test_export_does_not_import_torch(trained_run, tmp_path):
+    code = (f"import sys; from foodcls.export import export; export({str(trained_run.best_checkpoint)!r}, {str(tmp_path / 'm.onnx')!r}); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -77,3 +77,39 @@ def test_best_checkpoint_is_chosen_on_training_loss_without_validation_data(trai
     records = runs.read_metrics(trained_run.run_dir)
     assert summary["monitor"] == "train_loss"
     assert summary["best_epoch"] == min(records, key=lambda r: r["train_loss"])["epoch"]
+
+
+def test_runs_trained_in_lockstep_end_bit_identical_to_the_same_runs_trained_alone(config_file, tmp_path):
+    from foodcls.train import train_many
+
+    overrides = [["train.lr=0.05"], ["train.lr=0.01", "train.seed=3"], ["train.optimizer=adam", "train.lr=0.003"],
+                 ["train.momentum=0.9", "train.class_weights=balanced"]]
+    configs = [load_config(config_file, o + ["train.epochs=6"]) for o in overrides]
+    together = train_many([(c, f"k{i}") for i, c in enumerate(configs)], tmp_path / "together")
+    for config, stacked in zip(configs, together):
+        alone = train(config, runs_root=tmp_path / "alone", name="solo")
+        a, b = load_checkpoint(stacked.last_checkpoint), load_checkpoint(alone.last_checkpoint)
+        assert all(np.array_equal(a.arrays[k], b.arrays[k]) for k in a.arrays if k.startswith(("net.", "optim.")))
+        assert metrics_without_time(stacked.run_dir) == metrics_without_time(alone.run_dir)
+
+
+def test_runs_with_different_row_counts_in_one_stack_match_solo_runs_closely(tmp_path, demo_dir):
+    import csv
+
+    from foodcls.predict import load_predictor
+    from foodcls.train import train_many
+
+    rows = list(csv.reader((demo_dir / "train.csv").read_text().splitlines()))
+    configs = []
+    for i, n in enumerate((200, 333, 450)):  # different numbers of batches and partial last batches
+        path = tmp_path / f"train{n}.csv"
+        path.write_text("\n".join(",".join(r) for r in rows[: n + 1]) + "\n")
+        configs.append(load_config(write_config(tmp_path / f"c{i}.yaml", demo_dir), [f"data.train={path}", "train.epochs=5",
+                                                                                     "train.optimizer=adam", "train.lr=0.01"]))
+    together = train_many([(c, f"r{i}") for i, c in enumerate(configs)], tmp_path / "together")
+    x = np.array([[20, 1, 12, 2], [3.5, 14, 3, 1], [0.2, 10, 0, 2], [6, 60, 20, 1]], dtype=np.float32)
+    for config, stacked in zip(configs, together):
+        alone = train(config, runs_root=tmp_path / "alone", name="solo")
+        p_stacked = load_predictor(stacked.last_checkpoint).probabilities(x)
+        p_alone = load_predictor(alone.last_checkpoint).probabilities(x)
+        assert np.abs(p_stacked - p_alone).max() <= 1e-4

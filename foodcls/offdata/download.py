@@ -39,7 +39,7 @@ def _total_from(response: http.client.HTTPResponse, offset: int) -> int | None:
     if match:
         return int(match.group(1))
     length = response.headers.get("Content-Length")
-    return offset + int(length) if length is not None and length.isdigit() else None
+    return offset + int(length) if length is not None and length.isascii() and length.isdigit() else None
 
 
 def download(
