@@ -117,7 +117,7 @@ class Config(_Section):
         return self
 
 
-class _Loader(yaml.SafeLoader):
+class YamlLoader(yaml.SafeLoader):
     """SafeLoader that also reads `1e-3` and `5E+2` as floats (YAML 1.1 wants a dot)."""
 
 
@@ -126,20 +126,20 @@ _FLOAT = re.compile(
     |[0-9][0-9_]*[eE][-+]?[0-9]+|\.(?:inf|Inf|INF)|[-+]\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""",
     re.X,
 )
-_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+YamlLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 for _first in "-+0123456789.":
-    _Loader.yaml_implicit_resolvers[_first] = [
-        (tag, rx) for tag, rx in _Loader.yaml_implicit_resolvers.get(_first, []) if tag != "tag:yaml.org,2002:float"
+    YamlLoader.yaml_implicit_resolvers[_first] = [
+        (tag, rx) for tag, rx in YamlLoader.yaml_implicit_resolvers.get(_first, []) if tag != "tag:yaml.org,2002:float"
     ]
-    _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, [_first])
+    YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, [_first])
 
 
 def parse_yaml_value(text: str) -> Any:
     """Parse a scalar or flow value the way the config file would (`1e-3` → 0.001, `[64,64]` → list)."""
-    return yaml.load(text, Loader=_Loader)
+    return yaml.load(text, Loader=YamlLoader)
 
 
-def _key_lines(text: str) -> dict[str, int]:
+def key_lines_of(text: str) -> dict[str, int]:
     """Map dotted key paths to their 1-based line in the YAML text, for error messages."""
     lines: dict[str, int] = {}
 
@@ -150,18 +150,18 @@ def _key_lines(text: str) -> dict[str, int]:
                 lines[path] = key_node.start_mark.line + 1
                 walk(value_node, path + ".")
 
-    root = yaml.compose(text, Loader=_Loader)
+    root = yaml.compose(text, Loader=YamlLoader)
     if root is not None:
         walk(root, "")
     return lines
 
 
-def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+def valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     keys = []
     for name, field in model.model_fields.items():
         keys.append(prefix + name)
         for arg in _nested_models(field.annotation):
-            keys.extend(_valid_keys(arg, prefix + name + "."))
+            keys.extend(valid_keys(arg, prefix + name + "."))
     return keys
 
 
@@ -183,7 +183,7 @@ def _describe(error: ValidationError, key_lines: dict[str, int], origin: str, ov
     else:
         where = f"{origin}:{key_lines[key]}: " if key in key_lines else (f"{origin}: " if origin else "")
     if first["type"] == "extra_forbidden":
-        valid = _valid_keys(Config)
+        valid = valid_keys(Config)
         close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return f"{where}{key}: unknown key{hint}"
@@ -237,8 +237,8 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: cannot read config ({error})") from None
     try:
-        raw = yaml.load(text, Loader=_Loader)
-        key_lines = _key_lines(text)
+        raw = yaml.load(text, Loader=YamlLoader)
+        key_lines = key_lines_of(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""

@@ -9,7 +9,6 @@ out-of-fold predictions are the ones to trust when folds are small and skewed.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 from foodcls.config import Config, config_to_dict, load_config, validate_config
 from foodcls.data import LabelledData, concat, read_eval_file, read_labelled_csv, write_labelled_csv
 from foodcls.errors import ConfigError, DataError
-from foodcls.evaluate import classification_report
+from foodcls.evaluate import classification_report, mean_std
 from foodcls.executors import check_cluster, train_runs
 from foodcls.fileio import atomic_write_json
 from foodcls.labels import CLASSES
@@ -152,12 +151,8 @@ def fold_scores(labels: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
 
 
 def _mean_std(folds: list[dict[str, Any]]) -> tuple[dict[str, float | None], dict[str, float | None]]:
-    mean, std = {}, {}
-    for metric in SUMMARY_METRICS:
-        values = [f[metric] for f in folds if f.get(metric) is not None]
-        mean[metric] = statistics.fmean(values) if values else None
-        std[metric] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
-    return mean, std
+    pairs = {metric: mean_std([f[metric] for f in folds if f.get(metric) is not None]) for metric in SUMMARY_METRICS}
+    return {m: p[0] for m, p in pairs.items()}, {m: p[1] for m, p in pairs.items()}
 
 
 def _pooled(labels: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:

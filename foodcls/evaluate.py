@@ -13,6 +13,15 @@ MIN_EVAL_ROWS = 200
 MIN_CLASS_ROWS = 20
 
 
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (0 for one value; None for none) — over seeds or folds."""
+    import statistics
+
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> list[float]:
     """95 % Wilson score interval of a proportion: honest for small n and for rates near 0 or 1."""
     if n == 0:

@@ -1,8 +1,4 @@
-"""The fixed vocabulary of the task: class names in index order and feature names in column order.
-
-Kept in a module of its own so the quick paths (predict) can use it without loading the config schema.
-"""
+"""The class names, in index order. Kept in a module of its own so the quick paths (predict, serve) can
+use them without loading the config schema; the features are in features.py."""
 
 CLASSES: tuple[str, ...] = ("beverages", "meats", "snacks", "desserts")
-FEATURES: tuple[str, ...] = ("protein", "carbs", "fat", "additives")
-NUTRIENTS: tuple[str, ...] = ("protein", "carbs", "fat")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from foodcls.config import Config, apply_override, config_to_dict, load_config, parse_yaml_value, validate_config
 from foodcls.errors import ConfigError
+from foodcls.evaluate import mean_std
 from foodcls.executors import check_cluster, train_runs
 from foodcls.fileio import atomic_write_json
 from foodcls.runs import unique_dir
@@ -64,18 +64,12 @@ def plan_sweep(config_path: str | Path, grid: list[str], seeds: int, overrides: 
     return plan
 
 
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def summarise(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Mean ± std per combination; the best is chosen on val accuracy when every run has it, else test."""
     for entry in results:
         for metric in METRICS:
             values = [r[metric] for r in entry["runs"] if r.get(metric) is not None]
-            entry["mean"][metric], entry["std"][metric] = _mean_std(values)
+            entry["mean"][metric], entry["std"][metric] = mean_std(values)
     criterion = "val_accuracy" if all(e["mean"]["val_accuracy"] is not None for e in results) else "test_accuracy"
     scored = [e for e in results if e["mean"][criterion] is not None]
     best = max(scored, key=lambda e: e["mean"][criterion], default=None)

@@ -26,7 +26,7 @@ import torch
 
 from foodcls import __version__, runs
 from foodcls.backprop import logits, loss_gradients
-from foodcls.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from foodcls.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, weight_arrays
 from foodcls.config import Config, config_to_dict, config_to_yaml, load_config
 from foodcls.data import LabelledData, Preprocessing, Splits, load_splits
 from foodcls.errors import ConfigError, FoodclsError, ResourceError, RunError, WriteError
@@ -35,7 +35,7 @@ from foodcls.fileio import atomic_write_json, atomic_write_text, write_error
 from foodcls.labels import CLASSES
 from foodcls.model import build_model, linear_layers
 from foodcls.optim import Schedule, make_optimizer
-from foodcls.trainstate import Progress, layer_arrays, model_arrays, model_meta, restore_state, resumable_state
+from foodcls.trainstate import Progress, model_arrays, model_meta, restore_state, resumable_state
 
 # Measured (2-core machine, 4-32-32-4 MLP, batch 256): a training step's ops are too small to gain from a
 # second thread (5.8 vs 5.6 ms per epoch, within noise, and slower beside other work); the evaluation pass
@@ -187,7 +187,7 @@ class _Run:
     def _initial_weights(self, source: Checkpoint | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """From the checkpoint being resumed or fine-tuned, else nn.Linear's init under the run's seed."""
         if source is not None:
-            pairs = layer_arrays(source, self.n_layers)
+            pairs = weight_arrays(source)
             return [w.copy() for w, _ in pairs], [b.copy() for _, b in pairs]
         torch.manual_seed(self.config.train.seed)
         model = build_model(self.config.model, len(self.config.data.features), len(CLASSES))

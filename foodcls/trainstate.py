@@ -37,13 +37,6 @@ def weight_name(layer: int, kind: str) -> str:
     return f"{WEIGHT_PREFIX}{2 * layer}.{kind}"
 
 
-def layer_arrays(checkpoint: Checkpoint, layers: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    try:
-        return [(checkpoint.arrays[weight_name(i, "weight")], checkpoint.arrays[weight_name(i, "bias")]) for i in range(layers)]
-    except KeyError as missing:
-        raise RunError(f"{checkpoint.path}: checkpoint lacks {missing}") from None
-
-
 def model_arrays(weights: list[np.ndarray], biases: list[np.ndarray], prep: Preprocessing) -> dict[str, np.ndarray]:
     arrays = {}
     for i, (weight, bias) in enumerate(zip(weights, biases)):

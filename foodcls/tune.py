@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from foodcls.config import Config, _valid_keys, apply_override, config_to_dict, config_to_yaml, load_config, validate_config
+from foodcls.config import Config, valid_keys, apply_override, config_to_dict, config_to_yaml, load_config, validate_config
 from foodcls.errors import ConfigError, FoodclsError
 from foodcls.fileio import atomic_write_json, atomic_write_text
 
@@ -51,13 +51,13 @@ class Param:
 
 def load_space(path: str | Path) -> list[Param]:
     """Read and strictly validate SPACE.yaml: config key → {float: [lo, hi], log}, {int: [lo, hi], log} or {choice: [...]}."""
-    from foodcls.config import Config, _key_lines, _Loader
+    from foodcls.config import Config, key_lines_of, YamlLoader
 
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-        raw = yaml.load(text, Loader=_Loader)
-        lines = _key_lines(text)
+        raw = yaml.load(text, Loader=YamlLoader)
+        lines = key_lines_of(text)
     except FileNotFoundError:
         raise ConfigError(f"{path}: search space file not found") from None
     except (OSError, UnicodeDecodeError) as error:
@@ -67,7 +67,7 @@ def load_space(path: str | Path) -> list[Param]:
         raise ConfigError(f"{path}{f':{mark.line + 1}' if mark else ''}: YAML syntax error") from None
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{path}: a search space maps config keys to {{float: [low, high]}}, {{int: [low, high]}} or {{choice: [...]}}")
-    valid = _valid_keys(Config)
+    valid = valid_keys(Config)
     params = []
     for key, spec in raw.items():
         where = f"{path}:{lines.get(str(key), 1)}: {key}"
