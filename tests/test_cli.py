@@ -179,3 +179,42 @@ def test_export_does_not_import_torch(trained_run, tmp_path):
             "assert 'torch' not in sys.modules, 'torch imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="module")
+def rich_checkpoint(tmp_path_factory):
+    from foodcls.config import load_config
+    from foodcls.features import ALL_FEATURES
+    from foodcls.synth import write_demo_set
+    from foodcls.train import train
+    from tests.conftest import write_config
+
+    tmp = tmp_path_factory.mktemp("rich")
+    write_demo_set(tmp, n_train=400, n_test=100, seed=4, rich=True)
+    config = load_config(write_config(tmp / "c.yaml", tmp, epochs=20, optimizer="adam"),
+                         [f"data.features={list(ALL_FEATURES)}", "data.scaling=standard"])
+    return train(config, runs_root=tmp / "runs", name="rich").best_checkpoint
+
+
+NINE = ["--protein", 20, "--carbs", 1, "--fat", 12, "--additives", 2, "--sugars", 0.5, "--saturated-fat", 4, "--salt", 2,
+        "--fiber", 0, "--energy", 190]
+
+
+def test_a_nine_feature_model_answers_predict_with_all_nine_options(rich_checkpoint):
+    result = run_cli("predict", "--checkpoint", rich_checkpoint, *NINE, "--json")
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["class"] in answer["probabilities"] and answer["warnings"] == []
+
+
+def test_a_missing_option_of_a_nine_feature_model_is_one_line_or_filled_on_request(rich_checkpoint):
+    without_energy = NINE[:-2]
+    one_line_error(run_cli("predict", "--checkpoint", rich_checkpoint, *without_energy), "missing --energy")
+    filled = run_cli("predict", "--checkpoint", rich_checkpoint, *without_energy, "--allow-missing", "--json")
+    assert filled.returncode == 0 and "training median" in json.loads(filled.stdout)["warnings"][-1]
+    one_line_error(run_cli("predict", "--checkpoint", rich_checkpoint, *NINE[:-2], "--energy", 1000), "--energy", "0-900 kcal")
+
+
+def test_a_four_feature_model_ignores_extra_nutrients_with_a_warning(trained_run):
+    result = run_cli("predict", "--checkpoint", trained_run.best_checkpoint, *NINE, "--json")
+    assert result.returncode == 0 and "ignored --sugars" in " ".join(json.loads(result.stdout)["warnings"])
