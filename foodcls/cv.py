@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from foodcls.config import Config, config_to_dict, load_config, validate_config
-from foodcls.data import LabelledData, concat, read_eval_file, read_labelled_csv, write_labelled_csv
+from foodcls.data import LabelledData, concat, drop_missing, read_eval_file, read_labelled_csv, write_labelled_csv
 from foodcls.errors import ConfigError, DataError
 from foodcls.evaluate import classification_report, mean_std
 from foodcls.executors import check_cluster, train_runs
@@ -53,8 +53,6 @@ def _scored_sets(config: Config) -> tuple[list[tuple[LabelledData, float]], list
     if not scored:
         raise DataError("cv: every training file is train-only; nothing is left to score")
     if config.data.missing == "drop":
-        from foodcls.data import drop_missing
-
         scored = [(drop_missing(d), w) for d, w in scored]
     return scored, train_only
 
@@ -83,18 +81,32 @@ def fold_assignment(data: LabelledData, folds: int, group_by: str | None, seed: 
     return assignment, [None] * folds
 
 
-def _check_groups(scored: list[tuple[LabelledData, float]], folds: int, group_by: str | None, seed: int) -> None:
+@dataclass(frozen=True)
+class Assignment:
+    """The rows cv scores, their fold, and the train-only files: read and checked, nothing written yet."""
+
+    scored: list[tuple[LabelledData, float]]
+    train_only: list[tuple[str, float]]
+    everything: LabelledData
+    fold_of_row: np.ndarray
+    groups: list[str | None]
+
+
+def assign_folds(config: Config, folds: int, group_by: str | None) -> Assignment:
+    """Read the data and give every scored row its fold; every input error is raised here."""
+    scored, train_only = _scored_sets(config)
     if group_by is not None:
         for data, _ in scored:
             data.column(group_by)  # every scored file must have the column, or the error names it
-    fold_assignment(concat([d for d, _ in scored]), folds, group_by, seed)
-
-
-def plan_folds(config: Config, folds: int, group_by: str | None, cv_dir: Path) -> list[Fold]:
-    """Write each fold's training and held-out files into cv_dir/folds/ and build its config."""
-    scored, train_only = _scored_sets(config)
     everything = concat([d for d, _ in scored])
-    assignment, groups = fold_assignment(everything, folds, group_by, config.train.seed)
+    fold_of_row, groups = fold_assignment(everything, folds, group_by, config.train.seed)
+    return Assignment(scored, train_only, everything, fold_of_row, groups)
+
+
+def plan_folds(config: Config, assigned: Assignment, cv_dir: Path) -> list[Fold]:
+    """Write each fold's training and held-out files into cv_dir/folds/ and build its config."""
+    scored, train_only, everything = assigned.scored, assigned.train_only, assigned.everything
+    assignment, groups = assigned.fold_of_row, assigned.groups
     # Which scored set each row came from, so each keeps its weight in the fold's training files.
     origin = np.concatenate([np.full(len(d), i) for i, (d, _) in enumerate(scored)])
     val_fraction = config.data.val_fraction
@@ -178,12 +190,11 @@ def run_cv_config(
     cluster: str | None = None,
 ) -> dict[str, Any]:
     """run_cv for a config already loaded (a tune trial's); the folds go under runs_root/cv-<stem>-<timestamp>."""
-    scored, _ = _scored_sets(config)  # every input is checked before a directory is made
-    _check_groups(scored, folds, group_by, config.train.seed)
+    assigned = assign_folds(config, folds, group_by)  # every input is checked before a directory is made
     check_cluster(cluster)
     cv_dir = unique_dir(runs_root, f"cv-{stem}")
     try:
-        plan = plan_folds(config, folds, group_by, cv_dir)
+        plan = plan_folds(config, assigned, cv_dir)
     except BaseException:
         import shutil
 

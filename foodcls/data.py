@@ -267,8 +267,8 @@ def read_feature_table(path: str | Path, features: tuple[str, ...] = SEED_FEATUR
 def fit_scale(features: np.ndarray) -> np.ndarray:
     """Per-feature divisor: the maximum over the training set (every minimum is 0); 1 where the max is 0
     or unknown."""
-    with np.errstate(invalid="ignore"):
-        maxima = np.nanmax(np.where(np.isnan(features), -np.inf, features), axis=0) if len(features) else np.zeros(features.shape[1])
+    # Unknown cells count as -inf, so a column with no known value gets scale 1.
+    maxima = np.where(np.isnan(features), -np.inf, features).max(axis=0) if len(features) else np.zeros(features.shape[1])
     maxima = maxima.astype(np.float32)
     return np.where(np.isfinite(maxima) & (maxima > 0), maxima, np.float32(1.0)).astype(np.float32)
 

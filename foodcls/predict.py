@@ -87,35 +87,49 @@ def load_predictor(path: str | Path) -> Predictor:
 @dataclass(frozen=True)
 class ProductCheck:
     """One product's values in the checkpoint's feature order (NaN: unknown, filled by the median),
-    the warnings to show, and which features were filled."""
+    the values refused (feature, why), the features the model uses but the product lacks, and the
+    warnings to show."""
 
     values: list[float]
+    problems: list[tuple[str, str]]
+    missing: list[str]
     warnings: list[str]
-    filled: list[str]
 
 
-def check_product(values: dict[str, float | None], features: tuple[str, ...], fill: dict[str, float] | None = None,
-                  allow_missing: bool = False, name_of=lambda f: NUTRIENTS[f].option) -> ProductCheck:
-    """Refuse impossible label values and missing ones (unless allow_missing); warn about suspicious ones.
-    name_of gives the name errors use for a feature (the CLI option, or the JSON field)."""
+def review_product(values: dict[str, float | None], features: tuple[str, ...], fill: dict[str, float] | None = None,
+                   allow_missing: bool = False, name_of=lambda f: NUTRIENTS[f].option) -> ProductCheck:
+    """Everything wrong or suspicious about one product, without stopping at the first problem (the
+    HTTP API names every bad field). name_of gives the name warnings use for a feature (the CLI option,
+    or the JSON field)."""
+    problems = []
     for feature, value in values.items():
         if value is not None:
             problem = value_problem(feature, float(value))
             if problem is not None:
-                raise DataError(f"{name_of(feature)} {problem}")
+                problems.append((feature, problem))
     missing = [f for f in features if values.get(f) is None]
-    if missing and not allow_missing:
-        raise DataError(f"missing {', '.join(name_of(f) for f in missing)} (this model uses {', '.join(features)}; "
-                        "--allow-missing fills unknown values with the training medians)")
     warnings = consistency_problems({k: float(v) for k, v in values.items() if v is not None})
     unused = [f for f, v in values.items() if v is not None and f not in features]
     if unused:
         warnings.append(f"ignored {', '.join(name_of(f) for f in unused)}: this model uses {', '.join(features)}")
-    if missing:
+    if missing and allow_missing:
         fill = fill or {}
         warnings.append("unknown " + ", ".join(f"{f} (used the training median {fill.get(f, math.nan):g})" for f in missing))
     row = [math.nan if values.get(f) is None else float(values[f]) for f in features]
-    return ProductCheck(row, warnings, missing)
+    return ProductCheck(row, problems, missing, warnings)
+
+
+def check_product(values: dict[str, float | None], features: tuple[str, ...], fill: dict[str, float] | None = None,
+                  allow_missing: bool = False, name_of=lambda f: NUTRIENTS[f].option) -> ProductCheck:
+    """review_product, refusing (one DataError) an impossible value, or a missing one unless allow_missing."""
+    checked = review_product(values, features, fill, allow_missing, name_of)
+    if checked.problems:
+        feature, problem = checked.problems[0]
+        raise DataError(f"{name_of(feature)} {problem}")
+    if checked.missing and not allow_missing:
+        raise DataError(f"missing {', '.join(name_of(f) for f in checked.missing)} (this model uses {', '.join(features)}; "
+                        "--allow-missing fills unknown values with the training medians)")
+    return checked
 
 
 def predict_table(predictor: Predictor, table: FeatureTable, explain: bool = False) -> tuple[list[str], list[list[str]]]:

@@ -149,6 +149,7 @@ class RunSpec:
     name: str
     checkpoint: Checkpoint | None = None
     on_epoch: EpochCallback | None = None
+    splits: Splits | None = None  # the data, when already read and checked (else read by fit_runs)
 
 
 class _Run:
@@ -595,7 +596,7 @@ def fit_runs(specs: list[RunSpec]) -> list[TrainResult]:
     members = []
     for spec in specs:
         device = _resolve_device(spec.config.train.device)
-        members.append((_Run(spec, load_splits(spec.config), device), device))
+        members.append((_Run(spec, spec.splits or load_splits(spec.config), device), device))
     for member, _ in members:
         member.start()
     groups: dict[tuple, list[_Run]] = {}
@@ -647,28 +648,31 @@ def check_memory(config: Config, splits: Splits) -> None:
                             f"({params:,} parameters), more than the {available / 1e9:.1f} GB of memory available")
 
 
-def _check_inputs(config: Config) -> None:
-    """Everything a new run reads, validated before anything is written."""
-    check_memory(config, load_splits(config))
+def _check_inputs(config: Config) -> Splits:
+    """Everything a new run reads, validated before anything is written; returns its data."""
+    splits = load_splits(config)
+    check_memory(config, splits)
     if config.train.init_from is not None:
         _init_checkpoint(config)
     _resolve_device(config.train.device)
+    return splits
 
 
-def _new_run(config: Config, runs_root: str | Path, name: str, on_epoch: EpochCallback | None = None) -> RunSpec:
+def _new_run(config: Config, runs_root: str | Path, name: str, on_epoch: EpochCallback | None = None,
+             splits: Splits | None = None) -> RunSpec:
     run_dir = runs.create_run_dir(runs_root, name)
     try:
         atomic_write_text(run_dir / runs.CONFIG_FILE, config_to_yaml(config))
     except WriteError:
         shutil.rmtree(run_dir, ignore_errors=True)  # a run directory without its config would be no run at all
         raise
-    return RunSpec(config, run_dir, name, None, on_epoch)
+    return RunSpec(config, run_dir, name, None, on_epoch, splits)
 
 
 def train(config: Config, runs_root: str | Path = "runs", name: str = "run", on_epoch: EpochCallback | None = None) -> TrainResult:
     """Train a new run under runs_root/<name>-<timestamp> and return its figures."""
-    _check_inputs(config)
-    return fit_runs([_new_run(config, runs_root, name, on_epoch)])[0]
+    splits = _check_inputs(config)
+    return fit_runs([_new_run(config, runs_root, name, on_epoch, splits)])[0]
 
 
 def train_many(items: list[tuple[Config, str]], runs_root: str | Path = "runs") -> list[TrainResult | FoodclsError]:
@@ -678,11 +682,11 @@ def train_many(items: list[tuple[Config, str]], runs_root: str | Path = "runs") 
     specs, positions = [], []
     for i, (config, name) in enumerate(items):
         try:
-            _check_inputs(config)
+            splits = _check_inputs(config)
         except FoodclsError as error:
             outcomes[i] = error
             continue
-        specs.append(_new_run(config, runs_root, name))
+        specs.append(_new_run(config, runs_root, name, splits=splits))
         positions.append(i)
     for i, result in zip(positions, fit_runs(specs) if specs else []):
         outcomes[i] = result
@@ -698,8 +702,8 @@ def resume(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), on_
         restore_state(checkpoint)  # refuses a checkpoint that is not resumable
         if checkpoint.meta["model"] != config_to_dict(config)["model"]:
             raise ConfigError("--set: the model section cannot change on resume")
-    load_splits(config)
+    splits = load_splits(config)
     _resolve_device(config.train.device)
     atomic_write_text(run_dir / runs.CONFIG_FILE, config_to_yaml(config))
     name = runs.read_summary(run_dir).get("name", run_dir.name)
-    return fit_runs([RunSpec(config, run_dir, name, checkpoint, on_epoch)])[0]
+    return fit_runs([RunSpec(config, run_dir, name, checkpoint, on_epoch, splits)])[0]

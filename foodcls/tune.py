@@ -221,12 +221,10 @@ def trial_job(config_dict: dict[str, Any], name: str, runs_root: str, metric: st
         return {"status": "failed", "error": str(error), "reports": reports, "run_dir": None}
     except Exception as error:  # a crashed trial is reported; the search goes on
         return {"status": "failed", "error": f"{type(error).__name__}: {error}", "reports": reports, "run_dir": None}
-    summary_metric = result.val_accuracy if metric == "val_accuracy" else None
-    if metric == "val_loss":
-        from foodcls import runs
-
-        summary_metric = runs.read_summary(result.run_dir).get("best_value")
-    return {"status": result.status, "value": summary_metric, "reports": reports, "run_dir": str(result.run_dir)}
+    # val_accuracy: the best checkpoint's; val_loss: the lowest reported (summary's best_value is whatever
+    # the run monitored, an accuracy under early stopping on val_accuracy).
+    value = result.val_accuracy if metric == "val_accuracy" else (min(reports.values()) if reports else None)
+    return {"status": result.status, "value": value, "reports": reports, "run_dir": str(result.run_dir)}
 
 
 def _history(study) -> list[dict[str, Any]]:

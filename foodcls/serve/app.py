@@ -18,8 +18,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 
-from foodcls.features import NUTRIENTS, consistency_problems, invalid_mask, value_problem
-from foodcls.predict import Predictor, load_predictor
+from foodcls.features import NUTRIENTS, invalid_mask, value_problem
+from foodcls.predict import Predictor, load_predictor, review_product
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
 MAX_BATCH = 10_000
@@ -83,7 +83,8 @@ def _field_error(field: str, message: str, where: list[Any] | None = None) -> di
 
 
 def _check_product(predictor: Predictor, product: Any, allow_missing: bool) -> tuple[list[float], list[dict], list[str]]:
-    """(values in feature order, errors naming each bad field, warnings) for one product object."""
+    """(values in feature order, errors naming each bad field, warnings) for one product object: the JSON
+    types are checked here, the values by predict.review_product, as `foodcls predict` checks them."""
     if not isinstance(product, dict):
         return [], [{"loc": ["body"], "msg": "expected a JSON object of nutrient values", "type": "type_error"}], []
     errors, values = [], {}
@@ -97,20 +98,14 @@ def _check_product(predictor: Predictor, product: Any, allow_missing: bool) -> t
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             errors.append(_field_error(field, f"must be a number, got {value!r}"))
         else:
-            problem = value_problem(field, float(value))
-            if problem is not None:
-                errors.append(_field_error(field, problem))
             values[field] = float(value)
-    missing = [f for f in predictor.features if f not in values and not any(e["loc"][-1] == f for e in errors)]
-    if missing and not allow_missing:
-        errors += [_field_error(f, "missing (this model uses it; send allow_missing: true to use the training median)") for f in missing]
-    warnings = consistency_problems(values)
-    if missing and allow_missing:
-        warnings.append("unknown " + ", ".join(f"{f} (used the training median {predictor.fill_values[f]:g})" for f in missing))
-    unused = [f for f in values if f not in predictor.features]
-    if unused:
-        warnings.append(f"ignored {', '.join(unused)}: this model uses {', '.join(predictor.features)}")
-    return [values.get(f, np.nan) for f in predictor.features], errors, warnings
+    checked = review_product(values, predictor.features, predictor.fill_values, allow_missing, name_of=lambda f: f)
+    errors += [_field_error(field, problem) for field, problem in checked.problems]
+    if not allow_missing:
+        named = {e["loc"][-1] for e in errors}
+        errors += [_field_error(f, "missing (this model uses it; send allow_missing: true to use the training median)")
+                   for f in checked.missing if f not in named]
+    return checked.values, errors, checked.warnings
 
 
 def _probabilities(predictor: Predictor, row: np.ndarray) -> dict[str, float]:
