@@ -153,6 +153,25 @@ def test_ragged_rows_are_counted_not_fatal(tmp_path):
     assert stats.ragged == 1 and stats.rows == len(off.PRODUCTS) + 1
 
 
+def test_a_kj_figure_copied_into_the_kcal_field_is_converted_where_the_macros_say_kj(tmp_path):
+    # A spreadsheet-resaved sample gives a juice's 59 kJ as energy-kcal_100g too; 0/3.6/0 g make 14.4 kcal.
+    header = ["code", "product_name", "categories_tags", "additives_n", "proteins_100g", "carbohydrates_100g", "fat_100g",
+              "energy-kcal_100g", "energy_100g"]
+    rows = [
+        ["1000000000001", "Jus", "en:beverages", "0", "0", "3.64", "0", "59", "59"],  # kJ in both: 59 / 4.184 kcal
+        ["1000000000002", "Biscuit", "en:snacks", "1", "6", "57", "31", "500", "500"],  # kcal in both: the macros say 531
+        ["1000000000003", "Soda", "en:beverages", "2", "0", "10.6", "0", "43", "180"],  # two figures: kcal as given
+        ["1000000000004", "Eau", "en:beverages", "0", "0", "0", "0", "0", "0"],  # nothing to decide
+    ]
+    path = tmp_path / "copied.tsv"
+    path.write_text("\n".join("\t".join(r) for r in [header, *rows]) + "\n")
+    card = build_dataset([path], tmp_path / "out")
+    energy = {code: row["energy"] for code, row in _built_products(tmp_path / "out").items()}
+    assert energy == {"1000000000001": "14.1013", "1000000000002": "500", "1000000000003": "43", "1000000000004": "0"}
+    assert card["corrected"] == {"energy_kj_as_kcal": 1}
+    assert "energy_kj_as_kcal | 1" in (tmp_path / "out" / "README.md").read_text()
+
+
 SAMPLES = Path(os.environ.get("FOODCLS_OFF_SAMPLES", REPO.parent / "shared" / "data" / "off-exports"))
 needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"real OFF samples not found at {SAMPLES} (set FOODCLS_OFF_SAMPLES)")
 
@@ -169,6 +188,8 @@ def test_real_samples_build(tmp_path):
     assert card["per_class"]["desserts"] >= 30 and min(card["per_class"].values()) >= 30
     assert card["dropped"]["duplicate"] > 0 and card["dropped"]["no_class"] > 0 and card["dropped"]["ragged_row"] >= 1
     assert set(card["dropped"]) == set(off.EXPECTED_DROPPED)
+    # One sample gives kJ figures as kcal too (on 124 products, 2026-12); protein, carbs and fat unmask them.
+    assert 100 <= card["corrected"]["energy_kj_as_kcal"] <= 150
     # The richer nutrients are known for most kept products.
     assert card["known_values"]["sugars"] > 0.9 * card["rows_kept"] and card["known_values"]["energy"] > 0.9 * card["rows_kept"]
 

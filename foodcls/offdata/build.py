@@ -86,6 +86,7 @@ def build_lock(out: Path) -> Iterator[None]:
 
 def _build(sources, out: Path, rules, fractions, on_batch) -> dict[str, Any]:
     dropped = dict.fromkeys(DROP_REASONS, 0)
+    corrected = {"energy_kj_as_kcal": 0}  # products kept with a value mended, per kind of repair
     seen: set[str] = set()
     # Per split: one tuple per product, (nine nutrients…, label, source, barcode).
     rows: dict[str, list[tuple]] = {s: [] for s in SPLITS}
@@ -102,16 +103,17 @@ def _build(sources, out: Path, rules, fractions, on_batch) -> dict[str, Any]:
             dropped[reason] += int(counts[index + 1])
         dropped["ragged_row"] += stats.ragged
         name = Path(source).name
-        for key, content_key, barcode, *values, label in kept.drop("row").iter_rows():
+        for key, content_key, barcode, energy_copied, *values, label in kept.drop("row").iter_rows():
             if key in seen or content_key in seen:
                 dropped["duplicate"] += 1
                 continue
+            corrected["energy_kj_as_kcal"] += energy_copied
             seen.add(key)
             if content_key is not None:
                 seen.add(content_key)
             rows[split_of(key, fractions)].append((*values, label, name, (barcode or "").strip()))
         stats_list.append(stats)
-    card = _datacard(stats_list, rows, dropped, rules.to_json(), fractions)
+    card = _datacard(stats_list, rows, dropped, corrected, rules.to_json(), fractions)
     _write(out, rows, card)
     return card
 
@@ -125,18 +127,18 @@ def _classify_source(source, stats: SourceStats, rules, on_batch) -> tuple[np.nd
             raise DataError(f"{source}: internal error: batches arrived out of order")
         read_rows += len(batch)
         reasons.append(batch["reason"].to_numpy())
-        kept.append(batch.filter(pl.col("reason") == 0).select("row", "key", "content_key", "code", *NUMERIC, "label"))
+        kept.append(batch.filter(pl.col("reason") == 0).select("row", "key", "content_key", "code", "energy_copied", *NUMERIC, "label"))
         if on_batch is not None:
             on_batch(stats.path, read_rows)
     all_reasons = np.concatenate(reasons) if reasons else np.zeros(0, dtype=np.uint8)
     if not kept:  # a header and no rows
         empty = {"row": pl.UInt32, "key": pl.String, "content_key": pl.String, "code": pl.String,
-                 **{c: pl.Float64 for c in NUMERIC}, "label": pl.Int8}
+                 "energy_copied": pl.Boolean, **{c: pl.Float64 for c in NUMERIC}, "label": pl.Int8}
         return all_reasons, pl.DataFrame(schema=empty)
     return all_reasons, pl.concat(kept)
 
 
-def _datacard(stats_list, rows, dropped, rules, fractions) -> dict[str, Any]:
+def _datacard(stats_list, rows, dropped, corrected, rules, fractions) -> dict[str, Any]:
     label_at = len(NUMERIC)
     per_split = {s: {c: sum(1 for r in rows[s] if r[label_at] == i) for i, c in enumerate(CLASSES)} for s in SPLITS}
     return {
@@ -155,6 +157,7 @@ def _datacard(stats_list, rows, dropped, rules, fractions) -> dict[str, Any]:
             feature: sum(1 for s in SPLITS for r in rows[s] if r[i] is not None) for i, feature in enumerate(NUMERIC)
         },
         "dropped": dropped,
+        "corrected": corrected,
         "split_fractions": dict(zip(SPLITS, fractions)),
         "rules": rules,
     }
@@ -224,6 +227,15 @@ def datacard_markdown(card: dict[str, Any]) -> str:
         "| reason | rows |",
         "|---|---|",
         *[f"| {reason} | {count} |" for reason, count in card["dropped"].items()],
+        "",
+        "## Kept with a value corrected",
+        "",
+        "| correction | products |",
+        "|---|---|",
+        *[f"| {kind} | {count} |" for kind, count in card["corrected"].items()],
+        "",
+        "`energy_kj_as_kcal`: the export gave one figure as both kcal and kJ, and protein, carbohydrates",
+        "and fat (4/4/9 kcal per g) show it was kJ; it was divided by 4.184.",
         "",
         "Labels come from `categories_tags` with the rules in datacard.json; each product goes to a",
         "split by a hash of its barcode (or of name, brand and nutrients where the barcode was mangled).",

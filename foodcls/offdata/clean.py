@@ -42,9 +42,20 @@ def _number(column: str) -> pl.Expr:
     return pl.when(value.is_finite()).then(value).otherwise(None)
 
 
+def _energy_copied() -> pl.Expr:
+    """An export that gives the same figure as kcal and as kJ copied one into the other (a spreadsheet
+    sample puts a juice's 59 kJ in both); the macros, at 4/4/9 kcal per g, decide which unit it was:
+    the kJ reading where it lies nearer them in ratio, i.e. where the figure exceeds √4.184 × theirs."""
+    kcal, kj = _number("energy_kcal"), _number("energy_kj")
+    from_macros = 4 * pl.col("protein") + 4 * pl.col("carbs") + 9 * pl.col("fat")
+    return ((kcal == kj) & (kcal > 0) & (kcal > KJ_PER_KCAL ** 0.5 * from_macros)).fill_null(False)
+
+
 def _energy() -> pl.Expr:
-    """kcal per 100 g: energy-kcal_100g, else energy_100g (kJ) ÷ 4.184."""
-    return pl.coalesce(_number("energy_kcal"), _number("energy_kj") / KJ_PER_KCAL)
+    """kcal per 100 g: energy-kcal_100g, else energy_100g (kJ) ÷ 4.184; a kJ figure copied into the kcal
+    field is converted (needs the macro columns)."""
+    kcal = pl.when(pl.col("energy_copied")).then(_number("energy_kj") / KJ_PER_KCAL).otherwise(_number("energy_kcal"))
+    return pl.coalesce(kcal, _number("energy_kj") / KJ_PER_KCAL)
 
 
 def _content_key() -> pl.Expr:
@@ -72,12 +83,14 @@ def _duplicate_keys() -> tuple[pl.Expr, pl.Expr]:
 
 
 def classify(batch: Frame, rules: LabelRules) -> Frame:
-    """Add label, the nine nutrients, key, content_key, and reason: 0 for a row kept (before
+    """Add label, the nine nutrients, energy_copied (a kJ figure found in the kcal field and converted),
+    key, content_key, and reason: 0 for a row kept (before
     de-duplication), i + 1 for a row dropped for DROP_REASONS[i]. Works lazily too."""
     tags = pl.col("categories_tags").fill_null("").str.to_lowercase()
     label, n_matched = label_expressions(rules, tags)
-    numbers = [(_energy() if c == "energy" else _number(c)).alias(c) for c in NUMERIC]
+    numbers = [_number(c).alias(c) for c in NUMERIC if c != "energy"]
     frame = batch.with_columns(label.alias("label"), n_matched.alias("n_matched"), *numbers)
+    frame = frame.with_columns(_energy_copied().alias("energy_copied")).with_columns(_energy().alias("energy"))
     macros = [pl.col(c) for c in MACROS]
     checks = [
         ("no_class", pl.col("n_matched") == 0),
