@@ -593,6 +593,10 @@ def fit_runs(specs: list[RunSpec]) -> list[TrainResult]:
     """Train (or resume) runs, those of one shape together in lockstep; results in the order given.
     Every run's data are read and checked before anything is written."""
     torch.set_num_threads(TORCH_THREADS)
+    # Adam's second moments and late gradients decay into subnormal floats, which the CPU handles in
+    # microcode: measured on configs/off.yaml, 150 epochs took 42.2 s with them and 17.5 s flushed to zero
+    # (same test accuracy). Numbers that small change no weight that matters; results stay deterministic.
+    torch.set_flush_denormal(True)
     members = []
     for spec in specs:
         device = _resolve_device(spec.config.train.device)
