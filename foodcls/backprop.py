@@ -37,6 +37,14 @@ def logits(weights: list[torch.Tensor], biases: list[torch.Tensor], activation: 
 
 
 @torch.no_grad()
+def smooth_targets(one_hot: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Label smoothing in place: (1 - e) on the true class plus e / C on every class, the targets of
+    F.cross_entropy(label_smoothing=e); all-zero rows (padding, no target) stay zero."""
+    has_target = one_hot.sum(dim=-1, keepdim=True)
+    return one_hot.mul_(1 - smoothing).add_(has_target * (smoothing / one_hot.shape[-1]))
+
+
+@torch.no_grad()
 def loss_gradients(
     weights: list[torch.Tensor], biases: list[torch.Tensor], activation: str, x: torch.Tensor, one_hot: torch.Tensor,
     row_weight: torch.Tensor | None, rows: torch.Tensor | None = None, weights_t: list[torch.Tensor] | None = None,
@@ -57,7 +65,8 @@ def loss_gradients(
             pre_acts.append(z)
             h = act(z)
             inputs.append(h)
-    # d(mean cross-entropy)/d(logits) = (softmax - one_hot), weighted per row by the true class's weight.
+    # d(mean cross-entropy)/d(logits) = (softmax - targets), weighted per row by the true class's weight;
+    # one_hot may hold smoothed targets (smooth_targets): each real row still sums to 1.
     grad = torch.softmax(z, dim=2).sub_(one_hot)
     if row_weight is not None:
         grad.mul_((row_weight / row_weight.sum(dim=1, keepdim=True)).unsqueeze(2))

@@ -326,12 +326,13 @@ def data_synth(
     n_test: Annotated[int, typer.Option("--n-test", min=4, help="Test rows.")] = 2000,
     seed: Annotated[Optional[int], typer.Option("--seed", min=0, help="Random seed [default: the demo set's].")] = None,
     rich: Annotated[bool, typer.Option("--rich", help="All nine nutrients (data/demo-rich), not just the seed's four.")] = False,
+    archetypes: Annotated[str, typer.Option("--archetypes", help="demo (data/demo), or off: also the archetypes real exports have and the demo lacks (data/synth-off).")] = "demo",
 ) -> None:
-    """Generate the synthetic demo set (balanced mixtures of real product archetypes)."""
+    """Generate a synthetic set (balanced mixtures of real product archetypes)."""
     with reported_errors():
         from foodcls.synth import DEFAULT_SEED, write_demo_set
 
-        paths = write_demo_set(out, n_train, n_test, DEFAULT_SEED if seed is None else seed, rich=rich)
+        paths = write_demo_set(out, n_train, n_test, DEFAULT_SEED if seed is None else seed, rich=rich, kind=archetypes)
     for split, path in paths.items():
         stdout.print(f"{split}: {path}")
 

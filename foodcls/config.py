@@ -86,7 +86,19 @@ class TrainConfig(_Section):
     # monitored loss has not improved for scheduler_step_size epochs.
     scheduler_step_size: Annotated[StrictInt, Field(ge=1)] = 100
     scheduler_gamma: Annotated[StrictFloat, Field(gt=0, lt=1)] = 0.5
-    class_weights: Literal["none", "balanced"] | dict[StrictStr, Annotated[StrictFloat, Field(gt=0)]] = "none"
+    # balanced: n / (classes × count of the class); sqrt_balanced: its square root (a milder correction);
+    # or {class: weight} by hand.
+    class_weights: Literal["none", "balanced", "sqrt_balanced"] | dict[StrictStr, Annotated[StrictFloat, Field(gt=0)]] = "none"
+    # The rows whose class counts the balanced weights follow: all training rows, or only those of files that
+    # are not train-only (the real rows, when a synthetic set is mixed in to teach but not to set the balance).
+    class_weights_from: Literal["all", "not_train_only"] = "all"
+    # Cross-entropy against (1 - e) × the true class + e spread over all classes: less certainty on rows a
+    # label may have wrong.
+    label_smoothing: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.0
+    # Each input value of a training row is replaced by its fill value (the stored median, what an unknown
+    # value becomes) with this probability, drawn anew each epoch: the network learns to read every nutrient
+    # on its own and to cope when some are unknown.
+    feature_dropout: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.0
     # The resumable last checkpoint (and the best) are written when this many seconds have passed since
     # the previous write, at the end and on interrupt; checkpoint_every adds a write every N epochs.
     checkpoint_seconds: Annotated[StrictFloat, Field(ge=0)] = 5.0

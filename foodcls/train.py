@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from foodcls import __version__, runs
-from foodcls.backprop import logits, loss_gradients
+from foodcls.backprop import logits, loss_gradients, smooth_targets
 from foodcls.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, weight_arrays
 from foodcls.config import Config, config_to_dict, config_to_yaml, load_config
 from foodcls.data import LabelledData, Preprocessing, Splits, load_splits
@@ -106,20 +106,26 @@ def _improved(value: float, best: float | None, metric: str, min_delta: float) -
     return value > best + min_delta if metric.endswith("accuracy") else value < best - min_delta
 
 
-def class_weights(config: Config, labels: np.ndarray) -> np.ndarray | None:
-    """Per-class weights in the cross-entropy: none, balanced (n / (classes × count)) or by hand."""
+def class_weights(config: Config, labels: np.ndarray, train_only: np.ndarray | None = None) -> np.ndarray | None:
+    """Per-class weights in the cross-entropy: none, balanced (n / (classes × count)), its square root, or
+    by hand. class_weights_from: not_train_only counts only the rows of files that are not train-only
+    (train_only marks the others); a class those rows lack weighs 1."""
     setting = config.train.class_weights
     if setting == "none":
         return None
-    if setting == "balanced":
-        counts = np.bincount(labels, minlength=len(CLASSES)).astype(np.float64)
-        return np.where(counts > 0, len(labels) / (len(CLASSES) * np.maximum(counts, 1)), 0.0)
-    return np.array([setting.get(name, 1.0) for name in CLASSES])
+    if isinstance(setting, dict):
+        return np.array([setting.get(name, 1.0) for name in CLASSES])
+    counted = labels
+    if config.train.class_weights_from == "not_train_only" and train_only is not None and not train_only.all():
+        counted = labels[~train_only]
+    counts = np.bincount(counted, minlength=len(CLASSES)).astype(np.float64)
+    weights = np.where(counts > 0, len(counted) / (len(CLASSES) * np.maximum(counts, 1)), 1.0)
+    return np.sqrt(weights) if setting == "sqrt_balanced" else weights
 
 
 def row_weights(config: Config, data: LabelledData) -> np.ndarray | None:
     """Each training row's weight in the loss: its class's weight times its file's weight; None when all are 1."""
-    per_class = class_weights(config, data.labels)
+    per_class = class_weights(config, data.labels, data.train_only)
     weights = data.weights.astype(np.float64) * (per_class[data.labels] if per_class is not None else 1.0)
     return None if np.all(weights == 1.0) else weights.astype(np.float32)
 
@@ -135,6 +141,12 @@ def _resolve_device(name: str) -> torch.device:
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The shuffled row order of an epoch depends only on (seed, epoch): the key to exact resume."""
     return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def dropout_mask(seed: int, epoch: int, shape: tuple[int, int], rate: float) -> np.ndarray:
+    """Which input values of an epoch's rows (in that epoch's order) feature dropout replaces: like the
+    order, a function of (seed, epoch) alone, from a stream of its own."""
+    return np.random.default_rng([seed, epoch, 1]).random(shape) < rate
 
 
 # --- one run: its data, state and files -------------------------------------------------------------
@@ -175,6 +187,9 @@ class _Run:
         self.x = {s: self.prep.apply(d.features) for s, d in zip(SPLIT_NAMES, (splits.train, splits.val, splits.test)) if d is not None}
         self.y = {s: d.labels for s, d in zip(SPLIT_NAMES, (splits.train, splits.val, splits.test)) if d is not None}
         self.row_weight = row_weights(self.config, splits.train)
+        # What feature dropout puts in place of a value: its fill value as the network sees it.
+        n_features = len(self.config.data.features)
+        self.fill_input = self.prep.apply(np.full((1, n_features), np.nan, dtype=np.float32))[0]
         self.metric = monitored_metric(self.config, splits.val is not None)
         self.min_delta = t.early_stopping.min_delta if t.early_stopping else 0.0
         self.status, self.stop_reason = "finished", "epochs"
@@ -411,6 +426,14 @@ class _Stack:
         one_hot = torch.nn.functional.one_hot(ys, self.n_classes).to(xs.dtype)
         if self.ragged:
             one_hot.mul_((index < self.n_rows.unsqueeze(1)).unsqueeze(2))  # padding rows have no target
+        for i, member in enumerate(self.members):
+            t = member.config.train
+            if t.feature_dropout > 0:
+                mask = dropout_mask(t.seed, member.progress.epoch + 1, (member.n_train, xs.shape[2]), t.feature_dropout)
+                rows = xs[i, : member.n_train]
+                rows.copy_(torch.where(torch.from_numpy(mask).to(self.device), torch.from_numpy(member.fill_input).to(self.device), rows))
+            if t.label_smoothing > 0:
+                smooth_targets(one_hot[i], t.label_smoothing)
         weights = self.w_train[runs_index, index] if self.w_train is not None else None
         return xs, one_hot, weights, steps
 
@@ -443,7 +466,10 @@ class _Stack:
                 norms.append(step_norms)
                 self.optimizer.step(grads, active)
         counts = torch.tensor(per_run_steps, dtype=torch.float32, device=self.device)
-        return (torch.stack(norms).sum(dim=0) / counts).t().tolist()
+        # Summed over a contiguous last axis of steps: each run's sum then takes the same order however many
+        # runs share the stack (summing over the first axis vectorises across runs, and a solo run's last bit
+        # came out different).
+        return (torch.stack(norms, dim=-1).sum(dim=-1) / counts).t().tolist()
 
     @torch.no_grad()
     def evaluate(self) -> list[dict[str, float]]:

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from foodcls.backprop import logits, loss_gradients
+from foodcls.backprop import logits, loss_gradients, smooth_targets
 from foodcls.config import ModelConfig
 from foodcls.model import build_model, linear_layers
 
@@ -31,6 +31,36 @@ def test_gradients_of_each_stacked_model_match_autograd(activation, weighted):
         assert len(actual) == len(expected)
         for got, want in zip(actual, expected):
             torch.testing.assert_close(got[k].reshape(want.shape), want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_gradients_with_smoothed_targets_match_autograd_of_label_smoothed_cross_entropy(weighted):
+    torch.manual_seed(4)
+    models = [build_model(ModelConfig(hidden=(16, 8)), 4, 4).double() for _ in range(2)]
+    x = torch.rand(2, 40, 4, dtype=torch.float64)
+    y = torch.randint(0, 4, (2, 40))
+    class_weight = torch.tensor([0.5, 2.0, 1.0, 3.0], dtype=torch.float64)
+    targets = smooth_targets(F.one_hot(y, 4).double(), 0.1)
+    torch.testing.assert_close(targets.sum(dim=2), torch.ones(2, 40, dtype=torch.float64))
+    weights, biases = stacked(models)
+    actual = loss_gradients(weights, biases, "relu", x, targets, class_weight[y] if weighted else None)
+    for k, model in enumerate(models):
+        if weighted:  # each row's smoothed cross-entropy, weighted by its true class: sum(w·l) / sum(w)
+            w = class_weight[y[k]]
+            per_row = -(targets[k] * F.log_softmax(model(x[k]), dim=1)).sum(dim=1)
+            ((w * per_row).sum() / w.sum()).backward()
+        else:  # torch's own label smoothing
+            F.cross_entropy(model(x[k]), y[k], label_smoothing=0.1).backward()
+        expected = [p.grad for layer in linear_layers(model) for p in (layer.weight, layer.bias)]
+        for got, want in zip(actual, expected):
+            torch.testing.assert_close(got[k].reshape(want.shape), want, rtol=1e-10, atol=1e-12)
+
+
+def test_smoothing_leaves_padding_rows_without_a_target():
+    one_hot = F.one_hot(torch.tensor([[2, 0, 1]]), 4).double()
+    one_hot[0, 2] = 0  # padding
+    smoothed = smooth_targets(one_hot, 0.2)
+    assert smoothed[0, 0].tolist() == pytest.approx([0.05, 0.05, 0.85, 0.05]) and smoothed[0, 2].sum() == 0
 
 
 def test_padding_rows_change_nothing():

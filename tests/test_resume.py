@@ -14,9 +14,9 @@ from foodcls.config import load_config
 from foodcls.train import resume, train
 
 # Adam (optimizer state), a cosine schedule (scheduler state), a val split and early stopping that
-# never fires (its counter is state too).
+# never fires (its counter is state too), feature dropout (random per epoch) and label smoothing.
 RESUMABLE = ["train.optimizer=adam", "train.lr=0.003", "train.scheduler=cosine", "data.val_fraction=0.2",
-             "train.early_stopping.patience=1000"]
+             "train.early_stopping.patience=1000", "train.feature_dropout=0.1", "train.label_smoothing=0.05"]
 
 
 def assert_same_model(a, b):

@@ -56,3 +56,33 @@ def test_shipped_rich_demo_set_is_the_generator_output_and_extends_the_four_feat
     estimate = 4 * f["protein"] + 4 * f["carbs"] + 9 * f["fat"] + 2 * f["fiber"]
     close = np.abs(f["energy"] - estimate) <= np.maximum(0.1 * estimate, 2)
     assert close.mean() > 0.99
+
+
+def test_shipped_real_data_synthetic_set_is_the_generator_output_with_fruit_desserts(tmp_path):
+    from tests.conftest import REPO
+    from foodcls.features import ALL_FEATURES
+    from foodcls.synth import DEFAULT_SEED
+
+    write_demo_set(tmp_path, seed=DEFAULT_SEED, rich=True, kind="off")
+    for split in ("train", "test"):
+        assert (tmp_path / f"{split}.csv").read_bytes() == (REPO / "data" / "synth-off" / f"{split}.csv").read_bytes()
+    data = read_labelled_csv(tmp_path / "train.csv", ALL_FEATURES)
+    f = {name: data.features[:, i] for i, name in enumerate(ALL_FEATURES)}
+    assert np.bincount(data.labels).tolist() == [2000] * 4
+    assert (f["sugars"] <= f["carbs"]).all() and (f["saturated_fat"] <= f["fat"]).all()
+    fruit_like = (f["protein"] < 1) & (f["carbs"] >= 16) & (f["carbs"] <= 30) & (f["fat"] < 1)
+    desserts = data.labels == CLASSES.index("desserts")
+    assert 0.05 < fruit_like[desserts].mean() < 0.2  # sorbets and compotes, about a tenth of the desserts
+    demo = read_labelled_csv(REPO / "data" / "demo-rich" / "train.csv", ALL_FEATURES)
+    demo_fruit = (demo.features[:, 0] < 1) & (demo.features[:, 1] >= 16) & (demo.features[:, 1] <= 30) & (demo.features[:, 2] < 1)
+    assert demo_fruit[demo.labels == CLASSES.index("desserts")].mean() < 0.02  # what the demo archetypes lack
+
+
+def test_unknown_archetype_set_is_a_one_line_error(tmp_path):
+    import pytest
+
+    from foodcls.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--archetypes 'cakes': expected one of demo, off"):
+        write_demo_set(tmp_path, n_train=8, n_test=8, kind="cakes")
+    assert not list(tmp_path.iterdir())

@@ -83,7 +83,9 @@ def test_runs_trained_in_lockstep_end_bit_identical_to_the_same_runs_trained_alo
     from foodcls.train import train_many
 
     overrides = [["train.lr=0.05"], ["train.lr=0.01", "train.seed=3"], ["train.optimizer=adam", "train.lr=0.003"],
-                 ["train.momentum=0.9", "train.class_weights=balanced"]]
+                 ["train.momentum=0.9", "train.class_weights=balanced"],
+                 ["train.optimizer=adam", "train.feature_dropout=0.2", "train.label_smoothing=0.1", "train.seed=5",
+                  "train.class_weights=sqrt_balanced"]]
     configs = [load_config(config_file, o + ["train.epochs=6"]) for o in overrides]
     together = train_many([(c, f"k{i}") for i, c in enumerate(configs)], tmp_path / "together")
     for config, stacked in zip(configs, together):
@@ -113,3 +115,38 @@ def test_runs_with_different_row_counts_in_one_stack_match_solo_runs_closely(tmp
         p_stacked = load_predictor(stacked.last_checkpoint).probabilities(x)
         p_alone = load_predictor(alone.last_checkpoint).probabilities(x)
         assert np.abs(p_stacked - p_alone).max() <= 1e-4
+
+
+def test_balanced_class_weights_can_follow_only_the_rows_that_are_not_train_only(config_file):
+    from foodcls.train import class_weights
+
+    labels = np.array([0] * 6 + [1] * 2 + [0, 1, 2, 3] * 10)  # 8 real rows (6 beverages, 2 meats), 40 synthetic
+    train_only = np.array([False] * 8 + [True] * 40)
+    weights = lambda *o: class_weights(load_config(config_file, list(o)), labels, train_only)  # noqa: E731
+    assert weights("train.class_weights=balanced") == pytest.approx(48 / (4 * np.array([16, 12, 10, 10])))
+    real = weights("train.class_weights=balanced", "train.class_weights_from=not_train_only")
+    assert real == pytest.approx([8 / 24, 8 / 8, 1, 1])  # classes the real rows lack weigh 1
+    assert weights("train.class_weights=sqrt_balanced", "train.class_weights_from=not_train_only") == pytest.approx(np.sqrt(real))
+    assert weights("train.class_weights=none") is None
+
+
+def test_feature_dropout_puts_fill_values_in_about_its_share_of_the_inputs_and_leaves_the_rest(config_file, tmp_path):
+    import torch
+
+    from foodcls.data import load_splits
+    from foodcls.train import RunSpec, _Run, _Stack
+
+    def first_epoch_inputs(*overrides):
+        config = load_config(config_file, list(overrides))
+        run = _Run(RunSpec(config, tmp_path / "r", "r"), load_splits(config), torch.device("cpu"))
+        return _Stack([run], torch.device("cpu")).epoch_batches()[0][0], torch.from_numpy(run.fill_input)
+
+    plain, fill = first_epoch_inputs()
+    dropped, same_fill = first_epoch_inputs("train.feature_dropout=0.3")
+    assert torch.equal(fill, same_fill)
+    changed = dropped != plain
+    assert torch.equal(dropped[changed], fill.expand_as(dropped)[changed])  # a changed value is its fill value
+    could_change = plain != fill  # a value already equal to its fill value cannot show a change
+    assert abs(changed.sum().item() / could_change.sum().item() - 0.3) < 0.03
+    again, _ = first_epoch_inputs("train.feature_dropout=0.3")
+    assert torch.equal(again, dropped)  # a function of seed and epoch
