@@ -1,4 +1,5 @@
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -38,6 +39,16 @@ def test_model_fits_a_tiny_dataset(tmp_path):
     ])
     result = train(config, runs_root=tmp_path / "runs", name="tiny")
     assert result.test_accuracy == 1.0
+
+
+def test_training_leaves_the_process_able_to_represent_subnormal_floats(config_file, tmp_path):
+    # Training flushes subnormals for speed; code run later in the same process (hypothesis refuses to
+    # generate floats otherwise) must find IEEE arithmetic as it was.
+    smallest_normal = sys.float_info.min
+    assert smallest_normal / 2 > 0
+    train(load_config(config_file, ["train.epochs=1"]), runs_root=tmp_path / "runs", name="a")
+    assert smallest_normal / 2 > 0
+    assert np.float32(1e-39) * np.float32(1.0) > 0
 
 
 def test_same_config_and_seed_give_identical_metrics_and_weights(config_file, tmp_path):
