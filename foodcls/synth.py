@@ -31,6 +31,7 @@ class Archetype:
     carbs: tuple[float, float]
     fat: tuple[float, float]
     mean_additives: float
+    no_additive_share: float | None = None  # share of products without additives; None: the class's share
 
 
 @dataclass(frozen=True)
@@ -103,10 +104,35 @@ RICH: dict[str, tuple[RichNutrients, ...]] = {  # in the order of ARCHETYPES
 # six of the 41 real desserts (in three exports) are fruit ices and compotes, protein 0-0.5 g, carbohydrates
 # 16-28 g (84-98 % of it sugars), fat 0-4.6 g, about one additive. Without them a model trained on the demo
 # archetypes calls every one a juice. A share of 0.12 beside the demo's four makes them 11 % of desserts.
+# Eight of the 41 real desserts have under 12 g of carbohydrates: plain yogurts, fromage frais and skyr,
+# protein 2.8-7.9 g, carbohydrates 4.3-11 g (nearly all of it lactose), fat 0.1-6.8 g, salt about 0.1 g,
+# mostly no additive. The demo's yogurt archetype is the sweetened kind (10-19 g carbohydrates), so a
+# model trained on it calls these milk.
 OFF_EXTRA: dict[str, tuple[tuple[Archetype, RichNutrients], ...]] = {
     "desserts": (
         (Archetype("sorbets, compotes and fruit desserts", 0.12, (0, 1), (14, 30), (0, 1), 1.0),
          RichNutrients((0.7, 1.0), (0.0, 0.5), (0.0, 0.05), (0.5, 2.5))),
+        (Archetype("plain yogurts, fromage frais, skyr", 0.2, (3.8, 8.5), (3.5, 8), (0, 6), 0.3),
+         RichNutrients((0.85, 1.0), (0.6, 0.72), (0.05, 0.15), (0.0, 0.3))),
+    ),
+    # 29 of the 372 real snacks are cereal bars, crackers and low-fat biscuits: protein 4-10.5 g, carbohydrates
+    # 45-72 g, fat 5-13.5 g, often high in fiber. The demo's biscuits carry 15-28 g of fat, so these fell
+    # between its biscuits and its dessert cakes, and a model trained on it called them desserts.
+    "snacks": (
+        (Archetype("cereal bars, crackers, low-fat biscuits", 0.12, (4, 10.5), (45, 72), (5, 13.5), 4.0),
+         RichNutrients((0.05, 0.75), (0.1, 0.8), (0.2, 2.2), (1.5, 15.0))),
+        # 22 real snacks (in two exports) are mints labelled 0 g of everything: a US label rounds a 0.5 g
+        # serving's nutrients to 0, and the export scales those zeros to 100 g. They carry 3-11 additives
+        # (colours, flavourings, glazing agents); the water and zero drinks that share their zeros, few or none.
+        (Archetype("mints labelled 0 g (tiny servings rounded to zero)", 0.06, (0, 0), (0, 0), (0, 0), 6.5, 0.0),
+         RichNutrients((0.0, 0.0), (0.0, 0.0), (0.0, 0.0), (0.0, 0.0))),
+    ),
+    # Light and zero soft drinks carry as many additives (sweeteners, acids, preservatives, colours): 28 of the
+    # real beverages have under 5 g of carbohydrates and 3-11 additives, about 5 on average. The demo's water
+    # and zero drinks average 1.8, which, beside the mints, would make every light drink a snack.
+    "beverages": (
+        (Archetype("light and zero soft drinks", 0.15, (0, 0.4), (0, 4), (0, 0.3), 5.0, 0.05),
+         RichNutrients((0.0, 1.0), (0.0, 0.3), (0.0, 0.1), (0.0, 0.3))),
     ),
 }
 ARCHETYPE_SETS = ("demo", "off")
@@ -158,7 +184,8 @@ def sample_class(rng: np.random.Generator, class_name: str, n: int,
         total = nutrients.sum(axis=1, keepdims=True)
         nutrients = np.where(total > 100, nutrients * (100 / np.maximum(total, 1e-9)), nutrients)
         nutrients = np.floor(nutrients * 10) / 10  # round down so the sum stays ≤ 100
-        additives = _additives(rng, archetype.mean_additives, NO_ADDITIVE_SHARE[class_name], count)
+        no_additive = NO_ADDITIVE_SHARE[class_name] if archetype.no_additive_share is None else archetype.no_additive_share
+        additives = _additives(rng, archetype.mean_additives, no_additive, count)
         parts.append(np.column_stack([nutrients, additives]))
     return np.concatenate(parts).astype(np.float32), np.repeat(np.arange(len(archetypes)), counts)
 

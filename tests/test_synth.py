@@ -58,7 +58,7 @@ def test_shipped_rich_demo_set_is_the_generator_output_and_extends_the_four_feat
     assert close.mean() > 0.99
 
 
-def test_shipped_real_data_synthetic_set_is_the_generator_output_with_fruit_desserts(tmp_path):
+def test_shipped_real_data_synthetic_set_is_the_generator_output_with_the_archetypes_the_demo_lacks(tmp_path):
     from tests.conftest import REPO
     from foodcls.features import ALL_FEATURES
     from foodcls.synth import DEFAULT_SEED
@@ -74,8 +74,25 @@ def test_shipped_real_data_synthetic_set_is_the_generator_output_with_fruit_dess
     desserts = data.labels == CLASSES.index("desserts")
     assert 0.05 < fruit_like[desserts].mean() < 0.2  # sorbets and compotes, about a tenth of the desserts
     demo = read_labelled_csv(REPO / "data" / "demo-rich" / "train.csv", ALL_FEATURES)
-    demo_fruit = (demo.features[:, 0] < 1) & (demo.features[:, 1] >= 16) & (demo.features[:, 1] <= 30) & (demo.features[:, 2] < 1)
+    d = {name: demo.features[:, i] for i, name in enumerate(ALL_FEATURES)}
+    demo_fruit = (d["protein"] < 1) & (d["carbs"] >= 16) & (d["carbs"] <= 30) & (d["fat"] < 1)
     assert demo_fruit[demo.labels == CLASSES.index("desserts")].mean() < 0.02  # what the demo archetypes lack
+    # Plain yogurts and skyr: more protein than milk, little carbohydrate, nearly all of it lactose.
+    plain = lambda g: (g["protein"] >= 4.5) & (g["carbs"] <= 8) & (g["fat"] <= 8)  # noqa: E731
+    assert 0.08 < plain(f)[desserts].mean() < 0.25
+    assert plain(d)[demo.labels == CLASSES.index("desserts")].mean() < 0.03
+    # Cereal bars, crackers and low-fat biscuits: snacks with 45-72 g carbohydrates and 5-13.5 g fat.
+    bars = lambda g: (g["carbs"] >= 45) & (g["carbs"] <= 72) & (g["fat"] >= 5) & (g["fat"] <= 13.5) & (g["protein"] >= 4)  # noqa: E731
+    snacks = data.labels == CLASSES.index("snacks")
+    assert bars(f)[snacks].mean() > 2 * bars(d)[demo.labels == CLASSES.index("snacks")].mean()
+    # Mints labelled 0 g of everything carry several additives; light drinks carry several too.
+    zeros = (data.features[:, [0, 1, 2, 4, 5, 6, 7, 8]] == 0).all(axis=1)
+    mints = zeros & snacks
+    assert 0.03 < mints[snacks].mean() < 0.1 and (f["additives"][mints] >= 1).all()
+    beverages = data.labels == CLASSES.index("beverages")
+    light = beverages & (f["carbs"] <= 5) & (f["additives"] >= 5)
+    demo_light = (demo.labels == CLASSES.index("beverages")) & (d["carbs"] <= 5) & (d["additives"] >= 5)
+    assert light.sum() > 2 * demo_light.sum()
 
 
 def test_unknown_archetype_set_is_a_one_line_error(tmp_path):
