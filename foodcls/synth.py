@@ -103,8 +103,9 @@ RICH: dict[str, tuple[RichNutrients, ...]] = {  # in the order of ARCHETYPES
 # adds, for the sets mixed into real training rows (data/synth-off). Measured on the real rows as above:
 # six of the 41 real desserts (in three exports) are fruit ices and compotes, protein 0-0.5 g, carbohydrates
 # 16-28 g (84-98 % of it sugars), fat 0-4.6 g, about one additive. Without them a model trained on the demo
-# archetypes calls every one a juice. A share of 0.12 beside the demo's four makes them 11 % of desserts.
-# Eight of the 41 real desserts have under 12 g of carbohydrates: plain yogurts, fromage frais and skyr,
+# archetypes calls every one a juice. (Shares are relative to the demo's archetypes of the class, which sum
+# to 1.) Each was found by leave-one-source-out cross-validation: the real products the demo-trained model
+# got wrong, grouped. Eight of the 41 real desserts have under 12 g of carbohydrates: plain yogurts, fromage frais and skyr,
 # protein 2.8-7.9 g, carbohydrates 4.3-11 g (nearly all of it lactose), fat 0.1-6.8 g, salt about 0.1 g,
 # mostly no additive. The demo's yogurt archetype is the sweetened kind (10-19 g carbohydrates), so a
 # model trained on it calls these milk.
