@@ -23,7 +23,7 @@ from foodcls.evaluate import classification_report, mean_std
 from foodcls.executors import check_cluster, train_runs
 from foodcls.fileio import atomic_write_json
 from foodcls.labels import CLASSES
-from foodcls.runs import unique_dir
+from foodcls.runs import CV_DIR_PREFIX, unique_dir
 
 SUMMARY_METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "worst_class_recall")
 FoldCallback = Callable[[dict[str, Any]], None]
@@ -192,7 +192,7 @@ def run_cv_config(
     """run_cv for a config already loaded (a tune trial's); the folds go under runs_root/cv-<stem>-<timestamp>."""
     assigned = assign_folds(config, folds, group_by)  # every input is checked before a directory is made
     check_cluster(cluster)
-    cv_dir = unique_dir(runs_root, f"cv-{stem}")
+    cv_dir = unique_dir(runs_root, f"{CV_DIR_PREFIX}{stem}")
     try:
         plan = plan_folds(config, assigned, cv_dir)
     except BaseException:

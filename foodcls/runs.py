@@ -17,6 +17,7 @@ CHECKPOINT_DIR = "checkpoints"
 BEST_CHECKPOINT = "best.safetensors"
 LAST_CHECKPOINT = "last.safetensors"
 NO_RUN_HINT = "run `foodcls train --config configs/mlp.yaml` first"
+CV_DIR_PREFIX = "cv-"  # runs/cv-<config stem>-<timestamp>/ holds one cv's folds
 
 
 def unique_dir(root: str | Path, stem: str) -> Path:
@@ -79,10 +80,16 @@ def find_runs(runs_root: str | Path) -> list[Path]:
     return sorted((p.parent for p in runs), key=lambda d: (read_summary(d).get("started_at", ""), os.path.getmtime(d)))
 
 
+def is_cv_fold(run_dir: Path) -> bool:
+    """Whether a run is one fold of a `foodcls cv` (under runs/cv-<stem>-<timestamp>/, beside folds/)."""
+    return run_dir.parent.name.startswith(CV_DIR_PREFIX) and (run_dir.parent / "folds").is_dir()
+
+
 def newest_best_checkpoint(runs_root: str | Path = "runs") -> Path:
-    """The best checkpoint of the newest run that has one."""
+    """The best checkpoint of the newest run that has one, passing over cv folds: each learnt from part of
+    the data only, to be scored, not used."""
     for run_dir in reversed(find_runs(runs_root)):
-        if best_checkpoint(run_dir).is_file():
+        if best_checkpoint(run_dir).is_file() and not is_cv_fold(run_dir):
             return best_checkpoint(run_dir)
     raise RunError(f"no trained run found under {runs_root}/: {NO_RUN_HINT}")
 

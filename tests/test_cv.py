@@ -55,6 +55,18 @@ def test_leave_one_source_out_scores_every_row_once_and_never_the_train_only_fil
         assert fold["n_train"] + fold["n_eval"] == 244
 
 
+def test_commands_without_a_checkpoint_pass_over_cv_folds_for_the_newest_real_run(sourced, tmp_path):
+    from foodcls.config import load_config
+    from foodcls.runs import newest_best_checkpoint
+    from foodcls.train import train
+
+    runs = tmp_path / "runs"
+    trained = train(load_config(sourced), runs_root=runs, name="mine")
+    report = run_cv(sourced, folds=2, runs_root=runs, workers=1)  # newer runs, each of part of the data
+    assert all(fold["run_dir"].startswith(str(runs)) for fold in report["folds"])
+    assert newest_best_checkpoint(runs) == trained.best_checkpoint
+
+
 def test_stratified_folds_keep_class_shares_and_write_the_json_contract(sourced, tmp_path):
     result = runner.invoke(app, ["cv", "--config", str(sourced), "--folds", "4", "--runs-root", str(tmp_path / "runs"), "--json",
                                  "--workers", "2", "--baselines"])
