@@ -100,19 +100,18 @@ RICH: dict[str, tuple[RichNutrients, ...]] = {  # in the order of ARCHETYPES
     ),
 }
 # Archetypes real Open Food Facts products have and the demo set lacks: what `data synth --archetypes off`
-# adds, for the sets mixed into real training rows (data/synth-off). Measured on the real rows as above:
-# six of the 41 real desserts (in three exports) are fruit ices and compotes, protein 0-0.5 g, carbohydrates
-# 16-28 g (84-98 % of it sugars), fat 0-4.6 g, about one additive. Without them a model trained on the demo
-# archetypes calls every one a juice. (Shares are relative to the demo's archetypes of the class, which sum
-# to 1.) Each was found by leave-one-source-out cross-validation: the real products the demo-trained model
-# got wrong, grouped. Eight of the 41 real desserts have under 12 g of carbohydrates: plain yogurts, fromage frais and skyr,
-# protein 2.8-7.9 g, carbohydrates 4.3-11 g (nearly all of it lactose), fat 0.1-6.8 g, salt about 0.1 g,
-# mostly no additive. The demo's yogurt archetype is the sweetened kind (10-19 g carbohydrates), so a
-# model trained on it calls these milk.
+# adds, for the sets mixed into real training rows (data/synth-off). Each was found by leave-one-source-out
+# cross-validation (the real products a model trained on the demo archetypes got wrong, grouped) and measured
+# on the real rows as above. Shares are relative to the demo's archetypes of the class, which sum to 1.
 OFF_EXTRA: dict[str, tuple[tuple[Archetype, RichNutrients], ...]] = {
     "desserts": (
+        # Six of the 41 real desserts (in three exports) are fruit ices and compotes: protein 0-0.5 g,
+        # carbohydrates 16-28 g (84-98 % of it sugars), fat 0-4.6 g, about one additive; called juices.
         (Archetype("sorbets, compotes and fruit desserts", 0.12, (0, 1), (14, 30), (0, 1), 1.0),
          RichNutrients((0.7, 1.0), (0.0, 0.5), (0.0, 0.05), (0.5, 2.5))),
+        # Eight of the 41 have under 12 g of carbohydrates: plain yogurts, fromage frais and skyr, protein
+        # 2.8-7.9 g, carbohydrates 4.3-11 g (nearly all of it lactose), fat 0.1-6.8 g, salt about 0.1 g, mostly
+        # no additive. The demo's yogurts are the sweetened kind (10-19 g carbohydrates): these were called milk.
         (Archetype("plain yogurts, fromage frais, skyr", 0.2, (3.8, 8.5), (3.5, 8), (0, 6), 0.3),
          RichNutrients((0.85, 1.0), (0.6, 0.72), (0.05, 0.15), (0.0, 0.3))),
     ),
