@@ -86,7 +86,7 @@ def test_shipped_real_data_synthetic_set_is_the_generator_output_with_the_archet
     snacks = data.labels == CLASSES.index("snacks")
     assert bars(f)[snacks].mean() > 2 * bars(d)[demo.labels == CLASSES.index("snacks")].mean()
     # Mints labelled 0 g of everything carry several additives; light drinks carry several too.
-    zeros = (data.features[:, [0, 1, 2, 4, 5, 6, 7, 8]] == 0).all(axis=1)
+    zeros = np.all([f[name] == 0 for name in ALL_FEATURES if name != "additives"], axis=0)
     mints = zeros & snacks
     assert 0.03 < mints[snacks].mean() < 0.1 and (f["additives"][mints] >= 1).all()
     beverages = data.labels == CLASSES.index("beverages")
