@@ -107,5 +107,5 @@ def test_the_shipped_real_data_recipes_cross_validate_by_source_on_the_shared_ex
                     runs_root=tmp_path / "runs", workers=1)
     built = sum(len(read_labelled_csv(tmp_path / "data" / "off" / f"{s}.csv")) for s in ("train", "val"))
     assert report["pooled"]["n"] == built  # every real row of train + val scored once; no synthetic row
-    assert len(report["folds"]) == 8 and {f["group"] for f in report["folds"]} >= {"off-2026-products.parquet", "off-2026-raw100.jsonl"}
+    assert len(report["folds"]) == 10 and {f["group"] for f in report["folds"]} >= {"off-2026-products.parquet", "off-2026-raw100.jsonl"}
     assert set(report["pooled"]["per_class_recall"]) == {"beverages", "meats", "snacks", "desserts"}

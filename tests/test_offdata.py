@@ -179,12 +179,12 @@ needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"real OFF sampl
 @needs_samples
 def test_real_samples_build(tmp_path):
     sources = sorted(SAMPLES.glob("off-*"))
-    assert len(sources) == 9
+    assert len(sources) == 11
     card = build_dataset(sources, tmp_path / "off")
     formats = {Path(s["path"]).name: s["format"] for s in card["sources"]}
     assert formats["off-2026-products.parquet"] == "Parquet" and formats["off-2026-raw100.jsonl"] == "JSONL"
     assert all(source["rows"] >= 100 for source in card["sources"])
-    assert 650 <= card["rows_kept"] <= 900
+    assert 1300 <= card["rows_kept"] <= 1600
     assert card["per_class"]["desserts"] >= 30 and min(card["per_class"].values()) >= 30
     assert card["dropped"]["duplicate"] > 0 and card["dropped"]["no_class"] > 0 and card["dropped"]["ragged_row"] >= 1
     assert set(card["dropped"]) == set(off.EXPECTED_DROPPED)
