@@ -25,7 +25,7 @@ SEEDS = 4
 def solo(overrides: list[str], root: str) -> str:
     """One run alone in a worker process, as the process-pool sweep trained each."""
     from foodcls.config import load_config
-    from foodcls.train import share_the_machine, train
+    from foodcls.training.fit import share_the_machine, train
 
     share_the_machine()
     return str(train(load_config(REPO / "configs" / "mlp.yaml", overrides), runs_root=root, name="solo").last_checkpoint)
@@ -36,8 +36,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    from foodcls.checkpoint import load_checkpoint
-    from foodcls.sweep import run_sweep
+    from foodcls.inference.checkpoint import load_checkpoint
+    from foodcls.experiments.sweep import run_sweep
 
     root = Path(tempfile.mkdtemp(prefix="foodcls-sweep-bench-"))
     runs = [[f"train.lr={lr}", f"train.seed={seed}", f"train.epochs={args.epochs}"] for lr in LRS for seed in range(SEEDS)]

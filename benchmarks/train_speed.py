@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from foodcls.config import load_config
 from foodcls.data import fit_scale, read_labelled_csv
-from foodcls.train import train
+from foodcls.training.fit import train
 
 REPO = Path(__file__).resolve().parent.parent
 

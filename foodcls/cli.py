@@ -181,7 +181,7 @@ def train(
     from foodcls.signals import exit_code, sigterm_as_interrupt
 
     with reported_errors(), sigterm_as_interrupt() as received:
-        from foodcls import train as training
+        from foodcls.training import fit as training
         from foodcls.config import load_config
 
         if (config is None) == (resume is None):
@@ -227,12 +227,12 @@ def eval_(
 ) -> None:
     """Score a checkpoint: accuracy, per-class precision/recall/F1, confusion matrix."""
     with reported_errors():
-        from foodcls.evaluate import evaluate_checkpoint
+        from foodcls.inference.evaluate import evaluate_checkpoint
 
         path = _default_checkpoint(checkpoint)
         report = evaluate_checkpoint(path, data)
         if baselines:
-            from foodcls.baselines import baseline_scores
+            from foodcls.experiments.baselines import baseline_scores
 
             report["baselines"], report["baseline_details"] = baseline_scores(path, report["data_files"])
     if as_json:
@@ -272,7 +272,7 @@ def predict(
     values = {"protein": protein, "carbs": carbs, "fat": fat, "additives": additives, "sugars": sugars,
               "saturated_fat": saturated_fat, "salt": salt, "fiber": fiber, "energy": energy}
     with reported_errors():
-        from foodcls.predict import check_product, load_predictor
+        from foodcls.inference.predict import check_product, load_predictor
 
         if input_path is not None:
             if any(v is not None for v in values.values()):
@@ -288,7 +288,7 @@ def predict(
         if explain:
             import numpy as np
 
-            from foodcls.explain import integrated_gradients
+            from foodcls.inference.explain import integrated_gradients
 
             explanation = integrated_gradients(predictor, np.array(checked.values, dtype=np.float64))
     print_warnings(checked.warnings)
@@ -310,7 +310,7 @@ def predict(
 
 def _predict_batch(checkpoint: Path, input_path: str, output_path: str, explain: bool = False) -> None:
     from foodcls.fileio import atomic_write_text
-    from foodcls.predict import predict_csv
+    from foodcls.inference.predict import predict_csv
 
     text = predict_csv(checkpoint, input_path, explain)  # everything is read and checked before anything is written
     if output_path == "-":
@@ -429,7 +429,7 @@ def sweep(
 ) -> None:
     """Run a grid of configs × seeds in parallel; report mean ± std per combination."""
     with reported_errors(), JobBar("runs") as bar:
-        from foodcls.sweep import run_sweep
+        from foodcls.experiments.sweep import run_sweep
 
         def on_run(run: dict[str, Any]) -> None:
             bar.advance(f"{run['params']} seed {run['seed']}: {run['error']}" if run["status"] == "failed" else None)
@@ -456,7 +456,7 @@ def cv(
 ) -> None:
     """Cross-validate a config: per-fold figures, mean ± std over folds, and pooled out-of-fold figures."""
     with reported_errors(), JobBar("folds") as bar:
-        from foodcls.cv import run_cv
+        from foodcls.experiments.cv import run_cv
 
         def on_fold(fold: dict[str, Any]) -> None:
             bar.advance(f"fold {fold['fold']}: {fold['error']}" if fold["status"] == "failed" else None)
@@ -492,7 +492,7 @@ def tune(
 ) -> None:
     """Search hyperparameters with Optuna; every trial an ordinary run; the best config as best.yaml."""
     with reported_errors():
-        from foodcls.tune import run_tune, show_tune
+        from foodcls.experiments.tune import run_tune, show_tune
 
         if show:
             if study is None:
@@ -527,8 +527,8 @@ def serve(
 
         import uvicorn
 
-        from foodcls.checkpoint import resolve_checkpoint_path
-        from foodcls.predict import load_predictor
+        from foodcls.inference.checkpoint import resolve_checkpoint_path
+        from foodcls.inference.predict import load_predictor
         from foodcls.serve.app import CHECKPOINT_ENV
 
         path = resolve_checkpoint_path(_default_checkpoint(checkpoint))
@@ -546,7 +546,7 @@ def export_(
 ) -> None:
     """Export a checkpoint (scaling, fill values and network in one graph) for other runtimes."""
     with reported_errors():
-        from foodcls.export import export
+        from foodcls.inference.export import export
 
         path = export(_default_checkpoint(checkpoint), out, fmt)
     stdout.print(f"wrote {path}")
@@ -559,7 +559,7 @@ def plot(
 ) -> None:
     """Redraw each run's plots; with several runs, also overlay their learning curves and gradient norms."""
     with reported_errors():
-        from foodcls.plots import plot_grad_norms, plot_learning_curves, write_run_plots
+        from foodcls.training.plots import plot_grad_norms, plot_learning_curves, write_run_plots
         from foodcls.runs import resolve_run_dir
 
         runs = [resolve_run_dir(d) for d in run_dirs]

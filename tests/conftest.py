@@ -42,7 +42,7 @@ def config_file(tmp_path, demo_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, demo_dir):
-    from foodcls.train import train
+    from foodcls.training.fit import train
 
     tmp = tmp_path_factory.mktemp("trained")
     config = load_config(write_config(tmp / "small.yaml", demo_dir, epochs=30, optimizer="adam", lr=0.01))

@@ -2,9 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from foodcls.backprop import logits, loss_gradients, smooth_targets
+from foodcls.training.backprop import logits, loss_gradients, smooth_targets
 from foodcls.config import ModelConfig
-from foodcls.model import build_model, linear_layers
+from foodcls.training.model import build_model, linear_layers
 
 
 def stacked(models):

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from foodcls.checkpoint import load_checkpoint, save_checkpoint, weight_arrays
+from foodcls.inference.checkpoint import load_checkpoint, save_checkpoint, weight_arrays
 from foodcls.config import ModelConfig
 from foodcls.errors import CheckpointError
-from foodcls.model import build_model
-from foodcls.predict import load_predictor
+from foodcls.training.model import build_model
+from foodcls.inference.predict import load_predictor
 
 
 def test_numpy_predict_matches_the_torch_model(trained_run, demo_dir):

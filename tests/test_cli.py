@@ -175,7 +175,7 @@ def test_a_bad_set_value_names_the_set_as_its_origin(config_file, tmp_path):
 
 
 def test_export_does_not_import_torch(trained_run, tmp_path):
-    code = (f"import sys; from foodcls.export import export; export({str(trained_run.best_checkpoint)!r}, {str(tmp_path / 'm.onnx')!r}); "
+    code = (f"import sys; from foodcls.inference.export import export; export({str(trained_run.best_checkpoint)!r}, {str(tmp_path / 'm.onnx')!r}); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -186,7 +186,7 @@ def rich_checkpoint(tmp_path_factory):
     from foodcls.config import load_config
     from foodcls.features import ALL_FEATURES
     from foodcls.synth import write_demo_set
-    from foodcls.train import train
+    from foodcls.training.fit import train
     from tests.conftest import write_config
 
     tmp = tmp_path_factory.mktemp("rich")

@@ -9,7 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from foodcls.cli import app
-from foodcls.cv import run_cv
+from foodcls.experiments.cv import run_cv
 from foodcls.data import read_labelled_csv
 from foodcls.errors import DataError
 from tests.conftest import REPO
@@ -58,7 +58,7 @@ def test_leave_one_source_out_scores_every_row_once_and_never_the_train_only_fil
 def test_commands_without_a_checkpoint_pass_over_cv_folds_for_the_newest_real_run(sourced, tmp_path):
     from foodcls.config import load_config
     from foodcls.runs import newest_best_checkpoint
-    from foodcls.train import train
+    from foodcls.training.fit import train
 
     runs = tmp_path / "runs"
     trained = train(load_config(sourced), runs_root=runs, name="mine")

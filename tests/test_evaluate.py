@@ -1,7 +1,7 @@
 import numpy as np
 from sklearn import metrics
 
-from foodcls.evaluate import classification_report
+from foodcls.inference.evaluate import classification_report
 
 
 def test_report_matches_scikit_learn():

@@ -16,11 +16,11 @@ import psutil
 import pytest
 
 from foodcls import runs
-from foodcls.checkpoint import load_checkpoint
+from foodcls.inference.checkpoint import load_checkpoint
 from foodcls.config import load_config
 from foodcls.errors import FoodclsError, WriteError
 from foodcls.offdata.build import build_dataset
-from foodcls.train import train
+from foodcls.training.fit import train
 from tests import offexports as off
 from tests.conftest import REPO
 from tests.test_resume import RESUMABLE, assert_same_model, metric_lines

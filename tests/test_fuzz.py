@@ -17,7 +17,7 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from foodcls.checkpoint import load_checkpoint
+from foodcls.inference.checkpoint import load_checkpoint
 from foodcls.config import load_config
 from foodcls.data import read_feature_table, read_labelled_csv
 from foodcls.errors import FoodclsError
@@ -25,7 +25,7 @@ from foodcls.features import ALL_FEATURES, NUTRIENTS, SEED_FEATURES
 from foodcls.labels import CLASSES
 from foodcls.offdata.build import build_dataset
 from foodcls.offdata.rules import load_rules
-from foodcls.predict import load_predictor
+from foodcls.inference.predict import load_predictor
 from tests import offexports as off
 from tests.conftest import REPO
 
@@ -158,7 +158,7 @@ def test_rules_loader_returns_rules_or_one_of_our_errors(tmp_path_factory, raw):
 @pytest.fixture(scope="module")
 def checkpoint_bytes(tmp_path_factory) -> bytes:
     from foodcls.config import load_config as load
-    from foodcls.train import train
+    from foodcls.training.fit import train
     from foodcls.synth import write_demo_set
     from tests.conftest import write_config
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from foodcls.optim import Schedule, StackedAdam, StackedSGD
+from foodcls.training.optim import Schedule, StackedAdam, StackedSGD
 
 SETTINGS = [
     {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0},

@@ -9,9 +9,9 @@ import time
 import numpy as np
 
 from foodcls import runs
-from foodcls.checkpoint import load_checkpoint
+from foodcls.inference.checkpoint import load_checkpoint
 from foodcls.config import load_config
-from foodcls.train import resume, train
+from foodcls.training.fit import resume, train
 
 # Adam (optimizer state), a cosine schedule (scheduler state), a val split and early stopping that
 # never fires (its counter is state too), feature dropout (random per epoch) and label smoothing.
@@ -112,7 +112,7 @@ def test_resume_refuses_a_changed_model(config_file, tmp_path):
 
 
 def test_ctrl_c_in_the_middle_of_an_epoch_saves_the_last_completed_epoch(config_file, tmp_path, monkeypatch):
-    import foodcls.train as training
+    import foodcls.training.fit as training
 
     overrides = [*RESUMABLE, "train.epochs=12", "train.checkpoint_every=5"]
     real = training.loss_gradients

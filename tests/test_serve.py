@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from foodcls.data import read_labelled_csv
-from foodcls.predict import load_predictor
+from foodcls.inference.predict import load_predictor
 from tests.conftest import REPO
 
 httpx = pytest.importorskip("httpx")
@@ -169,10 +169,10 @@ def test_onnx_export_matches_the_numpy_predictor_on_the_demo_test_set(trained_ru
 def test_onnx_export_fills_unknown_values_with_the_medians(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     from foodcls.config import load_config
-    from foodcls.export import export
+    from foodcls.inference.export import export
     from foodcls.features import ALL_FEATURES
     from foodcls.synth import write_demo_set
-    from foodcls.train import train
+    from foodcls.training.fit import train
     from tests.conftest import write_config
 
     write_demo_set(tmp_path, n_train=200, n_test=40, seed=3, rich=True)
@@ -201,7 +201,7 @@ def test_export_refuses_bad_requests_in_one_line(trained_run, tmp_path):
 
 
 def test_explanations_add_up_to_the_change_in_probability(trained_run):
-    from foodcls.explain import integrated_gradients
+    from foodcls.inference.explain import integrated_gradients
 
     predictor = load_predictor(trained_run.best_checkpoint)
     products = read_labelled_csv(REPO / "data" / "demo" / "test.csv").features[:25]

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from foodcls import runs
-from foodcls.checkpoint import load_checkpoint
+from foodcls.inference.checkpoint import load_checkpoint
 from foodcls.config import load_config
 from foodcls.errors import DataError
-from foodcls.train import train
+from foodcls.training.fit import train
 from tests.conftest import write_config
 
 
@@ -91,7 +91,7 @@ def test_best_checkpoint_is_chosen_on_training_loss_without_validation_data(trai
 
 
 def test_runs_trained_in_lockstep_end_bit_identical_to_the_same_runs_trained_alone(config_file, tmp_path):
-    from foodcls.train import train_many
+    from foodcls.training.fit import train_many
 
     overrides = [["train.lr=0.05"], ["train.lr=0.01", "train.seed=3"], ["train.optimizer=adam", "train.lr=0.003"],
                  ["train.momentum=0.9", "train.class_weights=balanced"],
@@ -109,8 +109,8 @@ def test_runs_trained_in_lockstep_end_bit_identical_to_the_same_runs_trained_alo
 def test_runs_with_different_row_counts_in_one_stack_match_solo_runs_closely(tmp_path, demo_dir):
     import csv
 
-    from foodcls.predict import load_predictor
-    from foodcls.train import train_many
+    from foodcls.inference.predict import load_predictor
+    from foodcls.training.fit import train_many
 
     rows = list(csv.reader((demo_dir / "train.csv").read_text().splitlines()))
     configs = []
@@ -129,7 +129,7 @@ def test_runs_with_different_row_counts_in_one_stack_match_solo_runs_closely(tmp
 
 
 def test_balanced_class_weights_can_follow_only_the_rows_that_are_not_train_only(config_file):
-    from foodcls.train import class_weights
+    from foodcls.training.fit import class_weights
 
     labels = np.array([0] * 6 + [1] * 2 + [0, 1, 2, 3] * 10)  # 8 real rows (6 beverages, 2 meats), 40 synthetic
     train_only = np.array([False] * 8 + [True] * 40)
@@ -145,7 +145,7 @@ def test_feature_dropout_puts_fill_values_in_about_its_share_of_the_inputs_and_l
     import torch
 
     from foodcls.data import load_splits
-    from foodcls.train import RunSpec, _Run, _Stack
+    from foodcls.training.fit import RunSpec, _Run, _Stack
 
     def first_epoch_inputs(*overrides):
         config = load_config(config_file, list(overrides))

@@ -13,7 +13,7 @@ import pytest
 
 from foodcls import runs
 from foodcls.errors import ConfigError
-from foodcls.tune import load_space, run_tune, show_tune
+from foodcls.experiments.tune import load_space, run_tune, show_tune
 from tests.conftest import REPO
 
 SPACE = """

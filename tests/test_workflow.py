@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from foodcls import runs
 from foodcls.cli import app
 from foodcls.config import load_config
-from foodcls.train import train
+from foodcls.training.fit import train
 
 runner = CliRunner()
 

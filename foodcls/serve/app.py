@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 
 from foodcls.features import NUTRIENTS, invalid_mask, value_problem
-from foodcls.predict import Predictor, load_predictor, review_product
+from foodcls.inference.predict import Predictor, load_predictor, review_product
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
 MAX_BATCH = 10_000
@@ -114,7 +114,7 @@ def _probabilities(predictor: Predictor, row: np.ndarray) -> dict[str, float]:
 
 def create_app(checkpoint: str | Path | None = None) -> FastAPI:
     """The app for one checkpoint (default: $FOODCLS_CHECKPOINT, set by `foodcls serve` for its workers)."""
-    from foodcls.checkpoint import resolve_checkpoint_path
+    from foodcls.inference.checkpoint import resolve_checkpoint_path
 
     path = resolve_checkpoint_path(checkpoint or os.environ[CHECKPOINT_ENV])
     predictor = load_predictor(path)
@@ -166,7 +166,7 @@ def create_app(checkpoint: str | Path | None = None) -> FastAPI:
         out = {"class": predictor.classes[int(probabilities.argmax())], "probabilities": _probabilities(predictor, probabilities),
                "warnings": warnings}
         if options.get("explain"):
-            from foodcls.explain import integrated_gradients
+            from foodcls.inference.explain import integrated_gradients
 
             explanation = integrated_gradients(predictor, row[0].astype(np.float64))
             out["contributions"] = dict(zip(predictor.features, explanation.contributions.tolist()))

@@ -32,7 +32,7 @@ def train_job(config_dicts: list[dict[str, Any]], names: list[str], runs_root: s
     """In a worker: train runs together (lockstep where they share a shape); one result dict per run."""
     from foodcls.config import Config
     from foodcls.errors import FoodclsError
-    from foodcls.train import train_many
+    from foodcls.training.fit import train_many
 
     try:
         outcomes = train_many([(Config.model_validate(c), n) for c, n in zip(config_dicts, names)], runs_root)
@@ -52,7 +52,7 @@ def train_job(config_dicts: list[dict[str, Any]], names: list[str], runs_root: s
 
 def pack_runs(configs: list[Any], workers: int) -> list[list[int]]:
     """Indices of the runs each job trains: runs of one shape together, each shape split over the workers."""
-    from foodcls.train import group_key
+    from foodcls.training.fit import group_key
 
     groups: dict[tuple, list[int]] = {}
     for i, config in enumerate(configs):
@@ -84,7 +84,7 @@ def default_workers(jobs: int, workers: int | None) -> int:
 
 def _child(conn, fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any]) -> None:
     """In a worker process: run one job and send its result back."""
-    from foodcls.train import share_the_machine
+    from foodcls.training.fit import share_the_machine
 
     share_the_machine()
     try:
@@ -199,7 +199,7 @@ def _on_worker(fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any]) -> tup
     import tarfile
     import tempfile
 
-    from foodcls.train import share_the_machine
+    from foodcls.training.fit import share_the_machine
 
     share_the_machine()
     with tempfile.TemporaryDirectory(prefix="foodcls-job-") as root:

@@ -15,7 +15,7 @@ import numpy as np
 
 from foodcls.errors import ConfigError
 from foodcls.fileio import atomic_write
-from foodcls.predict import load_predictor
+from foodcls.inference.predict import load_predictor
 
 FORMATS = ("onnx",)
 OPSET = 17

@@ -188,7 +188,7 @@ def trial_job(config_dict: dict[str, Any], name: str, runs_root: str, metric: st
     in-memory copy of the study's finished trials. Returns the value, the reports and the state."""
     import optuna
 
-    from foodcls.train import RunPruned, train
+    from foodcls.training.fit import RunPruned, train
 
     config = Config.model_validate(config_dict)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -212,7 +212,7 @@ def trial_job(config_dict: dict[str, Any], name: str, runs_root: str, metric: st
 
     try:
         if cv is not None:
-            from foodcls.cv import run_cv_config
+            from foodcls.experiments.cv import run_cv_config
 
             report_ = run_cv_config(config, cv["folds"], cv["group_by"], runs_root, name)
             return {"status": "finished", "value": report_["pooled"]["balanced_accuracy"], "reports": {}, "run_dir": report_["cv_dir"]}
@@ -268,7 +268,7 @@ def run_tune(
     from optuna.trial import TrialState
 
     from foodcls.data import load_splits
-    from foodcls.executors import Job, check_cluster, run_jobs
+    from foodcls.experiments.executors import Job, check_cluster, run_jobs
 
     if sampler not in SAMPLERS:
         raise ConfigError(f"--sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")

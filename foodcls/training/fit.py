@@ -26,17 +26,17 @@ import numpy as np
 import torch
 
 from foodcls import __version__, runs
-from foodcls.backprop import logits, loss_gradients, smooth_targets
-from foodcls.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, weight_arrays
+from foodcls.training.backprop import logits, loss_gradients, smooth_targets
+from foodcls.inference.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, weight_arrays
 from foodcls.config import Config, config_to_dict, config_to_yaml, load_config
 from foodcls.data import LabelledData, Preprocessing, Splits, load_splits
 from foodcls.errors import ConfigError, FoodclsError, ResourceError, RunError, WriteError
-from foodcls.evaluate import classification_report
+from foodcls.inference.evaluate import classification_report
 from foodcls.fileio import atomic_write_json, atomic_write_text, write_error
 from foodcls.labels import CLASSES
-from foodcls.model import build_model, linear_layers
-from foodcls.optim import Schedule, make_optimizer
-from foodcls.trainstate import Progress, model_arrays, model_meta, restore_state, resumable_state
+from foodcls.training.model import build_model, linear_layers
+from foodcls.training.optim import Schedule, make_optimizer
+from foodcls.training.trainstate import Progress, model_arrays, model_meta, restore_state, resumable_state
 
 # Measured (2-core machine, 4-32-32-4 MLP, batch 256): a training step's ops are too small to gain from a
 # second thread (5.8 vs 5.6 ms per epoch, within noise, and slower beside other work); the evaluation pass
@@ -577,7 +577,7 @@ class _Interrupted(Exception):
 def _finish(member: _Run) -> None:
     """Score the best checkpoint on val and test, draw the plots, then write summary.json: a run reads
     `finished` only once every file of it is in place."""
-    from foodcls.predict import load_predictor
+    from foodcls.inference.predict import load_predictor
 
     member.close()
     run_dir, summary, progress, splits = member.run_dir, dict(member.summary), member.progress, member.splits
@@ -602,7 +602,7 @@ def _finish(member: _Run) -> None:
         evaluation=scores,
     )
     if progress.epoch > 0:
-        from foodcls.plots import write_run_plots
+        from foodcls.training.plots import write_run_plots
 
         write_run_plots(run_dir, summary)
     _write_summary(run_dir, summary)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from foodcls import __version__
-from foodcls.checkpoint import WEIGHT_PREFIX, Checkpoint
+from foodcls.inference.checkpoint import WEIGHT_PREFIX, Checkpoint
 from foodcls.config import Config, config_to_dict
 from foodcls.data import Preprocessing
 from foodcls.errors import RunError

@@ -11,9 +11,9 @@ import numpy as np
 
 from foodcls.config import Config
 from foodcls.data import LabelledData, Preprocessing, read_labelled_csvs, split_training_file
-from foodcls.evaluate import classification_report
+from foodcls.inference.evaluate import classification_report
 from foodcls.labels import CLASSES
-from foodcls.predict import load_predictor
+from foodcls.inference.predict import load_predictor
 
 BASELINES = ("majority", "logistic_regression", "random_forest", "gradient_boosting")
 

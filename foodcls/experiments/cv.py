@@ -19,8 +19,8 @@ import numpy as np
 from foodcls.config import Config, config_to_dict, load_config, validate_config
 from foodcls.data import LabelledData, concat, drop_missing, read_eval_file, read_labelled_csv, write_labelled_csv
 from foodcls.errors import ConfigError, DataError
-from foodcls.evaluate import classification_report, mean_std
-from foodcls.executors import check_cluster, train_runs
+from foodcls.inference.evaluate import classification_report, mean_std
+from foodcls.experiments.executors import check_cluster, train_runs
 from foodcls.fileio import atomic_write_json
 from foodcls.labels import CLASSES
 from foodcls.runs import CV_DIR_PREFIX, unique_dir
@@ -137,13 +137,13 @@ def plan_folds(config: Config, assigned: Assignment, cv_dir: Path) -> list[Fold]
 
 def fold_outcome(fold: Fold, run: dict[str, Any], baselines: bool) -> dict[str, Any]:
     """The best checkpoint's predictions for the held-out rows of a trained fold (and the baselines')."""
-    from foodcls.predict import load_predictor
+    from foodcls.inference.predict import load_predictor
 
     predictor = load_predictor(run["best_checkpoint"])
     held_out = read_eval_file(fold.config, fold.config.data.test)
     out = {"labels": held_out.labels.tolist(), "predicted": predictor.predict(held_out.features).tolist()}
     if baselines:
-        from foodcls.baselines import baseline_predictions
+        from foodcls.experiments.baselines import baseline_predictions
         from foodcls.data import load_splits
 
         train_rows = load_splits(fold.config).train

@@ -87,7 +87,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path, data_paths: list[str | Path
     """Score a checkpoint on labelled CSVs taken together (default: the test file in its config), in numpy."""
     from foodcls.data import read_labelled_csvs
     from foodcls.errors import DataError
-    from foodcls.predict import load_predictor
+    from foodcls.inference.predict import load_predictor
 
     predictor = load_predictor(checkpoint_path)
     if not data_paths:

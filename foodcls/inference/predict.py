@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from foodcls.checkpoint import Checkpoint, load_checkpoint, weight_arrays
+from foodcls.inference.checkpoint import Checkpoint, load_checkpoint, weight_arrays
 from foodcls.data import FeatureTable, Preprocessing
 from foodcls.errors import CheckpointError, DataError
 from foodcls.features import NUTRIENTS, consistency_problems, value_problem
@@ -142,7 +142,7 @@ def predict_table(predictor: Predictor, table: FeatureTable, explain: bool = Fal
         for row, p in zip(table.rows, probabilities)
     ]
     if explain:
-        from foodcls.explain import integrated_gradients
+        from foodcls.inference.explain import integrated_gradients
 
         header += [f"contrib_{name}" for name in predictor.features]
         for row, features, p in zip(rows, table.features, probabilities):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from foodcls.predict import ACTIVATIONS, Predictor
+from foodcls.inference.predict import ACTIVATIONS, Predictor
 
 STEPS = 1024  # ≥ 64 asked; ReLU kinks need this many for the sum to hold within 1e-3
 

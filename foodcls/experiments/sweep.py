@@ -10,8 +10,8 @@ from typing import Any
 
 from foodcls.config import Config, apply_override, config_to_dict, load_config, parse_yaml_value, validate_config
 from foodcls.errors import ConfigError
-from foodcls.evaluate import mean_std
-from foodcls.executors import check_cluster, train_runs
+from foodcls.inference.evaluate import mean_std
+from foodcls.experiments.executors import check_cluster, train_runs
 from foodcls.fileio import atomic_write_json
 from foodcls.runs import unique_dir
 

@@ -1,0 +1,1 @@
+"""Experiments over many runs: cross-validation, sweeps, searches, baselines, and where their jobs execute."""

@@ -1,0 +1,1 @@
+"""Numpy inference from a checkpoint alone: never imports torch, training or experiments."""
