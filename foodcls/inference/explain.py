@@ -11,16 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from foodcls.inference.predict import ACTIVATIONS, Predictor
+from foodcls.inference.network import ACTIVATIONS, Predictor
 
 STEPS = 1024  # ≥ 64 asked; ReLU kinks need this many for the sum to hold within 1e-3
-
-_DERIVATIVES = {
-    "relu": lambda pre, post: (pre > 0).astype(pre.dtype),
-    "sigmoid": lambda pre, post: post * (1 - post),
-    "tanh": lambda pre, post: 1 - post * post,
-}
-
 
 @dataclass(frozen=True)
 class Explanation:
@@ -42,7 +35,7 @@ def probability_gradients(predictor: Predictor, features: np.ndarray, target: in
     for i, (weight, bias) in enumerate(layers):
         z = h @ weight.T + bias
         if i < len(layers) - 1:
-            h = ACTIVATIONS[activation](z)
+            h = ACTIVATIONS[activation].forward(z)
             pres.append(z)
             posts.append(h)
         else:
@@ -57,7 +50,7 @@ def probability_gradients(predictor: Predictor, features: np.ndarray, target: in
     for i in range(len(layers) - 1, -1, -1):
         grad = grad @ layers[i][0]
         if i > 0:
-            grad = grad * _DERIVATIVES[activation](pres[i - 1], posts[i])
+            grad = grad * ACTIVATIONS[activation].derivative(pres[i - 1], posts[i])
     return p_target, grad / prep.scale
 
 

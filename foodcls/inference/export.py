@@ -15,11 +15,11 @@ import numpy as np
 
 from foodcls.errors import ConfigError
 from foodcls.fileio import atomic_write
+from foodcls.inference.network import ACTIVATIONS
 from foodcls.inference.predict import load_predictor
 
 FORMATS = ("onnx",)
 OPSET = 17
-_ACTIVATION_OPS = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}
 
 
 def onnx_model(checkpoint_path: str | Path):
@@ -47,7 +47,7 @@ def onnx_model(checkpoint_path: str | Path):
         nodes.append(helper.make_node("Gemm", [current, f"W{i}", f"b{i}"], [f"z{i}"], transB=1))
         current = f"z{i}"
         if i < len(predictor.layers) - 1:
-            nodes.append(helper.make_node(_ACTIVATION_OPS[predictor.activation], [current], [f"h{i + 1}"]))
+            nodes.append(helper.make_node(ACTIVATIONS[predictor.activation].onnx_op, [current], [f"h{i + 1}"]))
             current = f"h{i + 1}"
     nodes += [
         helper.make_node("Softmax", [current], ["probabilities"], axis=1),

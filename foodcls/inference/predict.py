@@ -1,4 +1,5 @@
-"""Inference in numpy from a checkpoint alone: no torch import, so `foodcls predict` answers at once."""
+"""Predictions for products and CSV batches: a checkpoint's Predictor, the checks of a product's values, and
+the batch table (with explanations on request)."""
 
 from __future__ import annotations
 
@@ -10,51 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from foodcls.inference.checkpoint import Checkpoint, load_checkpoint, weight_arrays
 from foodcls.data import FeatureTable, Preprocessing
+from foodcls.inference.checkpoint import Checkpoint, load_checkpoint, weight_arrays
+from foodcls.inference.explain import integrated_gradients
+from foodcls.inference.network import ACTIVATIONS, Predictor
 from foodcls.errors import CheckpointError, DataError
 from foodcls.features import NUTRIENTS, consistency_problems, value_problem
-
-ACTIVATIONS = {
-    "relu": lambda x: np.maximum(x, 0),
-    "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
-    "tanh": np.tanh,
-}
-
-
-@dataclass(frozen=True)
-class Predictor:
-    layers: list[tuple[np.ndarray, np.ndarray]]
-    activation: str
-    prep: Preprocessing
-    classes: tuple[str, ...]
-    features: tuple[str, ...]
-    config: dict  # the training config stored in the checkpoint
-    metrics: dict  # the epoch's metrics at save time
-
-    def logits(self, inputs: np.ndarray) -> np.ndarray:
-        """The network on preprocessed inputs (filled and scaled)."""
-        x = inputs
-        for i, (weight, bias) in enumerate(self.layers):
-            x = x @ weight.T + bias
-            if i < len(self.layers) - 1:
-                x = ACTIVATIONS[self.activation](x)
-        return x
-
-    def probabilities(self, features: np.ndarray) -> np.ndarray:
-        """Class probabilities (n, classes) for raw label values (n, features); NaN means unknown."""
-        x = self.logits(self.prep.apply(np.asarray(features, dtype=np.float32)))
-        x = x - x.max(axis=1, keepdims=True)
-        e = np.exp(x)
-        return e / e.sum(axis=1, keepdims=True)
-
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        return self.probabilities(features).argmax(axis=1)
-
-    @property
-    def fill_values(self) -> dict[str, float]:
-        return {name: float(v) for name, v in zip(self.features, self.prep.fill)}
-
 
 def predictor_from_checkpoint(checkpoint: Checkpoint) -> Predictor:
     activation = checkpoint.meta["model"].get("activation")
@@ -142,8 +104,6 @@ def predict_table(predictor: Predictor, table: FeatureTable, explain: bool = Fal
         for row, p in zip(table.rows, probabilities)
     ]
     if explain:
-        from foodcls.inference.explain import integrated_gradients
-
         header += [f"contrib_{name}" for name in predictor.features]
         for row, features, p in zip(rows, table.features, probabilities):
             row += [f"{c:.6f}" for c in integrated_gradients(predictor, features, target=int(p.argmax())).contributions]

@@ -19,6 +19,7 @@ from pathlib import Path
 import polars as pl
 
 from foodcls.errors import DataError
+from foodcls.offdata.columns import EXPORT_NAMES, REQUIRED, missing_required
 from foodcls.offdata.sniff import DAMAGED_STREAM_ERRORS, ExportFormat, decompressed
 
 # Our column → the nutriment's name in the `nutriments` list.
@@ -62,8 +63,6 @@ def _tags_expr(dtype: pl.DataType) -> pl.Expr:
 
 def column_expressions(schema: dict[str, pl.DataType], path: Path) -> list[pl.Expr]:
     """Our columns (as strings) from the Parquet schema; a one-line error when a required one is missing."""
-    from foodcls.offdata.read import EXPORT_NAMES, REQUIRED
-
     nested = "nutriments" in schema and _list_of_structs(schema["nutriments"], "name", "100g")
     found: dict[str, pl.Expr] = {}
     for column, export_names in EXPORT_NAMES.items():
@@ -81,7 +80,7 @@ def column_expressions(schema: dict[str, pl.DataType], path: Path) -> list[pl.Ex
             raise DataError(f"{path}: column {name} is {schema[name]}, expected a single value per product")
         else:
             found[column] = _text(pl.col(name))
-    missing = [EXPORT_NAMES[c][0] for c in REQUIRED if c not in found]
+    missing = missing_required(found)
     if missing:
         hint = " (nor a nutriments list of {name, 100g})" if not nested and any(c in NUTRIMENT_NAMES for c in REQUIRED if c not in found) else ""
         raise DataError(f"{path}: not an Open Food Facts export: no {', '.join(missing)} column{hint}")

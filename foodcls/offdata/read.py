@@ -24,30 +24,11 @@ from typing import TypeVar
 import polars as pl
 
 from foodcls.errors import DataError
+from foodcls.offdata.columns import COLUMNS, EXPORT_NAMES, missing_required
 from foodcls.offdata.parquet import parquet_batches
 from foodcls.offdata.scan import line_problem, scan_tsv
 from foodcls.offdata.sniff import DAMAGED_STREAM_ERRORS, ExportFormat, decompressed, sniff
 
-# Our column → the export's names for it, first found wins. product_name and brands only serve the
-# fallback duplicate key. Older exports spell saturated_fat_100g with an underscore; energy_100g is kJ.
-EXPORT_NAMES: dict[str, tuple[str, ...]] = {
-    "code": ("code",),
-    "product_name": ("product_name",),
-    "brands": ("brands",),
-    "categories_tags": ("categories_tags",),
-    "protein": ("proteins_100g",),
-    "carbs": ("carbohydrates_100g",),
-    "fat": ("fat_100g",),
-    "additives": ("additives_n",),
-    "sugars": ("sugars_100g",),
-    "saturated_fat": ("saturated-fat_100g", "saturated_fat_100g"),
-    "salt": ("salt_100g",),
-    "fiber": ("fiber_100g",),
-    "energy_kcal": ("energy-kcal_100g",),
-    "energy_kj": ("energy_100g", "energy-kj_100g"),
-}
-COLUMNS = tuple(EXPORT_NAMES)
-REQUIRED = ("code", "categories_tags", "protein", "carbs", "fat", "additives")
 Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
 Transform = Callable[[Frame], Frame]
 BLOCK_BYTES = 32 << 20
@@ -115,7 +96,7 @@ def _header_indices(names: list[str], path: Path) -> dict[str, int]:
 
 
 def _require(found, path: Path) -> None:
-    missing = [EXPORT_NAMES[name][0] for name in REQUIRED if name not in found]
+    missing = missing_required(found)
     if missing:
         raise DataError(f"{path}: not an Open Food Facts export: no {', '.join(missing)} column")
 

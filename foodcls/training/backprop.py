@@ -10,24 +10,24 @@ Shapes: inputs x (k, B, F); weights[i] (k, out, in); biases[i] (k, 1, out); one_
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-_ACTIVATION = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
-
-
-def _activation_backward(name: str, grad: torch.Tensor, pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
-    """dL/d(pre-activation) from dL/d(activation output)."""
-    if name == "relu":
-        return torch.ops.aten.threshold_backward(grad, pre, 0)
-    if name == "sigmoid":
-        return torch.ops.aten.sigmoid_backward(grad, post)  # grad * s * (1 - s)
-    return torch.ops.aten.tanh_backward(grad, post)  # grad * (1 - t²)
+# The torch side of inference/network.py's ACTIVATIONS (same keys, checked by tests/test_layout.py):
+# forward, and dL/d(pre-activation) from dL/d(output), the pre-activation and the output.
+TORCH_ACTIVATIONS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor],
+                                   Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]]] = {
+    "relu": (torch.relu, lambda grad, pre, post: torch.ops.aten.threshold_backward(grad, pre, 0)),
+    "sigmoid": (torch.sigmoid, lambda grad, pre, post: torch.ops.aten.sigmoid_backward(grad, post)),  # grad * s * (1 - s)
+    "tanh": (torch.tanh, lambda grad, pre, post: torch.ops.aten.tanh_backward(grad, post)),  # grad * (1 - t²)
+}
 
 
 @torch.no_grad()
 def logits(weights: list[torch.Tensor], biases: list[torch.Tensor], activation: str, x: torch.Tensor) -> torch.Tensor:
     """The stacked networks' logits (k, N, C); x may be (N, F), shared by all k, or (k, N, F)."""
-    act = _ACTIVATION[activation]
+    act = TORCH_ACTIVATIONS[activation][0]
     h = x
     for i, (weight, bias) in enumerate(zip(weights, biases)):
         h = torch.matmul(h, weight.transpose(1, 2)).add_(bias)
@@ -56,7 +56,7 @@ def loss_gradients(
     sum(w·l) / sum(w), as F.cross_entropy(weight=...) computes it. Without weights every row counts
     once; rows (k, 1, 1), when given, is the number of real rows per model (the rest is padding and
     one_hot is zero there), else all B rows are real."""
-    act = _ACTIVATION[activation]
+    act = TORCH_ACTIVATIONS[activation][0]
     inputs, pre_acts = [x], []
     h = x
     for i, (weight_t, bias) in enumerate(zip(weights_t or [w.transpose(1, 2) for w in weights], biases)):
@@ -79,5 +79,5 @@ def loss_gradients(
         grads[2 * i] = torch.bmm(grad.transpose(1, 2), inputs[i])
         grads[2 * i + 1] = grad.sum(dim=1, keepdim=True)
         if i > 0:
-            grad = _activation_backward(activation, torch.bmm(grad, weights[i]), pre_acts[i - 1], inputs[i])
+            grad = TORCH_ACTIVATIONS[activation][1](torch.bmm(grad, weights[i]), pre_acts[i - 1], inputs[i])
     return grads

@@ -5,8 +5,21 @@ from __future__ import annotations
 from torch import nn
 
 from foodcls.config import ModelConfig
+from foodcls.training.backprop import TORCH_ACTIVATIONS
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+
+class Activation(nn.Module):
+    """The activation of backprop.py's table as a module (no parameters, nothing to initialise)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def forward(self, x):
+        return TORCH_ACTIVATIONS[self.name][0](x)
+
+    def extra_repr(self) -> str:
+        return self.name
 
 
 def build_model(config: ModelConfig, n_features: int, n_classes: int) -> nn.Sequential:
@@ -14,7 +27,7 @@ def build_model(config: ModelConfig, n_features: int, n_classes: int) -> nn.Sequ
     layers: list[nn.Module] = []
     width = n_features
     for hidden in config.hidden:
-        layers += [nn.Linear(width, hidden), ACTIVATIONS[config.activation]()]
+        layers += [nn.Linear(width, hidden), Activation(config.activation)]
         width = hidden
     layers.append(nn.Linear(width, n_classes))
     return nn.Sequential(*layers)

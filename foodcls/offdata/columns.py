@@ -1,0 +1,31 @@
+"""The columns we read from an Open Food Facts export, and the names each export format gives them."""
+
+from __future__ import annotations
+
+from collections.abc import Container
+
+# Our column → the export's names for it, first found wins. product_name and brands only serve the
+# fallback duplicate key. Older exports spell saturated_fat_100g with an underscore; energy_100g is kJ.
+EXPORT_NAMES: dict[str, tuple[str, ...]] = {
+    "code": ("code",),
+    "product_name": ("product_name",),
+    "brands": ("brands",),
+    "categories_tags": ("categories_tags",),
+    "protein": ("proteins_100g",),
+    "carbs": ("carbohydrates_100g",),
+    "fat": ("fat_100g",),
+    "additives": ("additives_n",),
+    "sugars": ("sugars_100g",),
+    "saturated_fat": ("saturated-fat_100g", "saturated_fat_100g"),
+    "salt": ("salt_100g",),
+    "fiber": ("fiber_100g",),
+    "energy_kcal": ("energy-kcal_100g",),
+    "energy_kj": ("energy_100g", "energy-kj_100g"),
+}
+COLUMNS = tuple(EXPORT_NAMES)
+REQUIRED = ("code", "categories_tags", "protein", "carbs", "fat", "additives")
+
+
+def missing_required(found: Container[str]) -> list[str]:
+    """The export's names of the required columns not found (in the export's spelling, for the error)."""
+    return [EXPORT_NAMES[name][0] for name in REQUIRED if name not in found]
