@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -10,7 +11,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
-from foodcls.errors import ConfigError
+from foodcls.errors import ConfigError, first_line
 from foodcls.features import SEED_FEATURES, check_features
 from foodcls.labels import CLASSES
 
@@ -239,23 +240,30 @@ def validate_config(raw: Any, origin: str = "", key_lines: dict[str, int] | None
         raise ConfigError(_describe(error, key_lines or {}, origin, overrides)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML config, apply `--set` overrides, validate strictly."""
+def read_yaml(path: str | Path, what: str) -> tuple[Any, str]:
+    """(the parsed YAML, its text) of a file we read (a config, a search space, rules): a missing or
+    unreadable file and a syntax error are one line naming the file (and line)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        raise ConfigError(f"{path}: {what} file not found") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read config ({error})") from None
+        raise ConfigError(f"{path}: cannot read {what} ({error})") from None
     try:
-        raw = yaml.load(text, Loader=YamlLoader)
-        key_lines = key_lines_of(text)
+        return yaml.load(text, Loader=YamlLoader), text
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        problem = getattr(error, "problem", None) or first_line(error)
         raise ConfigError(f"{path}{line}: YAML syntax error: {problem}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config, apply `--set` overrides, validate strictly."""
+    path = Path(path)
+    raw, text = read_yaml(path, "config")
+    key_lines = key_lines_of(text)
     if raw is None:
         raise ConfigError(f"{path}: the config file is empty")
     if not isinstance(raw, dict):
@@ -264,6 +272,15 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         apply_override(raw, assignment)
     overridden = {a.partition("=")[0].strip(): a for a in overrides}
     return validate_config(raw, str(path), key_lines, overridden)
+
+
+def derive(base: Config, params: dict[str, Any], origin: str) -> Config:
+    """A config made from base with some keys set (a sweep's combination, a trial's parameters, a cv
+    fold's files), validated as strictly as a file; errors name the origin."""
+    raw = config_to_dict(base)
+    for key, value in params.items():
+        apply_override(raw, f"{key}={json.dumps(value)}")
+    return validate_config(raw, origin)
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

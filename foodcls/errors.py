@@ -31,3 +31,10 @@ class WriteError(FoodclsError):
 
 class ResourceError(FoodclsError):
     """The machine cannot do what was asked (a model too big for its memory)."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none): third-party errors can
+    run to pages, and ours are one line."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -101,7 +101,8 @@ def resolve_run_dir(path: str | Path) -> Path:
     return run_dir
 
 
-def _alive(pid: int | None) -> bool:
+def process_alive(pid: int | None) -> bool:
+    """Whether a process of this machine with that id still runs (signal 0 tests without signalling)."""
     if pid is None:
         return False
     try:
@@ -114,7 +115,7 @@ def _alive(pid: int | None) -> bool:
 def run_status(run_dir: Path, summary: dict[str, Any]) -> str:
     """finished / interrupted / failed; a run still marked running whose process is gone was killed."""
     status = summary.get("status", "interrupted")
-    if status == "running" and not _alive(summary.get("pid")):
+    if status == "running" and not process_alive(summary.get("pid")):
         return "interrupted"
     return status
 

@@ -112,7 +112,7 @@ def test_resume_refuses_a_changed_model(config_file, tmp_path):
 
 
 def test_ctrl_c_in_the_middle_of_an_epoch_saves_the_last_completed_epoch(config_file, tmp_path, monkeypatch):
-    import foodcls.training.fit as training
+    import foodcls.training.stack as training
 
     overrides = [*RESUMABLE, "train.epochs=12", "train.checkpoint_every=5"]
     real = training.loss_gradients

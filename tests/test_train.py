@@ -129,7 +129,7 @@ def test_runs_with_different_row_counts_in_one_stack_match_solo_runs_closely(tmp
 
 
 def test_balanced_class_weights_can_follow_only_the_rows_that_are_not_train_only(config_file):
-    from foodcls.training.fit import class_weights
+    from foodcls.training.run import class_weights
 
     labels = np.array([0] * 6 + [1] * 2 + [0, 1, 2, 3] * 10)  # 8 real rows (6 beverages, 2 meats), 40 synthetic
     train_only = np.array([False] * 8 + [True] * 40)
@@ -145,12 +145,13 @@ def test_feature_dropout_puts_fill_values_in_about_its_share_of_the_inputs_and_l
     import torch
 
     from foodcls.data import load_splits
-    from foodcls.training.fit import RunSpec, _Run, _Stack
+    from foodcls.training.run import Run, RunSpec
+    from foodcls.training.stack import Stack
 
     def first_epoch_inputs(*overrides):
         config = load_config(config_file, list(overrides))
-        run = _Run(RunSpec(config, tmp_path / "r", "r"), load_splits(config), torch.device("cpu"))
-        return _Stack([run], torch.device("cpu")).epoch_batches()[0][0], torch.from_numpy(run.fill_input)
+        run = Run(RunSpec(config, tmp_path / "r", "r"), load_splits(config), torch.device("cpu"))
+        return Stack([run], torch.device("cpu")).epoch_batches()[0][0], torch.from_numpy(run.fill_input)
 
     plain, fill = first_epoch_inputs()
     dropped, same_fill = first_epoch_inputs("train.feature_dropout=0.3")

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from foodcls.config import Config, apply_override, config_to_dict, load_config, parse_yaml_value, validate_config
+from foodcls.config import Config, derive, load_config, parse_yaml_value
 from foodcls.errors import ConfigError
 from foodcls.inference.evaluate import mean_std
-from foodcls.experiments.executors import check_cluster, train_runs
+from foodcls.experiments.executors import check_cluster
+from foodcls.experiments.jobs import train_runs
 from foodcls.fileio import atomic_write_json
 from foodcls.runs import unique_dir
 
@@ -55,11 +55,8 @@ def plan_sweep(config_path: str | Path, grid: list[str], seeds: int, overrides: 
     for combination in itertools.product(*axes.values()) if axes else [()]:
         params = dict(zip(axes, combination))
         configs = []
-        for offset in range(seeds):
-            raw = config_to_dict(base)
-            for key, value in [*params.items(), ("train.seed", base.train.seed + offset)]:
-                apply_override(raw, f"{key}={json.dumps(value)}")
-            configs.append(validate_config(raw, f"--grid {', '.join(f'{k}={v}' for k, v in params.items())}"))
+        origin = f"--grid {', '.join(f'{k}={v}' for k, v in params.items())}"
+        configs += [derive(base, {**params, "train.seed": base.train.seed + offset}, origin) for offset in range(seeds)]
         plan.append((params, configs))
     return plan
 
@@ -92,12 +89,12 @@ def run_sweep(
         on_start(len(jobs))
     configs = [config for _, config in jobs]
     names = [f"{stem}-{i + 1}-seed{config.train.seed}" for i, config in jobs]
-    for indices, outcomes in train_runs(configs, names, sweep_dir, workers, cluster):
-        for index, run in zip(indices, outcomes):
+    for indices, outcomes in train_runs(configs, names, sweep_dir, workers=workers, cluster=cluster):
+        for index, outcome in zip(indices, outcomes):
             combination, config = jobs[index]
-            run = {"run_dir": run.get("run_dir"), "seed": config.train.seed, "status": run["status"],
-                   **({"error": run["error"]} if run["status"] == "failed" else
-                      {"test_accuracy": run["test_accuracy"], "val_accuracy": run["val_accuracy"]})}
+            run = {"run_dir": outcome.run_dir, "seed": config.train.seed, "status": outcome.status,
+                   **({"error": outcome.error} if outcome.failed else
+                      {"test_accuracy": outcome.test_accuracy, "val_accuracy": outcome.val_accuracy})}
             run["params"] = results[combination]["params"]
             results[combination]["runs"].append(run)
             if on_run is not None:

@@ -13,15 +13,17 @@ import difflib
 import json
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from foodcls.config import Config, valid_keys, apply_override, config_to_dict, config_to_yaml, load_config, validate_config
-from foodcls.errors import ConfigError, FoodclsError
+from foodcls.config import Config, config_to_dict, config_to_yaml, derive, key_lines_of, load_config, read_yaml, valid_keys
+from foodcls.errors import ConfigError, FoodclsError, first_line
 from foodcls.fileio import atomic_write_json, atomic_write_text
+from foodcls.experiments.executors import Job, JobFailed, check_cluster, parallel, run_jobs
+from foodcls.experiments.jobs import RunOutcome
+from foodcls.runs import process_alive
+from foodcls.training.stack import EVAL_THREADS
 
 METRICS = {"val_accuracy": "maximize", "val_loss": "minimize", "cv_balanced_accuracy": "maximize"}
 SAMPLERS = ("tpe", "random", "grid")
@@ -51,20 +53,9 @@ class Param:
 
 def load_space(path: str | Path) -> list[Param]:
     """Read and strictly validate SPACE.yaml: config key → {float: [lo, hi], log}, {int: [lo, hi], log} or {choice: [...]}."""
-    from foodcls.config import Config, key_lines_of, YamlLoader
-
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-        raw = yaml.load(text, Loader=YamlLoader)
-        lines = key_lines_of(text)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: search space file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read ({error})") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        raise ConfigError(f"{path}{f':{mark.line + 1}' if mark else ''}: YAML syntax error") from None
+    raw, text = read_yaml(path, "search space")
+    lines = key_lines_of(text)
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{path}: a search space maps config keys to {{float: [low, high]}}, {{int: [low, high]}} or {{choice: [...]}}")
     valid = valid_keys(Config)
@@ -106,13 +97,6 @@ def _param(key: str, spec: Any, where: str) -> Param:
     if log and low <= 0:
         raise ConfigError(f"{where}: log: true needs low > 0, got {low}")
     return Param(key, kind, float(low), float(high), log)
-
-
-def trial_config(base: Config, params: dict[str, Any], origin: str) -> Config:
-    raw = config_to_dict(base)
-    for key, value in params.items():
-        apply_override(raw, f"{key}={json.dumps(value)}")
-    return validate_config(raw, origin)
 
 
 def _sampler(name: str, space: list[Param], seed: int):
@@ -159,7 +143,7 @@ def open_study(name: str, storage: str, metric: str, sampler=None, pruner=None, 
     except FoodclsError:
         raise
     except Exception as error:  # SQLAlchemy and Optuna raise many types for an unusable storage URL
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise ConfigError(f"--storage {storage}: cannot open the study ({type(error).__name__}: {first[:160]})") from None
 
 
@@ -170,20 +154,21 @@ def _fail_stale_trials(study) -> None:
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid, owner = trial.user_attrs.get("foodcls_pid"), trial.user_attrs.get("foodcls_host")
-        if owner == host and pid is not None and not _alive(pid):
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        if owner == host and pid is not None and not process_alive(pid):
+            study.tell(trial.number, state=TrialState.FAIL)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What a trial's job came to: its run's outcome, the metric's value, and the per-epoch reports."""
+
+    run: RunOutcome
+    value: float | None = None
+    reports: dict[int, float] = field(default_factory=dict)
 
 
 def trial_job(config_dict: dict[str, Any], name: str, runs_root: str, metric: str, pruner: str, history: list[dict],
-              cv: dict[str, Any] | None = None) -> dict[str, Any]:
+              cv: dict[str, Any] | None = None, eval_threads: int = EVAL_THREADS) -> TrialOutcome:
     """In a worker: train one trial, reporting its monitored metric each epoch to a pruner that sees an
     in-memory copy of the study's finished trials. Returns the value, the reports and the state."""
     import optuna
@@ -215,16 +200,14 @@ def trial_job(config_dict: dict[str, Any], name: str, runs_root: str, metric: st
             from foodcls.experiments.cv import run_cv_config
 
             report_ = run_cv_config(config, cv["folds"], cv["group_by"], runs_root, name)
-            return {"status": "finished", "value": report_["pooled"]["balanced_accuracy"], "reports": {}, "run_dir": report_["cv_dir"]}
-        result = train(config, runs_root=runs_root, name=name, on_epoch=report)
-    except FoodclsError as error:
-        return {"status": "failed", "error": str(error), "reports": reports, "run_dir": None}
-    except Exception as error:  # a crashed trial is reported; the search goes on
-        return {"status": "failed", "error": f"{type(error).__name__}: {error}", "reports": reports, "run_dir": None}
+            return TrialOutcome(RunOutcome("finished", run_dir=report_["cv_dir"]), report_["pooled"]["balanced_accuracy"])
+        result = train(config, runs_root=runs_root, name=name, on_epoch=report, eval_threads=eval_threads)
+    except Exception as error:  # a failed or crashed trial is reported; the search goes on
+        return TrialOutcome(RunOutcome.of(error), reports=reports)
     # val_accuracy: the best checkpoint's; val_loss: the lowest reported (summary's best_value is whatever
     # the run monitored, an accuracy under early stopping on val_accuracy).
     value = result.val_accuracy if metric == "val_accuracy" else (min(reports.values()) if reports else None)
-    return {"status": result.status, "value": value, "reports": reports, "run_dir": str(result.run_dir)}
+    return TrialOutcome(RunOutcome.of(result), value, reports)
 
 
 def _history(study) -> list[dict[str, Any]]:
@@ -268,7 +251,6 @@ def run_tune(
     from optuna.trial import TrialState
 
     from foodcls.data import load_splits
-    from foodcls.experiments.executors import Job, check_cluster, run_jobs
 
     if sampler not in SAMPLERS:
         raise ConfigError(f"--sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")
@@ -280,7 +262,7 @@ def run_tune(
         raise ConfigError(f"--trials must be at least 1, got {trials}")
     base = load_config(config_path, list(overrides))
     space = load_space(space_path)
-    trial_config(base, {p.key: p.choices[0] if p.kind == "choice" else (int(p.low) if p.kind == "int" else p.low) for p in space},
+    derive(base, {p.key: p.choices[0] if p.kind == "choice" else (int(p.low) if p.kind == "int" else p.low) for p in space},
                  f"{space_path}")  # a space whose values the config schema refuses fails here, before a study exists
     if metric != "cv_balanced_accuracy" and base.data.val is None and base.data.val_fraction is None:
         raise ConfigError(f"--metric {metric}: the config has no validation data (give data.val or data.val_fraction)")
@@ -307,33 +289,36 @@ def run_tune(
             trial.set_user_attr("foodcls_host", socket.gethostname())
             params = {p.key: p.suggest(trial) for p in space}
             try:
-                config = trial_config(base, params, f"trial {trial.number}")
+                config = derive(base, params, f"trial {trial.number}")
             except ConfigError as error:
                 trial.set_user_attr("error", str(error))
                 study.tell(trial, state=TrialState.FAIL)
                 continue
             asked.append((trial, config))
         history = _history(study)
+        eval_threads = 1 if parallel(len(asked), len(asked), cluster) else EVAL_THREADS
         jobs = [Job(trial_job, {"config_dict": config_to_dict(config), "name": f"trial-{trial.number}", "runs_root": str(study_dir),
-                                "metric": metric, "pruner": pruner, "history": history, "cv": cv}) for trial, config in asked]
+                                "metric": metric, "pruner": pruner, "history": history, "cv": cv, "eval_threads": eval_threads})
+                for trial, config in asked]
         for index, result in run_jobs(jobs, len(jobs), cluster):
             trial, _ = asked[index]
-            for step, value in sorted((int(k), v) for k, v in result.get("reports", {}).items()):
+            outcome = TrialOutcome(RunOutcome.of(result)) if isinstance(result, JobFailed) else result
+            for step, value in sorted(outcome.reports.items()):
                 trial.report(value, step)
-            if result.get("run_dir"):
-                trial.set_user_attr("run_dir", result["run_dir"])
-            if result["status"] == "pruned":
+            if outcome.run.run_dir:
+                trial.set_user_attr("run_dir", outcome.run.run_dir)
+            if outcome.run.status == "pruned":
                 study.tell(trial, state=TrialState.PRUNED)
-            elif result["status"] == "finished" and result.get("value") is not None:
-                study.tell(trial, result["value"])
+            elif outcome.run.status == "finished" and outcome.value is not None:
+                study.tell(trial, outcome.value)
             else:
-                trial.set_user_attr("error", result.get("error", f"ended {result['status']}"))
+                trial.set_user_attr("error", outcome.run.error or f"ended {outcome.run.status}")
                 study.tell(trial, state=TrialState.FAIL)
             if on_trial is not None:
                 on_trial(_trial_dict(study.get_trials(deepcopy=False)[trial.number]))
     report = study_report(study, url, study_dir)
     if report["best"] is not None:
-        best = trial_config(base, report["best"]["params"], "best trial")
+        best = derive(base, report["best"]["params"], "best trial")
         atomic_write_text(study_dir / "best.yaml", f"# Best trial {report['best']['number']} of study {name} "
                           f"({metric} {report['best']['value']:.4f}); `foodcls train --config` reproduces it.\n" + config_to_yaml(best))
     atomic_write_json(study_dir / "tune.json", report)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from foodcls.errors import CheckpointError
+from foodcls.errors import CheckpointError, first_line
 from foodcls.fileio import atomic_write
 
 FORMAT = "foodcls-checkpoint"
@@ -59,7 +59,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             raw_meta = (handle.metadata() or {}).get(METADATA_KEY)
             arrays = {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError, ValueError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise CheckpointError(f"{path}: not a valid foodcls checkpoint (corrupt, truncated or not safetensors: {reason})") from None
     if raw_meta is None:
         raise CheckpointError(f"{path}: safetensors file without foodcls metadata")

@@ -6,14 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from foodcls.data import Preprocessing
-from foodcls.errors import CheckpointError
-from foodcls.features import NUTRIENTS
-from foodcls.inference.checkpoint import Checkpoint, load_checkpoint, weight_arrays
 
 
 @dataclass(frozen=True)

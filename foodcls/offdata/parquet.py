@@ -18,7 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
-from foodcls.errors import DataError
+from foodcls.errors import DataError, first_line
 from foodcls.offdata.columns import EXPORT_NAMES, REQUIRED, missing_required
 from foodcls.offdata.sniff import DAMAGED_STREAM_ERRORS, ExportFormat, decompressed
 
@@ -118,7 +118,7 @@ def parquet_batches(path: Path, fmt: ExportFormat, stats, transform: Callable[[p
             frame = pl.scan_parquet(plain)
             schema = dict(frame.collect_schema())
         except DAMAGED_STREAM_ERRORS as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            reason = first_line(error)
             raise DataError(f"{path}: not a readable Parquet file ({reason[:200]})") from None
         selected = frame.select(column_expressions(schema, path)).with_row_index("row")
         for batch in transform(selected).collect_batches():

@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import polars as pl
 
-from foodcls.errors import DataError
+from foodcls.errors import DataError, first_line
 from foodcls.offdata.columns import COLUMNS, EXPORT_NAMES, missing_required
 from foodcls.offdata.parquet import parquet_batches
 from foodcls.offdata.scan import line_problem, scan_tsv
@@ -361,7 +361,7 @@ def _read_guarded(path: Path, batches: Iterator[pl.DataFrame]) -> Iterator[pl.Da
     except DataError:
         raise
     except DAMAGED_STREAM_ERRORS as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         raise DataError(f"{path}: cannot read ({reason[:200]})") from None
 
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
-import yaml
 
+from foodcls.config import read_yaml
 from foodcls.errors import ConfigError
 from foodcls.labels import CLASSES
 
@@ -27,13 +27,7 @@ class LabelRules:
 
 def load_rules(path: str | Path | None = None) -> LabelRules:
     path = Path(path) if path is not None else DEFAULT_RULES
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: rules file not found") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        raise ConfigError(f"{path}{f':{mark.line + 1}' if mark else ''}: YAML syntax error") from None
+    raw, _ = read_yaml(path, "rules")
     if not isinstance(raw, dict) or not isinstance(raw.get("classes"), dict):
         raise ConfigError(f"{path}: a rules file needs a 'classes' mapping of class → list of category tags")
     unknown = sorted(set(raw) - {"classes", "precedence"})

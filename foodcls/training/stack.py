@@ -1,0 +1,284 @@
+"""k runs of one model shape trained as one stack of tensors, in lockstep: each run keeps its own rows,
+order, learning rate, class weights and early stopping, exactly as if trained alone (one run is a stack
+of one: the same code path). Per epoch: every run's rows in their own order (a function of seed and epoch
+only: the key to exact resume), batches as slices, the explicit backprop of backprop.py, the optimizers
+of optim.py; then one forward pass scores train, val and test of every run."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from foodcls.config import Config
+from foodcls.errors import FoodclsError, ResourceError, first_line
+from foodcls.labels import CLASSES
+from foodcls.training.backprop import logits, loss_gradients, smooth_targets
+from foodcls.training.optim import make_optimizer
+from foodcls.training.run import SPLIT_NAMES, Run, finish
+
+# Measured (2-core machine, 4-32-32-4 MLP, batch 256): a training step's ops are too small to gain from a
+# second thread (5.8 vs 5.6 ms per epoch, within noise, and slower beside other work); the evaluation pass
+# over every split at once is big enough: 2.0 → 1.45 ms per epoch with two. A worker among several
+# passes eval_threads=1: a second thread per process oversubscribes the cores, and OpenMP's spinning
+# threads then slow every process down.
+TORCH_THREADS = 1
+EVAL_THREADS = min(2, os.cpu_count() or 1)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The shuffled row order of an epoch depends only on (seed, epoch): the key to exact resume."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def dropout_mask(seed: int, epoch: int, shape: tuple[int, int], rate: float) -> np.ndarray:
+    """Which input values of an epoch's rows (in that epoch's order) feature dropout replaces: like the
+    order, a function of (seed, epoch) alone, from a stream of its own."""
+    return np.random.default_rng([seed, epoch, 1]).random(shape) < rate
+
+
+
+def _pad_rows(arrays: list[np.ndarray], fill: float = 0.0) -> np.ndarray:
+    """Stack arrays of different lengths along a new first axis, padded at the end with `fill`."""
+    longest = max(len(a) for a in arrays)
+    out = np.full((len(arrays), longest, *arrays[0].shape[1:]), fill, dtype=arrays[0].dtype)
+    for i, a in enumerate(arrays):
+        out[i, : len(a)] = a
+    return out
+
+
+class Stack:
+    """k runs of one model shape as stacked tensors: parameters, optimizer, training and evaluation data."""
+
+    def __init__(self, members: list[Run], device: torch.device, eval_threads: int = EVAL_THREADS) -> None:
+        self.members, self.device, self.eval_threads = members, device, eval_threads
+        first = members[0].config
+        self.batch_size = first.train.batch_size
+        self.activation = first.model.activation
+        self.n_classes = len(CLASSES)
+        self.weights = [torch.from_numpy(np.stack([m.weights[i] for m in members])).to(device) for i in range(members[0].n_layers)]
+        self.biases = [torch.from_numpy(np.stack([m.biases[i] for m in members])[:, None, :]).to(device) for i in range(members[0].n_layers)]
+        t = [m.config.train for m in members]
+        self.optimizer = make_optimizer(first.train.optimizer, self.params, [m.schedule.lr for m in members],
+                                        [x.weight_decay for x in t], [x.momentum for x in t])
+        if any(m.optimizer_state for m in members):
+            for name, tensors in self.optimizer.state.items():
+                for i, tensor in enumerate(tensors):
+                    # A run without this buffer (plain SGD beside a momentum run) starts it at zero, as alone.
+                    tensor.copy_(torch.from_numpy(np.stack([
+                        m.optimizer_state[name][i] if name in m.optimizer_state else np.zeros(tensor.shape[1:], np.float32)
+                        for m in members]).astype(tensor.numpy().dtype)))
+        self._build_data()
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return [p for pair in zip(self.weights, self.biases) for p in pair]
+
+    def _build_data(self) -> None:
+        members = self.members
+        n = [m.n_train for m in members]
+        # Runs with the same number of rows step in step: no padding, each batch exactly as a solo run sees it.
+        self.ragged = len(set(n)) > 1
+        pad = 1 if self.ragged else 0  # one all-zero row that padding indices point at
+        self.x_train = torch.from_numpy(_pad_rows([np.vstack([m.x["train"], np.zeros((pad, m.x["train"].shape[1]), np.float32)]) for m in members])).to(self.device)
+        self.y_train = torch.from_numpy(_pad_rows([np.concatenate([m.y["train"], np.zeros(pad, np.int64)]) for m in members])).to(self.device)
+        weights = [m.row_weight for m in members]
+        self.w_train = None
+        if any(w is not None for w in weights):
+            full = [np.concatenate([w if w is not None else np.ones(m.n_train, np.float32), np.zeros(pad, np.float32)]) for w, m in zip(weights, members)]
+            self.w_train = torch.from_numpy(_pad_rows(full)).to(self.device)
+        self.n_rows = torch.tensor(n, device=self.device)
+        # Evaluation: every split of every run in one forward pass; seg[k, row, s] = 1 if the row is in split s.
+        eval_x, eval_y, seg = [], [], []
+        for m in members:
+            parts = [s for s in SPLIT_NAMES if s in m.x]
+            eval_x.append(np.vstack([m.x[s] for s in parts]))
+            eval_y.append(np.concatenate([m.y[s] for s in parts]))
+            marks = np.zeros((len(eval_y[-1]), len(SPLIT_NAMES)), np.float32)
+            start = 0
+            for s in parts:
+                marks[start : start + len(m.y[s]), SPLIT_NAMES.index(s)] = 1
+                start += len(m.y[s])
+            seg.append(marks)
+        self.eval_x = torch.from_numpy(_pad_rows(eval_x)).to(self.device)
+        self.eval_y = torch.from_numpy(_pad_rows(eval_y)).to(self.device)
+        self.eval_seg = torch.from_numpy(_pad_rows(seg)).to(self.device)
+        self.eval_counts = self.eval_seg.sum(dim=1).clamp(min=1)
+        self.eval_splits = [[s for s in SPLIT_NAMES if s in m.x] for m in members]
+
+    def keep(self, indices: list[int]) -> None:
+        """Continue with the listed runs only (the others finished or stopped early)."""
+        index = torch.tensor(indices, dtype=torch.long, device=self.device)
+        self.members = [self.members[i] for i in indices]
+        if not self.members:
+            return
+        self.weights = [w.index_select(0, index) for w in self.weights]
+        self.biases = [b.index_select(0, index) for b in self.biases]
+        self.optimizer.keep(index, self.params)
+        self._build_data()
+
+    def epoch_batches(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
+        """Every run's rows for its next epoch in its own order: inputs, one-hot targets, row weights, steps."""
+        orders = [epoch_order(m.config.train.seed, m.progress.epoch + 1, m.n_train) for m in self.members]
+        steps = max(m.steps(self.batch_size) for m in self.members)
+        if self.ragged:
+            width = steps * self.batch_size
+            pad_index = self.x_train.shape[1] - 1
+            orders = [np.concatenate([o, np.full(width - len(o), pad_index)]) for o in orders]
+        index = torch.from_numpy(np.stack(orders)).to(self.device)
+        runs_index = torch.arange(len(self.members), device=self.device).unsqueeze(1)
+        xs = self.x_train[runs_index, index]
+        ys = self.y_train[runs_index, index]
+        one_hot = torch.nn.functional.one_hot(ys, self.n_classes).to(xs.dtype)
+        if self.ragged:
+            one_hot.mul_((index < self.n_rows.unsqueeze(1)).unsqueeze(2))  # padding rows have no target
+        for i, member in enumerate(self.members):
+            t = member.config.train
+            if t.feature_dropout > 0:
+                mask = dropout_mask(t.seed, member.progress.epoch + 1, (member.n_train, xs.shape[2]), t.feature_dropout)
+                rows = xs[i, : member.n_train]
+                rows.copy_(torch.where(torch.from_numpy(mask).to(self.device), torch.from_numpy(member.fill_input).to(self.device), rows))
+            if t.label_smoothing > 0:
+                smooth_targets(one_hot[i], t.label_smoothing)
+        weights = self.w_train[runs_index, index] if self.w_train is not None else None
+        return xs, one_hot, weights, steps
+
+    @torch.no_grad()
+    def train_epoch(self) -> list[list[float]]:
+        """One pass over every run's data; each run's mean gradient norm per layer."""
+        xs, one_hot, weights, steps = self.epoch_batches()
+        b = self.batch_size
+        per_run_steps = [m.steps(b) for m in self.members]
+        all_active = min(per_run_steps)
+        weights_t = [w.transpose(1, 2) for w in self.weights]  # views: they follow the in-place updates
+        norms = []  # per step: (layers, k) gradient norms; runs idle at a step get 0 and are not counted
+        for step in range(steps):
+            batch = slice(step * b, (step + 1) * b)
+            rows = (self.n_rows - step * b).clamp(0, b).view(-1, 1, 1).to(xs.dtype) if self.ragged else None
+            if step < all_active:
+                grads = loss_gradients(self.weights, self.biases, self.activation, xs[:, batch], one_hot[:, batch],
+                                       weights[:, batch] if weights is not None else None, rows, weights_t)
+                norms.append(torch.stack([torch.linalg.vector_norm(g, dim=(1, 2)) for g in grads[0::2]]))
+                self.optimizer.step(grads)
+            else:
+                # Runs with fewer rows are done with this epoch: step only the others.
+                active = torch.tensor([i for i, n in enumerate(per_run_steps) if n > step], dtype=torch.long, device=self.device)
+                pick = lambda t: t.index_select(0, active)  # noqa: E731
+                grads = loss_gradients([pick(w) for w in self.weights], [pick(x) for x in self.biases], self.activation,
+                                       pick(xs[:, batch]), pick(one_hot[:, batch]),
+                                       pick(weights[:, batch]) if weights is not None else None, pick(rows))
+                step_norms = torch.zeros(len(self.weights), len(self.members), device=self.device)
+                step_norms.index_copy_(1, active, torch.stack([torch.linalg.vector_norm(g, dim=(1, 2)) for g in grads[0::2]]))
+                norms.append(step_norms)
+                self.optimizer.step(grads, active)
+        counts = torch.tensor(per_run_steps, dtype=torch.float32, device=self.device)
+        # Summed over a contiguous last axis of steps: each run's sum then takes the same order however many
+        # runs share the stack (summing over the first axis vectorises across runs, and a solo run's last bit
+        # came out different).
+        return (torch.stack(norms, dim=-1).sum(dim=-1) / counts).t().tolist()
+
+    @torch.no_grad()
+    def evaluate(self) -> list[dict[str, float]]:
+        """Loss and accuracy of every run on each of its splits, from one forward pass and one host sync."""
+        torch.set_num_threads(self.eval_threads)
+        try:
+            z = logits(self.weights, self.biases, self.activation, self.eval_x)
+            nll = torch.logsumexp(z, dim=2).sub_(z.gather(2, self.eval_y.unsqueeze(2)).squeeze(2))
+            correct = (z.argmax(dim=2) == self.eval_y).to(z.dtype)
+            sums = torch.bmm(torch.stack([nll, correct], dim=1), self.eval_seg)  # (k, 2, splits)
+        finally:
+            torch.set_num_threads(TORCH_THREADS)
+        means = (sums / self.eval_counts.unsqueeze(1)).tolist()
+        out = []
+        for splits, (losses, accuracies) in zip(self.eval_splits, means):
+            record = {}
+            for s in splits:
+                i = SPLIT_NAMES.index(s)
+                record[f"{s}_loss"], record[f"{s}_accuracy"] = losses[i], accuracies[i]
+            out.append(record)
+        return out
+
+    def state_of(self, i: int) -> dict[str, Any]:
+        """Run i's weights and optimizer buffers as numpy copies (for its checkpoints): only the buffers its
+        own optimizer has, so its files are those it would have written trained alone."""
+        plain_sgd = self.optimizer.kind == "sgd" and self.members[i].config.train.momentum == 0
+        return {
+            "weights": [w[i].cpu().numpy().copy() for w in self.weights],
+            "biases": [b[i, 0].cpu().numpy().copy() for b in self.biases],
+            "optimizer": {name: [t[i].cpu().numpy().copy() for t in tensors] for name, tensors in self.optimizer.state.items()
+                          if not (plain_sgd and name == "momentum_buffer")},
+        }
+
+    def set_lrs(self) -> None:
+        self.optimizer.set_lrs([m.schedule.lr for m in self.members])
+
+
+def group_key(config: Config) -> tuple:
+    """Runs with equal keys can share a stack: same network shape, optimizer kind, batch size and device."""
+    return (tuple(config.model.hidden), config.model.activation, tuple(config.data.features), config.train.optimizer,
+            config.train.batch_size, config.train.device)
+
+
+def fit_stack(members: list[Run], device: torch.device, eval_threads: int = EVAL_THREADS) -> None:
+    """Train a stack of runs to their ends; each run writes its own files as it goes and when it stops."""
+    stack = Stack(members, device, eval_threads)
+    optimizer_kind = stack.optimizer.kind
+    try:
+        while stack.members:
+            started = time.perf_counter()
+            epochs = [m.progress.epoch + 1 for m in stack.members]
+            grad_norms = stack.train_epoch()
+            scores = stack.evaluate()
+            seconds = round(time.perf_counter() - started, 6)
+            now = time.monotonic()
+            stopping = []
+            for i, member in enumerate(stack.members):
+                record = {"epoch": epochs[i], **scores[i], "lr": member.schedule.lr, "grad_norms": grad_norms[i], "seconds": seconds}
+                state = stack.state_of(i)
+                if member.record_epoch(record, state):
+                    stopping.append(i)
+                elif member.checkpoint_due(now):
+                    member.write_checkpoints(optimizer_kind)
+            stack.set_lrs()
+            if stopping:
+                for i in stopping:
+                    member = stack.members[i]
+                    member.write_checkpoints(optimizer_kind)
+                    finish(member)
+                stack.keep([i for i in range(len(stack.members)) if i not in stopping])
+    except KeyboardInterrupt:
+        # The live weights may be halfway through an epoch: each run saves the state kept at its last epoch's end.
+        failure = None
+        for member in stack.members:
+            if member.done:
+                continue  # it had just finished when the interrupt came
+            member.status, member.stop_reason = "interrupted", "interrupted"
+            try:
+                member.write_checkpoints(optimizer_kind)
+                finish(member)
+            except FoodclsError as error:  # e.g. the disk filled up while saving
+                member.fail(str(error))
+                failure = error
+        if failure is not None:
+            raise failure from None
+        raise Interrupted() from None
+    except BaseException as error:
+        if isinstance(error, RuntimeError) and "alloc" in str(error).lower():
+            error = ResourceError(f"out of memory while training ({error.__class__.__name__}: {first_line(error)[:120]}); "
+                                  "use a smaller model.hidden or fewer runs at once")
+        reason = str(error) if isinstance(error, FoodclsError) else f"{type(error).__name__}: {error}"
+        for member in stack.members:
+            if not member.done:
+                member.fail(reason)
+        if isinstance(error, ResourceError):
+            raise error from None
+        raise
+
+
+class Interrupted(Exception):
+    """Every run of the stack was saved after Ctrl-C; the caller reports them as interrupted."""
+
+
