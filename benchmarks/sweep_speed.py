@@ -25,10 +25,10 @@ SEEDS = 4
 def solo(overrides: list[str], root: str) -> str:
     """One run alone in a worker process, as the process-pool sweep trained each."""
     from foodcls.config import load_config
-    from foodcls.training.fit import share_the_machine, train
+    from foodcls.training.fit import train
 
-    share_the_machine()
-    return str(train(load_config(REPO / "configs" / "mlp.yaml", overrides), runs_root=root, name="solo").last_checkpoint)
+    # One evaluation thread, as each worker of the process-pool sweep trained.
+    return str(train(load_config(REPO / "configs" / "mlp.yaml", overrides), runs_root=root, name="solo", eval_threads=1).last_checkpoint)
 
 
 def main() -> None:
@@ -48,8 +48,8 @@ def main() -> None:
     pool_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    report = run_sweep(REPO / "configs" / "mlp.yaml", [f"train.lr={','.join(map(str, LRS))}"], SEEDS,
-                       [f"train.epochs={args.epochs}"], args.workers, root / "lockstep")
+    report = run_sweep(REPO / "configs" / "mlp.yaml", [f"train.lr={','.join(map(str, LRS))}"], seeds=SEEDS,
+                       overrides=[f"train.epochs={args.epochs}"], workers=args.workers, runs_root=root / "lockstep")
     lockstep_seconds = time.perf_counter() - start
 
     lockstep = {(r["params"]["train.lr"], r["seed"]): r["run_dir"] for e in report["results"] for r in e["runs"]}

@@ -27,7 +27,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from foodcls.config import load_config
-from foodcls.data import fit_scale, read_labelled_csv
+from foodcls.data import read_labelled_csv
+from foodcls.preprocessing import fit_scale
 from foodcls.training.fit import train
 
 REPO = Path(__file__).resolve().parent.parent

@@ -76,7 +76,7 @@ def test_a_search_killed_midway_continues_with_its_finished_trials_and_prunes(tu
 
 def test_the_same_study_seed_gives_the_same_parameters(tune_files, tmp_path):
     config, space = tune_files
-    reports = [run_tune(config, space, 4, sampler="tpe", pruner="none", overrides=OVERRIDES + ["train.epochs=2"], study_name="d",
+    reports = [run_tune(config, space, trials=4, sampler="tpe", pruner="none", overrides=OVERRIDES + ["train.epochs=2"], study_name="d",
                         runs_root=tmp_path / f"r{i}") for i in range(2)]
     assert [t["params"] for t in reports[0]["trials"]] == [t["params"] for t in reports[1]["trials"]]
     assert [t["value"] for t in reports[0]["trials"]] == [t["value"] for t in reports[1]["trials"]]

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from foodcls.config import Config
-from foodcls.data import LabelledData, Preprocessing, read_labelled_csvs, split_training_file
+from foodcls.data import LabelledData, read_labelled_csvs, split_training_file
+from foodcls.preprocessing import Preprocessing
 from foodcls.inference.evaluate import classification_report
 from foodcls.labels import CLASSES
 from foodcls.inference.predict import load_predictor

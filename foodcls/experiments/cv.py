@@ -81,19 +81,20 @@ def _pooled(labels: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
 
 
 def run_cv(
-    config_path: str | Path, folds: int = 5, group_by: str | None = None, overrides: list[str] = (),
+    config_path: str | Path, *, folds: int = 5, group_by: str | None = None, overrides: list[str] = (),
     workers: int | None = None, runs_root: str | Path = "runs", baselines: bool = False,
     on_fold: FoldCallback | None = None, on_start: Callable[[int], None] | None = None, cluster: str | None = None,
 ) -> dict[str, Any]:
     """Run every fold; returns (and writes as cv.json) per-fold, mean ± std and pooled figures."""
     config = load_config(config_path, list(overrides))
-    report = run_cv_config(config, folds, group_by, runs_root, Path(config_path).stem, workers, baselines, on_fold, on_start, cluster)
+    report = run_cv_config(config, folds=folds, group_by=group_by, runs_root=runs_root, stem=Path(config_path).stem, workers=workers,
+                           baselines=baselines, on_fold=on_fold, on_start=on_start, cluster=cluster)
     report["config"] = str(config_path)
     return report
 
 
 def run_cv_config(
-    config: Config, folds: int, group_by: str | None, runs_root: str | Path, stem: str, workers: int | None = None,
+    config: Config, *, folds: int, group_by: str | None, runs_root: str | Path, stem: str, workers: int | None = None,
     baselines: bool = False, on_fold: FoldCallback | None = None, on_start: Callable[[int], None] | None = None,
     cluster: str | None = None,
 ) -> dict[str, Any]:

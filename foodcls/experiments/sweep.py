@@ -74,7 +74,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def run_sweep(
-    config_path: str | Path, grid: list[str], seeds: int = 1, overrides: list[str] = (), workers: int | None = None,
+    config_path: str | Path, grid: list[str], *, seeds: int = 1, overrides: list[str] = (), workers: int | None = None,
     runs_root: str | Path = "runs", on_run: RunCallback | None = None, on_start: Callable[[int], None] | None = None,
     cluster: str | None = None,
 ) -> dict[str, Any]:

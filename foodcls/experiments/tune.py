@@ -199,7 +199,7 @@ def trial_job(config_dict: dict[str, Any], name: str, runs_root: str, metric: st
         if cv is not None:
             from foodcls.experiments.cv import run_cv_config
 
-            report_ = run_cv_config(config, cv["folds"], cv["group_by"], runs_root, name)
+            report_ = run_cv_config(config, folds=cv["folds"], group_by=cv["group_by"], runs_root=runs_root, stem=name)
             return TrialOutcome(RunOutcome("finished", run_dir=report_["cv_dir"]), report_["pooled"]["balanced_accuracy"])
         result = train(config, runs_root=runs_root, name=name, on_epoch=report, eval_threads=eval_threads)
     except Exception as error:  # a failed or crashed trial is reported; the search goes on
@@ -242,7 +242,7 @@ def study_report(study, storage: str, study_dir: Path) -> dict[str, Any]:
 
 
 def run_tune(
-    config_path: str | Path, space_path: str | Path, trials: int, sampler: str = "tpe", pruner: str = "median",
+    config_path: str | Path, space_path: str | Path, *, trials: int, sampler: str = "tpe", pruner: str = "median",
     metric: str = "val_accuracy", study_name: str | None = None, storage: str | None = None, workers: int | None = None,
     cluster: str | None = None, overrides: list[str] = (), runs_root: str | Path = "runs", folds: int = 5,
     group_by: str | None = None, on_trial=None,
@@ -325,7 +325,7 @@ def run_tune(
     return report
 
 
-def show_tune(study_name: str, storage: str | None = None, runs_root: str | Path = "runs") -> dict[str, Any]:
+def show_tune(study_name: str, *, storage: str | None = None, runs_root: str | Path = "runs") -> dict[str, Any]:
     """The report of an existing study, without running anything."""
     study_dir = Path(runs_root) / f"tune-{study_name}"
     url = storage_url(storage, study_dir)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from foodcls.data import Preprocessing
+from foodcls.preprocessing import Preprocessing
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from foodcls.data import FeatureTable, Preprocessing
+from foodcls.data import FeatureTable
+from foodcls.preprocessing import Preprocessing
 from foodcls.inference.checkpoint import Checkpoint, load_checkpoint, weight_arrays
 from foodcls.inference.explain import integrated_gradients
 from foodcls.inference.network import ACTIVATIONS, Predictor

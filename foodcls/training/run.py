@@ -18,7 +18,8 @@ import torch
 
 from foodcls import __version__, runs
 from foodcls.config import Config, config_to_dict
-from foodcls.data import LabelledData, Preprocessing, Splits
+from foodcls.data import LabelledData, Splits
+from foodcls.preprocessing import Preprocessing
 from foodcls.errors import ConfigError, RunError, WriteError
 from foodcls.fileio import atomic_write_json, atomic_write_text, write_error
 from foodcls.inference.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, weight_arrays

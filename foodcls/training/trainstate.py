@@ -13,7 +13,7 @@ import torch
 from foodcls import __version__
 from foodcls.inference.checkpoint import WEIGHT_PREFIX, Checkpoint
 from foodcls.config import Config, config_to_dict
-from foodcls.data import Preprocessing
+from foodcls.preprocessing import Preprocessing
 from foodcls.errors import RunError
 from foodcls.labels import CLASSES
 

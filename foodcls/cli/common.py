@@ -1,0 +1,169 @@
+"""What every command shares: the consoles, the one-line error, the app and its sub-apps, the common
+options, progress bars."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from foodcls import __version__
+from foodcls.errors import FoodclsError
+
+stdout = Console(soft_wrap=True)  # long paths stay whole, so they can be copied and parsed
+stderr = Console(stderr=True)
+
+
+def print_error(message: str) -> None:
+    """The one-line form every error takes."""
+    stderr.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _is(error: BaseException, class_name: str) -> bool:
+    # By name: typer ships its own copy of click's exceptions in some versions and uses click's in others.
+    return any(cls.__name__ == class_name for cls in type(error).__mro__)
+
+
+class OneLineErrors(typer.core.TyperGroup):
+    """Usage mistakes (a bad option value, an unknown option) get the same one-line error as ours."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except Exception as error:
+            if _is(error, "UsageError") and not _is(error, "NoArgsIsHelpError"):
+                ctx = getattr(error, "ctx", None)
+                hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+                print_error(f"{error.format_message()}{hint}")
+                sys.exit(2)
+            if _is(error, "ClickException"):
+                error.show()
+                sys.exit(error.exit_code)
+            if _is(error, "Abort"):
+                stderr.print("aborted")
+                sys.exit(130)
+            raise
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(
+    name="foodcls",
+    cls=OneLineErrors,
+    help="Train a small neural network that sorts packaged food into beverages, meats, snacks and desserts.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Make datasets: the synthetic demo set, Open Food Facts downloads and builds.", no_args_is_help=True)
+runs_app = typer.Typer(help="List and compare run directories.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(runs_app, name="runs")
+
+
+ClusterOption = Annotated[
+    Optional[str], typer.Option("--cluster", help="Run on a Dask cluster: tcp://host:8786, or local[:N] to start one here.")
+]
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]
+SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: KEY=VALUE (repeatable).")]
+RunsRootOption = Annotated[Path, typer.Option("--runs-root", help="Where run directories live.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+CheckpointOption = Annotated[
+    Optional[Path], typer.Option("--checkpoint", help="Checkpoint file or run directory [default: best of the newest run in ./runs].")
+]
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """Our own errors become one line on stderr and exit code 1; never a traceback."""
+    try:
+        yield
+    except FoodclsError as error:
+        print_error(str(error))
+        raise typer.Exit(code=1) from None
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"foodcls {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
+) -> None:
+    """foodcls: YAML-configured MLP training, evaluation and instant prediction."""
+
+
+def default_checkpoint(checkpoint: Path | None) -> Path:
+    from foodcls.runs import newest_best_checkpoint
+
+    return checkpoint if checkpoint is not None else newest_best_checkpoint("runs")
+
+
+class EpochBar:
+    """A rich progress bar on stderr that appears with the first finished epoch, not before
+    (so an input error stays a single line)."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("epoch"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, disable=not stderr.is_terminal,
+        )
+        self.task = None
+
+    def __call__(self, record: dict[str, Any], total: int) -> None:
+        if self.task is None:
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=total, stats="")
+        stats = f"loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f}"
+        if "val_accuracy" in record:
+            stats += f" val {record['val_accuracy']:.4f}"
+        self.progress.update(self.task, completed=record["epoch"], stats=stats)
+
+    def __enter__(self) -> EpochBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+class JobBar:
+    """A progress bar over the runs of a sweep or the folds of a cv, on stderr when it is a terminal. It
+    appears once the plan is validated (start), so that an input mistake stays a single line."""
+
+    def __init__(self, label: str) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn(label), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(), console=stderr,
+                                 disable=not stderr.is_terminal)
+        self.task = self.progress.add_task(label, total=None)
+
+    def start(self, total: int) -> None:
+        self.progress.update(self.task, total=total)
+        self.progress.start()
+
+    def advance(self, failure: str | None = None) -> None:
+        self.progress.advance(self.task)
+        if failure is not None:
+            self.progress.console.print(f"[red]failed:[/red] {escape(failure)}", highlight=False)
+
+    def __enter__(self) -> JobBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()

@@ -1,0 +1,226 @@
+"""Commands about one model: train, eval, predict, serve, export, plot."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.markup import escape
+
+from foodcls import report as report_tables
+from foodcls.cli.common import (
+    CheckpointOption, ConfigOption, EpochBar, JsonOption, RunsRootOption, SetOption, app, default_checkpoint, print_json, reported_errors,
+    stderr, stdout,
+)
+from foodcls.errors import FoodclsError
+
+
+@app.command()
+def train(
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    runs_root: RunsRootOption = Path("runs"),
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue this run directory from its last checkpoint.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Train a model from a YAML config into a new run directory (or --resume one)."""
+    from foodcls.signals import exit_code, sigterm_as_interrupt
+
+    with reported_errors(), sigterm_as_interrupt() as received:
+        from foodcls.training import fit as training
+        from foodcls.config import load_config
+
+        if (config is None) == (resume is None):
+            raise FoodclsError("give either --config PATH (a new run) or --resume RUN_DIR (continue one)")
+        try:
+            with EpochBar() as on_epoch:
+                if config is not None:
+                    cfg = load_config(config, overrides or [])
+                    result = training.train(cfg, runs_root=runs_root, name=config.stem, on_epoch=on_epoch)
+                else:
+                    result = training.resume(resume, overrides or [], on_epoch=on_epoch)
+        except KeyboardInterrupt:  # before any run directory existed: nothing to save
+            stderr.print("interrupted")
+            raise typer.Exit(code=exit_code(received)) from None
+    if as_json:
+        print_json(result.to_json())
+    else:
+        stdout.print(f"run: {result.run_dir}  ({result.status}, {result.epochs_run} epochs, best epoch {result.best_epoch}, {result.train_seconds:.1f} s)")
+        if result.val_accuracy is not None:
+            stdout.print(f"val accuracy: {result.val_accuracy:.4f}")
+        if result.test_accuracy is not None:
+            stdout.print(f"test accuracy: {result.test_accuracy:.4f}")
+        stdout.print(f"best checkpoint: {result.best_checkpoint}")
+        print_warnings(result.warnings)
+    if result.status == "interrupted":
+        stderr.print(f"interrupted: resume with `foodcls train --resume {result.run_dir}`")
+        raise typer.Exit(code=exit_code(received))
+
+
+def print_warnings(warnings: list[str]) -> None:
+    for warning in warnings:
+        stderr.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+
+
+@app.command("eval")
+def eval_(
+    checkpoint: CheckpointOption = None,
+    data: Annotated[
+        Optional[list[Path]], typer.Option("--data", help="Labelled CSV; repeat to score several as one [default: the test file in the checkpoint's config].")
+    ] = None,
+    baselines: Annotated[bool, typer.Option("--baselines", help="Also train and score majority, logistic regression and gradient boosting.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Score a checkpoint: accuracy, per-class precision/recall/F1, confusion matrix."""
+    with reported_errors():
+        from foodcls.inference.evaluate import evaluate_checkpoint
+
+        path = default_checkpoint(checkpoint)
+        report = evaluate_checkpoint(path, data)
+        if baselines:
+            from foodcls.experiments.baselines import baseline_scores
+
+            report["baselines"], report["baseline_details"] = baseline_scores(path, report["data_files"])
+    if as_json:
+        print_json(report)
+        return
+    stdout.print(f"checkpoint: {path}\ndata: {report['data']}")
+    for table in report_tables.metrics_tables(report):
+        stdout.print(table)
+    print_warnings(report["warnings"])
+    if baselines:
+        stdout.print(report_tables.baselines_table(report))
+
+
+def _nutrient_option(option: str, help_text: str) -> Any:
+    return typer.Option(option, help=help_text, show_default=False)
+
+
+@app.command()
+def predict(
+    checkpoint: CheckpointOption = None,
+    protein: Annotated[Optional[float], _nutrient_option("--protein", "Protein, g per 100 g (0-100).")] = None,
+    carbs: Annotated[Optional[float], _nutrient_option("--carbs", "Carbohydrates, g per 100 g (0-100).")] = None,
+    fat: Annotated[Optional[float], _nutrient_option("--fat", "Fat, g per 100 g (0-100).")] = None,
+    additives: Annotated[Optional[float], _nutrient_option("--additives", "Number of food additives (whole number).")] = None,
+    sugars: Annotated[Optional[float], _nutrient_option("--sugars", "Sugars, g per 100 g (if the model uses it).")] = None,
+    saturated_fat: Annotated[Optional[float], _nutrient_option("--saturated-fat", "Saturated fat, g per 100 g (if the model uses it).")] = None,
+    salt: Annotated[Optional[float], _nutrient_option("--salt", "Salt, g per 100 g (if the model uses it).")] = None,
+    fiber: Annotated[Optional[float], _nutrient_option("--fiber", "Fiber, g per 100 g (if the model uses it).")] = None,
+    energy: Annotated[Optional[float], _nutrient_option("--energy", "Energy, kcal per 100 g (if the model uses it).")] = None,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Fill a value the model uses but you did not give with its training median.")] = False,
+    explain: Annotated[bool, typer.Option("--explain", help="Show each feature's contribution to the predicted class (integrated gradients).")] = False,
+    input_path: Annotated[Optional[str], typer.Option("--input", help="Batch: CSV whose header names the model's features, or - for stdin.")] = None,
+    output_path: Annotated[Optional[str], typer.Option("--output", help="Batch output CSV, or - for stdout [default: -].")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Predict the class of one product, or of every row of a CSV (--input)."""
+    values = {"protein": protein, "carbs": carbs, "fat": fat, "additives": additives, "sugars": sugars,
+              "saturated_fat": saturated_fat, "salt": salt, "fiber": fiber, "energy": energy}
+    with reported_errors():
+        from foodcls.inference.predict import check_product, load_predictor
+
+        if input_path is not None:
+            if any(v is not None for v in values.values()):
+                raise FoodclsError("give either --input or single-product values such as --protein, not both")
+            _predict_batch(default_checkpoint(checkpoint), input_path, output_path or "-", explain)
+            return
+        if all(v is None for v in values.values()):
+            raise FoodclsError("give the product's values (--protein, --carbs, --fat, --additives, …) or --input CSV for a batch")
+        predictor = load_predictor(default_checkpoint(checkpoint))
+        checked = check_product(values, predictor.features, predictor.fill_values, allow_missing)
+        probabilities = predictor.probabilities([checked.values])[0]
+        explanation = None
+        if explain:
+            import numpy as np
+
+            from foodcls.inference.explain import integrated_gradients
+
+            explanation = integrated_gradients(predictor, np.array(checked.values, dtype=np.float64))
+    print_warnings(checked.warnings)
+    best = predictor.classes[int(probabilities.argmax())]
+    by_class = {name: float(p) for name, p in zip(predictor.classes, probabilities)}
+    if as_json:
+        out: dict[str, Any] = {"class": best, "probabilities": by_class, "warnings": checked.warnings}
+        if explanation is not None:
+            out["contributions"] = dict(zip(predictor.features, explanation.contributions.tolist()))
+            out["baseline_probability"] = explanation.baseline_probability
+        print_json(out)
+        return
+    stdout.print(f"[bold]{best}[/bold]")
+    for name, p in by_class.items():
+        stdout.print(f"  {name:<10} {p:.4f}", highlight=False)
+    if explanation is not None:
+        stdout.print(report_tables.explanation_table(predictor, checked.values, explanation, best))
+
+
+def _predict_batch(checkpoint: Path, input_path: str, output_path: str, explain: bool = False) -> None:
+    from foodcls.fileio import atomic_write_text
+    from foodcls.inference.predict import predict_csv
+
+    text = predict_csv(checkpoint, input_path, explain)  # everything is read and checked before anything is written
+    if output_path == "-":
+        sys.stdout.write(text)
+    else:
+        atomic_write_text(output_path, text)
+
+
+@app.command()
+def serve(
+    checkpoint: CheckpointOption = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free port).")] = 8000,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Server processes.")] = 1,
+) -> None:
+    """Serve a checkpoint over HTTP: POST /predict, /predict/batch; GET /health, /model, and a page at /."""
+    with reported_errors():
+        import os
+
+        import uvicorn
+
+        from foodcls.inference.checkpoint import resolve_checkpoint_path
+        from foodcls.inference.predict import load_predictor
+        from foodcls.serve.app import CHECKPOINT_ENV
+
+        path = resolve_checkpoint_path(default_checkpoint(checkpoint))
+        load_predictor(path)  # a bad checkpoint is one line here, not a traceback in every worker
+        os.environ[CHECKPOINT_ENV] = str(path.resolve())
+        stderr.print(f"serving {path} on http://{host}:{port}/  (Ctrl-C to stop)")
+    uvicorn.run("foodcls.serve.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
+
+
+@app.command("export")
+def export_(
+    out: Annotated[Path, typer.Option("--out", help="File to write, e.g. model.onnx.")],
+    checkpoint: CheckpointOption = None,
+    fmt: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
+) -> None:
+    """Export a checkpoint (scaling, fill values and network in one graph) for other runtimes."""
+    with reported_errors():
+        from foodcls.inference.export import export
+
+        path = export(default_checkpoint(checkpoint), out, fmt)
+    stdout.print(f"wrote {path}")
+
+
+@app.command()
+def plot(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories.")],
+    out: Annotated[Path, typer.Option("--out", help="Where the overlay plots of several runs go.")] = Path("."),
+) -> None:
+    """Redraw each run's plots; with several runs, also overlay their learning curves and gradient norms."""
+    with reported_errors():
+        from foodcls.training.plots import plot_grad_norms, plot_learning_curves, write_run_plots
+        from foodcls.runs import resolve_run_dir
+
+        runs = [resolve_run_dir(d) for d in run_dirs]
+        written = [path for run in runs for path in write_run_plots(run)]
+        if len(runs) > 1:
+            out.mkdir(parents=True, exist_ok=True)
+            written += [out / "compare_learning_curves.png", out / "compare_grad_norms.png"]
+            plot_learning_curves(runs, written[-2])
+            plot_grad_norms(runs, written[-1])
+    for path in written:
+        stdout.print(str(path))
