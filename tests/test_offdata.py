@@ -223,3 +223,32 @@ def test_jsonl_dump_sample_is_read(tmp_path):
     card = build_dataset([SAMPLES / "off-2026-raw100.jsonl"], tmp_path / "out")
     assert card["rows_read"] == 100 and card["sources"][0]["format"] == "JSONL"
     assert card["dropped"]["no_class"] > 50 and card["rows_kept"] >= 1
+
+
+def test_build_refuses_to_replace_a_directory_that_is_not_a_build_output_and_touches_nothing(tmp_path):
+    from typer.testing import CliRunner
+
+    from foodcls.cli import app
+
+    source = off.off_tsv(tmp_path / "a.tsv")
+    mine = tmp_path / "data"
+    (mine / "demo").mkdir(parents=True)
+    (mine / "demo" / "train.csv").write_text("beverages,1,2,3,0\n")
+    (mine / "notes.txt").write_text("keep me\n")
+    before = sorted(p.relative_to(mine) for p in mine.rglob("*"))
+    result = CliRunner().invoke(app, ["data", "build", str(source), "--out", str(mine)])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert f"--out {mine}: not the output of a previous `foodcls data build`" in result.output and "--force" in result.output
+    assert sorted(p.relative_to(mine) for p in mine.rglob("*")) == before
+    assert (mine / "notes.txt").read_text() == "keep me\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".data.")] in ([], [".data.lock"])  # no staging left
+
+    rebuilt = tmp_path / "off"
+    build_dataset([source], rebuilt)
+    build_dataset([source], rebuilt)  # a previous build's output is replaced as before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    build_dataset([source], empty)  # an empty directory holds nothing to lose
+    result = CliRunner().invoke(app, ["data", "build", str(source), "--out", str(mine), "--force"])
+    assert result.exit_code == 0, result.output
+    assert not (mine / "notes.txt").exists() and (mine / "datacard.json").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -51,10 +52,12 @@ def split_of(key: str, fractions: tuple[float, float, float]) -> str:
 
 def build_dataset(
     sources: list[str | Path], out_dir: str | Path, rules_path: str | Path | None = None,
-    split: str = "0.8,0.1,0.1", on_batch: BatchCallback | None = None,
+    split: str = "0.8,0.1,0.1", on_batch: BatchCallback | None = None, *, force: bool = False,
 ) -> dict[str, Any]:
     """Read, label, clean, de-duplicate and split the sources; write the files; return the datacard.
-    out_dir ends up either complete or as it was; two builds into one out_dir at once: the second is refused."""
+    out_dir ends up either complete or as it was; two builds into one out_dir at once: the second is refused.
+    An out_dir that holds anything but a previous build's output is refused unless force: replacing it
+    would delete the user's files (`--out data` once took data/demo with it)."""
     fractions = parse_split(split)
     rules = load_rules(rules_path)
     if not sources:
@@ -63,7 +66,26 @@ def build_dataset(
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a directory")
     with build_lock(out):
+        if not force:
+            check_replaceable(out)
         return _build(sources, out, rules, fractions, on_batch)
+
+
+def is_build_output(directory: Path) -> bool:
+    """Whether a directory is what `foodcls data build` wrote: its datacard.json is ours."""
+    try:
+        card = json.loads((directory / "datacard.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(card, dict) and "foodcls_version" in card and isinstance(card.get("sources"), list)
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse, before anything is read or written, to replace a directory that is neither empty nor a
+    previous build's output."""
+    if out.is_dir() and any(out.iterdir()) and not is_build_output(out):
+        raise DataError(f"--out {out}: not the output of a previous `foodcls data build` (no datacard.json of ours); "
+                        "replacing it would delete what it holds: choose another --out, or add --force")
 
 
 @contextmanager
