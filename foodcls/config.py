@@ -9,14 +9,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from foodcls.errors import ConfigError, first_line
 from foodcls.features import SEED_FEATURES, check_features
 from foodcls.labels import CLASSES
 
 StrictInt = Annotated[int, Strict()]
-StrictFloat = Annotated[float, Strict()]
+# Finite only: `lr: .inf` passes `lr > 0`, then every weight becomes NaN.
+StrictFloat = Annotated[float, Strict(), AllowInfNan(False)]
 StrictStr = Annotated[str, Strict()]
 StrictBool = Annotated[bool, Strict()]
 

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from foodcls.config import load_config
@@ -104,3 +106,15 @@ def test_class_weights_must_name_known_classes(tmp_path):
     assert load_config(write(tmp_path, BASE), ["train.class_weights={desserts: 3}"]).train.class_weights == {"desserts": 3.0}
     with pytest.raises(ConfigError, match="unknown class 'cakes'"):
         load_config(write(tmp_path, BASE), ["train.class_weights={cakes: 3}"])
+
+
+@pytest.mark.parametrize("override, why", [
+    ("train.lr=.inf", "finite number"), ("train.weight_decay=.inf", "finite number"), ("train.lr=.nan", "finite number"),
+    ("train.checkpoint_seconds=.inf", "finite number"),
+    # Union-typed keys: pydantic reports the first alternative's complaint; the key and the value are named.
+    ("data.train=[{path: t.csv, weight: .inf}]", "inf"), ("train.class_weights={desserts: .inf}", "inf"),
+])
+def test_infinite_or_nan_numbers_are_refused_with_the_key(tmp_path, override, why):
+    key = override.partition("=")[0]
+    with pytest.raises(ConfigError, match=rf"^--set {re.escape(override)}: {re.escape(key)}.*{why}"):
+        load_config(write(tmp_path, BASE), [override])
