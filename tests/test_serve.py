@@ -101,6 +101,43 @@ def test_malformed_huge_and_oversized_bodies_are_never_500(server):
     assert httpx.get(server + "/docs").status_code == 404  # no page that would fetch scripts from a CDN
 
 
+@pytest.mark.parametrize("value", [[1], [1, 2], {"g": 1}, "1", True])
+def test_a_batch_field_of_the_wrong_type_is_a_422_naming_it(server, value):
+    for first in ({"protein": 1, "carbs": 1, "fat": 1, "additives": 0}, {"protein": value, "carbs": 1, "fat": 1, "additives": 0}):
+        products = [first, {"protein": value, "carbs": 1, "fat": 1, "additives": 0}]
+        response = httpx.post(server + "/predict/batch", json={"products": products})
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"][:3] == ["body", "products", 0 if first["protein"] is value else 1]
+        assert response.json()["detail"][0]["loc"][3] == "protein"
+
+
+def _json_values():
+    from hypothesis import strategies as st
+
+    fields = st.sampled_from(["protein", "carbs", "fat", "additives", "sugars", "energy", "explain", "allow_missing", "x"])
+    scalars = st.none() | st.booleans() | st.integers(min_value=-10**30, max_value=10**30) | st.floats() | st.text(max_size=5)
+    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(fields, inner, max_size=5),
+                        max_leaves=12)
+
+
+def test_no_body_makes_either_endpoint_answer_500(server):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    values = _json_values()
+    product = st.dictionaries(st.sampled_from(["protein", "carbs", "fat", "additives", "salt", "x"]), values, max_size=6)
+    bodies = values | product | st.fixed_dictionaries({"products": st.lists(product, max_size=4) | values})
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(body=bodies, endpoint=st.sampled_from(["/predict", "/predict/batch"]))
+    def check(body, endpoint):
+        response = httpx.post(server + endpoint, content=json.dumps(body, allow_nan=True).encode(),
+                              headers={"content-type": "application/json"}, timeout=10)
+        assert response.status_code in (200, 400, 422), (endpoint, body, response.status_code, response.text[:300])
+
+    check()
+
+
 def test_the_page_is_served_whole_with_nothing_from_outside(server):
     page = httpx.get(server + "/").text
     assert "<form" in page and "/predict" in page

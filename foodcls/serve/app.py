@@ -214,13 +214,15 @@ def batch_features(predictor: Predictor, products: list[Any], allow_missing: boo
     columns = []
     for field in predictor.features:
         raw = [p.get(field) for p in products]
-        try:
-            column = np.array([np.nan if v is None else v for v in raw], dtype=np.float64)
-            if any(isinstance(v, (bool, str)) for v in raw):
-                raise ValueError
-        except (ValueError, TypeError):
-            index = next(i for i, v in enumerate(raw) if v is not None and (isinstance(v, (bool, str)) or not isinstance(v, (int, float))))
-            errors.append(_field_error(field, f"must be a number, got {raw[index]!r}", ["products", index]))
+        # Types first, value by value: numpy would take a column of one-element lists as a 2-D array.
+        index = next((i for i, v in enumerate(raw) if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))), None)
+        if index is None:
+            try:
+                column = np.array([np.nan if v is None else v for v in raw], dtype=np.float64)
+            except OverflowError:  # an integer beyond any float
+                index = next(i for i, v in enumerate(raw) if isinstance(v, int) and abs(v) > 1e308)
+        if index is not None:
+            errors.append(_field_error(field, f"must be a number, got {repr(raw[index])[:80]}", ["products", index]))
             continue
         bad = np.flatnonzero(invalid_mask(field, column))
         errors += [_field_error(field, value_problem(field, float(column[i])) or "invalid", ["products", int(i)]) for i in bad[:20]]
