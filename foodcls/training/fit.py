@@ -18,7 +18,7 @@ from foodcls.config import Config, config_to_dict, config_to_yaml, load_config
 from foodcls.data import Splits, load_splits
 from foodcls.errors import ConfigError, FoodclsError, ResourceError, WriteError
 from foodcls.fileio import atomic_write_text
-from foodcls.inference.checkpoint import load_checkpoint
+from foodcls.inference.checkpoint import Checkpoint, load_checkpoint
 from foodcls.labels import CLASSES
 from foodcls.training.run import EpochCallback, Run, RunPruned, RunSpec, finish, init_checkpoint
 from foodcls.training.stack import EVAL_THREADS, TORCH_THREADS, Interrupted, fit_stack, group_key
@@ -158,32 +158,31 @@ def check_memory(config: Config, splits: Splits) -> None:
                             f"({params:,} parameters), more than the {available / 1e9:.1f} GB of memory available")
 
 
-def _check_inputs(config: Config) -> Splits:
-    """Everything a new run reads, validated before anything is written; returns its data."""
+def _check_inputs(config: Config) -> tuple[Splits, Checkpoint | None]:
+    """Everything a new run reads, validated before anything is written: its data and its init checkpoint."""
     splits = load_splits(config)
     check_memory(config, splits)
-    if config.train.init_from is not None:
-        init_checkpoint(config)
+    init = init_checkpoint(config)
     _resolve_device(config.train.device)
-    return splits
+    return splits, init
 
 
-def _new_run(config: Config, runs_root: str | Path, name: str, on_epoch: EpochCallback | None = None,
-             splits: Splits | None = None) -> RunSpec:
+def _new_run(config: Config, runs_root: str | Path, name: str, inputs: tuple[Splits, Checkpoint | None],
+             on_epoch: EpochCallback | None = None) -> RunSpec:
     run_dir = runs.create_run_dir(runs_root, name)
     try:
         atomic_write_text(run_dir / runs.CONFIG_FILE, config_to_yaml(config))
     except WriteError:
         shutil.rmtree(run_dir, ignore_errors=True)  # a run directory without its config would be no run at all
         raise
-    return RunSpec(config, run_dir, name, None, on_epoch, splits)
+    splits, init = inputs
+    return RunSpec(config, run_dir, name, None, on_epoch, splits, init)
 
 
 def train(config: Config, runs_root: str | Path = "runs", name: str = "run", on_epoch: EpochCallback | None = None, *,
           eval_threads: int = EVAL_THREADS) -> TrainResult:
     """Train a new run under runs_root/<name>-<timestamp> and return its figures."""
-    splits = _check_inputs(config)
-    return fit_runs([_new_run(config, runs_root, name, on_epoch, splits)], eval_threads=eval_threads)[0]
+    return fit_runs([_new_run(config, runs_root, name, _check_inputs(config), on_epoch)], eval_threads=eval_threads)[0]
 
 
 def train_many(items: list[tuple[Config, str]], runs_root: str | Path = "runs", *,
@@ -194,11 +193,11 @@ def train_many(items: list[tuple[Config, str]], runs_root: str | Path = "runs", 
     specs, positions = [], []
     for i, (config, name) in enumerate(items):
         try:
-            splits = _check_inputs(config)
+            inputs = _check_inputs(config)
         except FoodclsError as error:
             outcomes[i] = error
             continue
-        specs.append(_new_run(config, runs_root, name, splits=splits))
+        specs.append(_new_run(config, runs_root, name, inputs))
         positions.append(i)
     for i, result in zip(positions, fit_runs(specs, eval_threads=eval_threads) if specs else []):
         outcomes[i] = result
@@ -210,12 +209,13 @@ def resume(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), on_
     run_dir = runs.resolve_run_dir(run_dir)
     config = load_config(run_dir / runs.CONFIG_FILE, overrides)
     checkpoint = load_checkpoint(runs.last_checkpoint(run_dir)) if runs.last_checkpoint(run_dir).exists() else None
+    restored = None
     if checkpoint is not None:
-        restore_state(checkpoint)  # refuses a checkpoint that is not resumable
+        restored = restore_state(checkpoint)  # refuses a checkpoint that is not resumable
         if checkpoint.meta["model"] != config_to_dict(config)["model"]:
             raise ConfigError("--set: the model section cannot change on resume")
     splits = load_splits(config)
     _resolve_device(config.train.device)
     atomic_write_text(run_dir / runs.CONFIG_FILE, config_to_yaml(config))
     name = runs.read_summary(run_dir).get("name", run_dir.name)
-    return fit_runs([RunSpec(config, run_dir, name, checkpoint, on_epoch, splits)])[0]
+    return fit_runs([RunSpec(config, run_dir, name, checkpoint, on_epoch, splits, restored=restored)])[0]

@@ -27,7 +27,7 @@ from foodcls.inference.evaluate import classification_report
 from foodcls.labels import CLASSES
 from foodcls.training.model import build_model, linear_layers
 from foodcls.training.optim import Schedule
-from foodcls.training.trainstate import Progress, model_arrays, model_meta, restore_state, resumable_state
+from foodcls.training.trainstate import Progress, RestoredState, model_arrays, model_meta, restore_state, resumable_state
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -88,6 +88,8 @@ class RunSpec:
     checkpoint: Checkpoint | None = None
     on_epoch: EpochCallback | None = None
     splits: Splits | None = None  # the data, when already read and checked (else read by fit_runs)
+    init: Checkpoint | None = None  # train.init_from's checkpoint, when already loaded and checked
+    restored: RestoredState | None = None  # the resumed checkpoint's training state, when already read
 
 
 class Run:
@@ -96,7 +98,7 @@ class Run:
     def __init__(self, spec: RunSpec, splits: Splits, device: torch.device) -> None:
         self.spec, self.config, self.run_dir, self.splits = spec, spec.config, spec.run_dir, splits
         t = self.config.train
-        init = init_checkpoint(self.config) if spec.checkpoint is None else None
+        init = (spec.init or init_checkpoint(self.config)) if spec.checkpoint is None else None
         fitted = Preprocessing.fit(splits.train.features, self.config.data.scaling)
         stored = init if init is not None else spec.checkpoint
         self.prep = Preprocessing.from_checkpoint(stored) if stored is not None else fitted
@@ -108,7 +110,7 @@ class Run:
         self.progress = Progress()
         self.optimizer_state: dict[str, list[np.ndarray]] = {}
         if spec.checkpoint is not None:
-            self.progress, schedule_state, self.optimizer_state = restore_state(spec.checkpoint)
+            self.progress, schedule_state, self.optimizer_state = spec.restored or restore_state(spec.checkpoint)
             self.schedule.load_state_dict(schedule_state)
         self.x = {s: self.prep.apply(d.features) for s, d in zip(SPLIT_NAMES, (splits.train, splits.val, splits.test)) if d is not None}
         self.y = {s: d.labels for s, d in zip(SPLIT_NAMES, (splits.train, splits.val, splits.test)) if d is not None}

@@ -76,7 +76,10 @@ def resumable_state(
     return arrays, meta
 
 
-def restore_state(checkpoint: Checkpoint) -> tuple[Progress, dict[str, Any], dict[str, list[np.ndarray]]]:
+RestoredState = tuple[Progress, dict[str, Any], dict[str, list[np.ndarray]]]  # progress, schedule, optimizer buffers
+
+
+def restore_state(checkpoint: Checkpoint) -> RestoredState:
     """(progress, schedule state, optimizer buffers by name) of a resumable checkpoint."""
     state = checkpoint.meta.get("train_state")
     if state is None or state.get("version") != TRAIN_STATE_VERSION:
