@@ -13,7 +13,7 @@ from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, Validati
 
 from foodcls.errors import ConfigError, first_line
 from foodcls.features import SEED_FEATURES, check_features
-from foodcls.labels import CLASSES
+from foodcls.labels import DEFAULT_CLASSES, class_problem
 
 StrictInt = Annotated[int, Strict()]
 # Finite only: `lr: .inf` passes `lr > 0`, then every weight becomes NaN.
@@ -44,6 +44,17 @@ class DataConfig(_Section):
     missing: Literal["median", "drop"] = "median"  # unknown optional nutrients: training medians, or drop the row
     # Network inputs: each feature divided by its training maximum, or standardised (mean 0, std 1).
     scaling: Literal["max", "standard"] = "max"
+    # The class names the labels of the data files use, in output order (a rules file's classes, plus
+    # `other` for a build with --other); the checkpoint carries them.
+    classes: tuple[StrictStr, ...] = DEFAULT_CLASSES
+
+    @field_validator("classes")
+    @classmethod
+    def _usable_classes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        problem = class_problem(list(value))
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("features")
     @classmethod
@@ -107,15 +118,11 @@ class TrainConfig(_Section):
     checkpoint_every: Annotated[StrictInt, Field(ge=1)] | None = None
     # Start from this checkpoint's weights, feature scaling and fill values (fine-tuning), not at random.
     init_from: StrictStr | None = None
-
-    @field_validator("class_weights")
-    @classmethod
-    def _known_classes(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            unknown = sorted(set(value) - set(CLASSES))
-            if unknown:
-                raise ValueError(f"unknown class {unknown[0]!r}; classes are {', '.join(CLASSES)}")
-        return value
+    # After training, fit one temperature on the validation rows (and keep their conformal scores) so the
+    # probabilities mean what they say; auto: temperature when there is validation data, else none.
+    calibration: Literal["auto", "temperature", "none"] = "auto"
+    # Below this top probability, predict's decision is `unsure` (abstention); null: never abstain.
+    min_confidence: Annotated[StrictFloat, Field(ge=0, le=1)] | None = None
 
 
 class Config(_Section):
@@ -124,11 +131,30 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
 
     @model_validator(mode="after")
-    def _early_stopping_needs_validation(self) -> Config:
-        has_val = self.data.val is not None or self.data.val_fraction is not None
-        if self.train.early_stopping is not None and not has_val:
-            raise ValueError("train.early_stopping needs data.val or data.val_fraction")
+    def _class_weights_name_known_classes(self) -> Config:
+        weights = self.train.class_weights
+        if isinstance(weights, dict):
+            unknown = sorted(set(weights) - set(self.data.classes))
+            if unknown:
+                raise ValueError(f"train.class_weights: unknown class {unknown[0]!r}; classes are {', '.join(self.data.classes)}")
         return self
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_validation(self) -> Config:
+        if self.train.early_stopping is not None and not self.has_validation:
+            raise ValueError("train.early_stopping needs data.val or data.val_fraction")
+        if self.train.calibration == "temperature" and not self.has_validation:
+            raise ValueError("train.calibration: temperature needs validation rows (data.val or data.val_fraction)")
+        return self
+
+    @property
+    def has_validation(self) -> bool:
+        return self.data.val is not None or self.data.val_fraction is not None
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether training ends by fitting a temperature on the validation rows."""
+        return self.train.calibration == "temperature" or (self.train.calibration == "auto" and self.has_validation)
 
 
 class YamlLoader(yaml.SafeLoader):
@@ -252,12 +278,34 @@ def read_yaml(path: str | Path, what: str) -> tuple[Any, str]:
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: cannot read {what} ({error})") from None
     try:
+        _refuse_duplicate_keys(path, yaml.compose(text, Loader=YamlLoader))
         return yaml.load(text, Loader=YamlLoader), text
+    except RecursionError:  # an alias that contains itself
+        raise ConfigError(f"{path}: a YAML alias refers to itself (recursive structure)") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or first_line(error)
         raise ConfigError(f"{path}{line}: YAML syntax error: {problem}") from None
+
+
+def _refuse_duplicate_keys(path: Path, node: yaml.Node | None, seen: set[int] | None = None) -> None:
+    """YAML keeps the last of two equal keys without a word; a key named twice is a mistake we name."""
+    seen = set() if seen is None else seen
+    if node is None or id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        keys: set[str] = set()
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                if key_node.value in keys:
+                    raise ConfigError(f"{path}:{key_node.start_mark.line + 1}: {key_node.value}: named twice")
+                keys.add(key_node.value)
+            _refuse_duplicate_keys(path, value_node, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_duplicate_keys(path, item, seen)
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -21,7 +21,7 @@ import numpy as np
 from foodcls.errors import DataError
 from foodcls.features import NUTRIENTS, REQUIRED_FEATURES, SEED_FEATURES, invalid_mask, value_problem
 from foodcls.fileio import atomic_write_text
-from foodcls.labels import CLASSES
+from foodcls.labels import DEFAULT_CLASSES
 
 if TYPE_CHECKING:  # only for annotations: the predict path must not load the config schema
     from foodcls.config import Config
@@ -43,6 +43,7 @@ class LabelledData:
     weights: np.ndarray = field(default=None)  # type: ignore[assignment]
     train_only: np.ndarray = field(default=None)  # type: ignore[assignment]
     columns: dict[str, np.ndarray] = field(default_factory=dict)
+    classes: tuple[str, ...] = DEFAULT_CLASSES  # what the label indices name
 
     def __post_init__(self) -> None:
         n = len(self.labels)
@@ -57,7 +58,7 @@ class LabelledData:
     def subset(self, indices: np.ndarray) -> LabelledData:
         return LabelledData(
             self.features[indices], self.labels[indices], self.feature_names, self.source,
-            self.weights[indices], self.train_only[indices], {k: v[indices] for k, v in self.columns.items()},
+            self.weights[indices], self.train_only[indices], {k: v[indices] for k, v in self.columns.items()}, self.classes,
         )
 
     def column(self, name: str) -> np.ndarray:
@@ -70,6 +71,10 @@ class LabelledData:
 
 def concat(datasets: list[LabelledData]) -> LabelledData:
     """Several labelled sets as one, in order; a text column some lack is empty for their rows."""
+    differing = next((d for d in datasets if d.classes != datasets[0].classes), None)
+    if differing is not None:
+        raise DataError(f"{differing.source}: its classes ({', '.join(differing.classes)}) differ from "
+                        f"{datasets[0].source}'s ({', '.join(datasets[0].classes)})")
     names = [c for d in datasets for c in d.columns]
     columns = {
         name: np.concatenate([d.columns.get(name, np.full(len(d), "", dtype=object)) for d in datasets])
@@ -79,6 +84,7 @@ def concat(datasets: list[LabelledData]) -> LabelledData:
         np.concatenate([d.features for d in datasets]), np.concatenate([d.labels for d in datasets]),
         datasets[0].feature_names, ", ".join(d.source for d in datasets),
         np.concatenate([d.weights for d in datasets]), np.concatenate([d.train_only for d in datasets]), columns,
+        datasets[0].classes,
     )
 
 
@@ -125,16 +131,15 @@ def _read_rows(path: str | Path) -> tuple[str, list[tuple[int, list[str]]]]:
     return name, rows
 
 
-_CLASS_INDEX = {**{name: i for i, name in enumerate(CLASSES)}, **{str(i): i for i in range(len(CLASSES))}}
-
-
-def _parse_labels(body: list[tuple[int, list[str]]], column: int, problems: list[tuple[int, str]]) -> np.ndarray:
+def _parse_labels(body: list[tuple[int, list[str]]], column: int, problems: list[tuple[int, str]],
+                  classes: tuple[str, ...]) -> np.ndarray:
     """Class cells (a name or its index) → indices; the first unknown one goes to problems."""
+    index_of = {**{name: i for i, name in enumerate(classes)}, **{str(i): i for i in range(len(classes))}}
     labels = np.empty(len(body), dtype=np.int64)
     for i, (_, row) in enumerate(body):
-        index = _CLASS_INDEX.get(row[column].strip())
+        index = index_of.get(row[column].strip())
         if index is None:
-            problems.append((i, f"unknown class {row[column].strip()!r}; expected one of {', '.join(CLASSES)} or 0-{len(CLASSES) - 1}"))
+            problems.append((i, f"unknown class {row[column].strip()!r}; expected one of {', '.join(classes)} or 0-{len(classes) - 1}"))
             break
         labels[i] = index
     return labels
@@ -196,12 +201,14 @@ def _feature_columns(name: str, header: list[str], features: tuple[str, ...], wh
 
 
 def read_labelled_csv(
-    path: str | Path, features: tuple[str, ...] = SEED_FEATURES, weight: float = 1.0, train_only: bool = False
+    path: str | Path, features: tuple[str, ...] = SEED_FEATURES, weight: float = 1.0, train_only: bool = False,
+    classes: tuple[str, ...] = DEFAULT_CLASSES,
 ) -> LabelledData:
-    """Read labelled rows: the seed's headerless five columns, or a header naming class/label and the features."""
+    """Read labelled rows: the seed's headerless five columns, or a header naming class/label and the
+    features. Labels are names from `classes` (or their indices)."""
     name, rows = _read_rows(path)
     first = [c.strip() for c in rows[0][1]]
-    if _looks_like_header(first):
+    if _looks_like_header(first, classes):
         label_index = _label_index(first)
         if label_index is None:
             raise DataError(f"{name}:1: the header names no 'class' (or 'label') column")
@@ -220,24 +227,26 @@ def read_labelled_csv(
         if len(row) != len(header):
             raise DataError(f"{name}:{line}: expected {len(header)} fields ({','.join(header)}), got {len(row)}")
     problems: list[tuple[int, str]] = []
-    labels = _parse_labels(body, label_index, problems)
+    labels = _parse_labels(body, label_index, problems, classes)
     values = _parse_columns(name, body, columns, features, problems)
     carried = {c: np.array([row[i] for _, row in body], dtype=object) for c, i in text_columns.items()}
     return LabelledData(
         values, labels, tuple(features), name,
-        np.full(len(body), weight, dtype=np.float32), np.full(len(body), train_only), carried,
+        np.full(len(body), weight, dtype=np.float32), np.full(len(body), train_only), carried, tuple(classes),
     )
 
 
-def read_labelled_csvs(paths: list[str | Path], features: tuple[str, ...] = SEED_FEATURES) -> LabelledData:
+def read_labelled_csvs(paths: list[str | Path], features: tuple[str, ...] = SEED_FEATURES,
+                       classes: tuple[str, ...] = DEFAULT_CLASSES) -> LabelledData:
     """Several labelled files read as one, in the order given."""
-    return concat([read_labelled_csv(path, features) for path in paths])
+    return concat([read_labelled_csv(path, features, classes=classes) for path in paths])
 
 
-def _looks_like_header(row: list[str]) -> bool:
+def _looks_like_header(row: list[str], classes: tuple[str, ...] = DEFAULT_CLASSES) -> bool:
     """The seed's headerless rows start with a class (name or index); anything else is a header."""
     # Not str.isdigit(): it accepts '¹', which int() refuses (found by the long fuzzing profile).
-    return (row[0].strip() if row else "") not in _CLASS_INDEX
+    first = row[0].strip() if row else ""
+    return first not in classes and first not in {str(i) for i in range(len(classes))}
 
 
 def read_feature_table(path: str | Path, features: tuple[str, ...] = SEED_FEATURES) -> FeatureTable:
@@ -284,7 +293,7 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 def read_training_files(config: Config) -> LabelledData:
     """Every data.train file, with its weight and train-only flag, as one set."""
     features = config.data.features
-    data = concat([read_labelled_csv(f.path, features, f.weight, f.train_only) for f in config.data.train_files])
+    data = concat([read_labelled_csv(f.path, features, f.weight, f.train_only, config.data.classes) for f in config.data.train_files])
     return drop_missing(data) if config.data.missing == "drop" else data
 
 
@@ -300,7 +309,7 @@ def split_training_file(config: Config) -> tuple[LabelledData, LabelledData | No
 
 
 def read_eval_file(config: Config, path: str) -> LabelledData:
-    data = read_labelled_csv(path, config.data.features)
+    data = read_labelled_csv(path, config.data.features, classes=config.data.classes)
     return drop_missing(data) if config.data.missing == "drop" else data
 
 
@@ -328,7 +337,7 @@ def labelled_csv_text(data: LabelledData, columns: tuple[str, ...] = ()) -> str:
     writer.writerow(["label", *data.feature_names, *columns])
     carried = [data.columns.get(c, np.full(len(data), "", dtype=object)) for c in columns]
     for i, (row, label) in enumerate(zip(data.features.tolist(), data.labels.tolist())):
-        writer.writerow([CLASSES[label], *(_format_value(v, f) for v, f in zip(row, data.feature_names)), *(c[i] for c in carried)])
+        writer.writerow([data.classes[label], *(_format_value(v, f) for v, f in zip(row, data.feature_names)), *(c[i] for c in carried)])
     return buffer.getvalue()
 
 

@@ -31,7 +31,36 @@ def metrics_tables(report: dict[str, Any]) -> list[Table]:
         confusion.add_column(name, justify="right")
     for name, row in zip(report["classes"], report["confusion_matrix"]):
         confusion.add_row(name, *(str(v) for v in row))
-    return [per_class, confusion]
+    tables = [per_class, confusion]
+    if "ece" in report:
+        tables.append(_trust_table(report))
+    if report.get("open_set"):
+        tables.append(_open_set_table(report["open_set"]))
+    return tables
+
+
+def _trust_table(report: dict[str, Any]) -> Table:
+    """Calibration figures, the risk–coverage table and the conformal sets' coverage."""
+    sets = report.get("conformal")
+    set_text = (f"; 90 % sets hold the true class {sets['empirical_coverage']:.3f} of the time, mean size {sets['mean_size']:.2f}"
+                if sets else "")
+    table = Table(title=f"calibration: temperature {report['temperature']:.3f}, ECE {report['ece']:.4f}, NLL {report['nll']:.4f}, "
+                        f"Brier {report['brier']:.4f}{set_text}; keeping products whose top probability ≥ threshold:")
+    for column in ("threshold", "coverage", "accuracy of the kept"):
+        table.add_column(column, justify="right")
+    for row in report["risk_coverage"]:
+        table.add_row(f"{row['threshold']:.2f}", f"{row['coverage']:.3f}", fmt(row["accuracy"], 3))
+    return table
+
+
+def _open_set_table(figures: dict[str, Any]) -> Table:
+    table = Table(title=f"products in none of the classes ({figures['n']} from {figures.get('data', 'the file')}): "
+                        f"AUROC {fmt(figures['auroc'], 3)}; ≥ 0.9 for one class: {fmt(figures['share_confident_over_0_9'], 3)}")
+    table.add_column("in-class kept", justify="right")
+    table.add_column("out-of-class rejected", justify="right")
+    for coverage, rejected in figures["rejected_at_coverage"].items():
+        table.add_row(coverage, fmt(rejected, 3))
+    return table
 
 
 def baselines_table(report: dict[str, Any]) -> Table:
@@ -125,7 +154,8 @@ def sweep_table(report: dict[str, Any]) -> Table:
 def cv_table(report: dict[str, Any]) -> Table:
     kind = f"leave one {report['group_by']} out" if report["group_by"] else f"{len(report['folds'])} stratified folds"
     table = Table(title=f"cv {report['cv_dir']} ({kind}); recall per class")
-    for column in ("fold", "held out", "rows", "acc", "bal acc", *(c[:5] for c in CLASSES)):
+    classes = report.get("classes") or CLASSES
+    for column in ("fold", "held out", "rows", "acc", "bal acc", *(c[:5] for c in classes)):
         table.add_column(column, justify="left" if column in ("fold", "held out") else "right")
     for fold in report["folds"]:
         group = fold["group"] or ""
@@ -134,14 +164,14 @@ def cv_table(report: dict[str, Any]) -> Table:
             continue
         recall = fold["per_class_recall"]
         table.add_row(str(fold["fold"]), group, str(fold["n_eval"]), f"{fold['accuracy']:.3f}", f"{fold['balanced_accuracy']:.3f}",
-                      *(fmt(recall.get(c), 2) for c in CLASSES))
+                      *(fmt(recall.get(c), 2) for c in classes))
     mean, std, pooled = report["mean"], report["std"], report["pooled"]
     if pooled is not None:
         table.add_section()
         table.add_row("mean ± std", "", "", f"{mean['accuracy']:.3f} ± {std['accuracy']:.3f}",
                       f"{mean['balanced_accuracy']:.3f} ± {std['balanced_accuracy']:.3f}")
         table.add_row("pooled", "", str(pooled["n"]), f"{pooled['accuracy']:.3f}", f"{pooled['balanced_accuracy']:.3f}",
-                      *(fmt(pooled["per_class_recall"].get(c), 2) for c in CLASSES), style="bold")
+                      *(fmt(pooled["per_class_recall"].get(c), 2) for c in classes), style="bold")
     return table
 
 

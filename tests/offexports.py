@@ -38,7 +38,7 @@ PRODUCTS = [
 ]
 EXPECTED_KEPT = {"beverages": 1, "meats": 1, "snacks": 1, "desserts": 1}
 EXPECTED_DROPPED = {
-    "ragged_row": 1, "no_class": 1, "ambiguous_class": 1, "missing_protein": 1, "missing_carbs": 1, "missing_fat": 0,
+    "ragged_row": 1, "no_class": 1, "near_class": 0, "ambiguous_class": 1, "missing_protein": 1, "missing_carbs": 1, "missing_fat": 0,
     "missing_additives": 1, "fractional_additives": 1, "negative_value": 1, "nutrient_over_100": 1,
     "nutrients_sum_over_105": 1, "energy_over_900": 1, "sugars_over_carbs": 1, "saturated_fat_over_fat": 1,
     "additives_over_100": 1, "duplicate": 1,

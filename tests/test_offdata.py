@@ -123,9 +123,20 @@ def test_bad_split_and_rules_are_refused(tmp_path):
         with pytest.raises(ConfigError, match="--split"):
             parse_split(text)
     rules = tmp_path / "rules.yaml"
-    rules.write_text("classes:\n  cakes: [en:cakes]\n")
-    with pytest.raises(ConfigError, match="classes.cakes: unknown class"):
-        load_rules(rules)
+    for text, message in [
+        ("classes:\n  cakes: [en:cakes]\n", "classes: expected a list of at least two class names"),
+        ("classes:\n  cakes: [en:cakes]\n  pies: [en:pies]\n  cakes: [en:tarts]\n", r":4: cakes: named twice"),
+        ("classes:\n  cakes: [en:cakes]\n  other: [en:pies]\n", "classes.other: reserved"),
+        ("classes:\n  Cakes: [en:cakes]\n  pies: [en:pies]\n", "class name 'Cakes': expected a lowercase word"),
+        ("classes:\n  cakes: [en:cakes]\n  pies: []\n", "classes.pies: expected a non-empty list"),
+        ("classes:\n  cakes: [en:cakes]\n  pies: [en:pies]\nother: yes please\n", "other: expected true or false"),
+        ("classes:\n  cakes: [en:cakes]\n  pies: [en:pies]\nnear: en:tarts\n", "near: expected a list of category tags"),
+    ]:
+        rules.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_rules(rules)
+    rules.write_text("classes:\n  cakes: [en:cakes]\nother: true\n")
+    assert load_rules(rules).names == ("cakes", "other")  # one class and the rest
 
 
 def test_precedence_resolves_ambiguous_products(tmp_path):

@@ -38,6 +38,7 @@ def data_build(
     out: Annotated[Path, typer.Option("--out", help="Directory for train.csv, val.csv, test.csv, datacard.json, README.md.")],
     rules: Annotated[Optional[Path], typer.Option("--rules", help="Labelling rules YAML [default: the shipped rules].")] = None,
     split: Annotated[str, typer.Option("--split", help="Train, val, test fractions.")] = "0.8,0.1,0.1",
+    other: Annotated[bool, typer.Option("--other", help="Keep products whose categories name none of the classes, labelled other (a fifth class).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace --out even when it is not a previous build's output (its files are deleted).")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -52,6 +53,7 @@ def data_build(
             card = build_dataset(
                 sources, out, rules, split,
                 on_batch=lambda path, rows: progress.update(task, description=f"{path.name}: {rows:,} rows read"), force=force,
+                other=True if other else None,
             )
     if as_json:
         print_json(card)

@@ -71,14 +71,15 @@ def eval_(
         Optional[list[Path]], typer.Option("--data", help="Labelled CSV; repeat to score several as one [default: the test file in the checkpoint's config].")
     ] = None,
     baselines: Annotated[bool, typer.Option("--baselines", help="Also train and score majority, logistic regression and gradient boosting.")] = False,
+    out_of_class: Annotated[Optional[Path], typer.Option("--out-of-class", help="CSV of products in none of the classes (the model's feature columns): how well the model tells them apart.")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Score a checkpoint: accuracy, per-class precision/recall/F1, confusion matrix."""
+    """Score a checkpoint: accuracy, per-class precision/recall/F1, confusion matrix, calibration, sets."""
     with reported_errors():
         from foodcls.inference.evaluate import evaluate_checkpoint
 
         path = default_checkpoint(checkpoint)
-        report = evaluate_checkpoint(path, data)
+        report = evaluate_checkpoint(path, data, out_of_class)
         if baselines:
             from foodcls.experiments.baselines import baseline_scores
 
@@ -112,6 +113,8 @@ def predict(
     energy: Annotated[Optional[float], _nutrient_option("--energy", "Energy, kcal per 100 g (if the model uses it).")] = None,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Fill a value the model uses but you did not give with its training median.")] = False,
     explain: Annotated[bool, typer.Option("--explain", help="Show each feature's contribution to the predicted class (integrated gradients).")] = False,
+    min_confidence: Annotated[Optional[float], typer.Option("--min-confidence", help="Decide `unsure` below this top probability [default: the checkpoint's train.min_confidence].", show_default=False)] = None,
+    coverage: Annotated[Optional[float], typer.Option("--coverage", help="Add a conformal set of classes that holds the true class this often, e.g. 0.9.", show_default=False)] = None,
     input_path: Annotated[Optional[str], typer.Option("--input", help="Batch: CSV whose header names the model's features, or - for stdin.")] = None,
     output_path: Annotated[Optional[str], typer.Option("--output", help="Batch output CSV, or - for stdout [default: -].")] = None,
     as_json: JsonOption = False,
@@ -120,18 +123,21 @@ def predict(
     values = {"protein": protein, "carbs": carbs, "fat": fat, "additives": additives, "sugars": sugars,
               "saturated_fat": saturated_fat, "salt": salt, "fiber": fiber, "energy": energy}
     with reported_errors():
-        from foodcls.inference.predict import check_product, load_predictor
+        from foodcls.inference.predict import check_product, check_trust_options, load_predictor, verdicts
 
         if input_path is not None:
             if any(v is not None for v in values.values()):
                 raise FoodclsError("give either --input or single-product values such as --protein, not both")
-            _predict_batch(default_checkpoint(checkpoint), input_path, output_path or "-", explain)
+            _predict_batch(default_checkpoint(checkpoint), input_path, output_path or "-", explain,
+                           min_confidence=min_confidence, coverage=coverage)
             return
         if all(v is None for v in values.values()):
             raise FoodclsError("give the product's values (--protein, --carbs, --fat, --additives, …) or --input CSV for a batch")
         predictor = load_predictor(default_checkpoint(checkpoint))
+        check_trust_options(predictor, min_confidence, coverage)
         checked = check_product(values, predictor.features, predictor.fill_values, allow_missing)
         probabilities = predictor.probabilities([checked.values])[0]
+        verdict = verdicts(predictor, probabilities[None, :], min_confidence=min_confidence, coverage=coverage)[0]
         explanation = None
         if explain:
             import numpy as np
@@ -143,24 +149,29 @@ def predict(
     best = predictor.classes[int(probabilities.argmax())]
     by_class = {name: float(p) for name, p in zip(predictor.classes, probabilities)}
     if as_json:
-        out: dict[str, Any] = {"class": best, "probabilities": by_class, "warnings": checked.warnings}
+        out: dict[str, Any] = {"class": best, "probabilities": by_class, "decision": verdict.decision, "warnings": checked.warnings}
+        if verdict.set is not None:
+            out["set"] = verdict.set
         if explanation is not None:
             out["contributions"] = dict(zip(predictor.features, explanation.contributions.tolist()))
             out["baseline_probability"] = explanation.baseline_probability
         print_json(out)
         return
-    stdout.print(f"[bold]{best}[/bold]")
+    stdout.print(f"[bold]{best}[/bold]" + (f" (decision: {verdict.decision})" if verdict.decision != best else ""))
     for name, p in by_class.items():
         stdout.print(f"  {name:<10} {p:.4f}", highlight=False)
+    if verdict.set is not None:
+        stdout.print(f"  {coverage:.0%} set: {{{', '.join(verdict.set)}}}", highlight=False)
     if explanation is not None:
         stdout.print(report_tables.explanation_table(predictor, checked.values, explanation, best))
 
 
-def _predict_batch(checkpoint: Path, input_path: str, output_path: str, explain: bool = False) -> None:
+def _predict_batch(checkpoint: Path, input_path: str, output_path: str, explain: bool = False, *,
+                   min_confidence: float | None = None, coverage: float | None = None) -> None:
     from foodcls.fileio import atomic_write_text
     from foodcls.inference.predict import predict_csv
 
-    text = predict_csv(checkpoint, input_path, explain)  # everything is read and checked before anything is written
+    text = predict_csv(checkpoint, input_path, explain, min_confidence=min_confidence, coverage=coverage)  # everything is read and checked before anything is written
     if output_path == "-":
         sys.stdout.write(text)
     else:

@@ -13,7 +13,6 @@ from foodcls.config import Config
 from foodcls.data import LabelledData, read_labelled_csvs, split_training_file
 from foodcls.preprocessing import Preprocessing
 from foodcls.inference.evaluate import classification_report
-from foodcls.labels import CLASSES
 from foodcls.inference.predict import load_predictor
 
 BASELINES = ("majority", "logistic_regression", "random_forest", "gradient_boosting")
@@ -47,9 +46,9 @@ def baseline_scores(checkpoint_path: str | Path, data_files: list[str]) -> tuple
     predictor = load_predictor(checkpoint_path)
     config = Config.model_validate(predictor.config)
     train, _ = split_training_file(config)
-    evaluation = read_labelled_csvs(data_files, predictor.features)
+    evaluation = read_labelled_csvs(data_files, predictor.features, predictor.classes)
     details = {}
     for name, predicted in baseline_predictions(train, evaluation.features, predictor.prep, config.train.seed).items():
-        report = classification_report(evaluation.labels, predicted, CLASSES)
+        report = classification_report(evaluation.labels, predicted, predictor.classes)
         details[name] = {k: report[k] for k in ("accuracy", "macro_f1", "balanced_accuracy")}
     return {name: d["accuracy"] for name, d in details.items()}, details

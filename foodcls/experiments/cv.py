@@ -23,7 +23,6 @@ from foodcls.experiments.folds import Fold, assign_folds, plan_folds
 from foodcls.experiments.jobs import RunOutcome, train_runs
 from foodcls.fileio import atomic_write_json, atomic_write_text
 from foodcls.inference.evaluate import classification_report, mean_std
-from foodcls.labels import CLASSES
 from foodcls.runs import CV_DIR_PREFIX, unique_dir
 
 SUMMARY_METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "worst_class_recall")
@@ -60,9 +59,9 @@ def predict_fold(fold: Fold, run: RunOutcome, baselines: bool) -> FoldPrediction
     return FoldPredictions(held_out, predictor.predict(held_out.features), predicted)
 
 
-def fold_scores(labels: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+def fold_scores(labels: np.ndarray, predicted: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
     """accuracy, macro_f1, balanced_accuracy, per_class_recall (classes present), worst_class_recall."""
-    report = classification_report(labels, predicted, CLASSES)
+    report = classification_report(labels, predicted, classes)
     recall = {name: m["recall"] for name, m in report["per_class"].items() if m["support"] > 0}
     return {
         "accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "balanced_accuracy": report["balanced_accuracy"],
@@ -75,9 +74,9 @@ def _mean_std(folds: list[dict[str, Any]]) -> tuple[dict[str, float | None], dic
     return {m: p[0] for m, p in pairs.items()}, {m: p[1] for m, p in pairs.items()}
 
 
-def _pooled(labels: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
-    scores = fold_scores(labels, predicted)
-    return {"n": int(len(labels)), **scores, "accuracy_ci": classification_report(labels, predicted, CLASSES)["accuracy_ci"]}
+def _pooled(labels: np.ndarray, predicted: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
+    scores = fold_scores(labels, predicted, classes)
+    return {"n": int(len(labels)), **scores, "accuracy_ci": classification_report(labels, predicted, classes)["accuracy_ci"]}
 
 
 def run_cv(
@@ -123,7 +122,7 @@ def run_cv_config(
                 entry["error"] = run.error
             else:
                 predictions[index] = predict_fold(fold, run, baselines)
-                entry.update(fold_scores(predictions[index].labels, predictions[index].predicted))
+                entry.update(fold_scores(predictions[index].labels, predictions[index].predicted, config.data.classes))
             results[index] = entry
             if on_fold is not None:
                 on_fold(entry)
@@ -151,7 +150,7 @@ def _write_predictions(path: Path, plan: list[Fold], predictions: list[FoldPredi
             writer.writerow(["fold", "label", "predicted", *held_out.feature_names, *columns])
             header_written = True
         for i, predicted in enumerate(fold_predictions.predicted.tolist()):
-            writer.writerow([fold.number, CLASSES[held_out.labels[i]], CLASSES[predicted],
+            writer.writerow([fold.number, held_out.classes[held_out.labels[i]], held_out.classes[predicted],
                              *(f"{v:g}" for v in held_out.features[i].tolist()), *(held_out.columns[c][i] for c in columns)])
     atomic_write_text(path, buffer.getvalue())
 
@@ -161,18 +160,20 @@ def aggregate(results: list[dict[str, Any]], predictions: list[FoldPredictions],
     """The report: per-fold entries, their mean ± std, and the figures pooled over every out-of-fold prediction."""
     done = [r for r in results if r["status"] != "failed"]
     mean, std = _mean_std(done)
-    report: dict[str, Any] = {"group_by": group_by, "folds": results, "mean": mean, "std": std, "pooled": None}
+    classes = predictions[0].held_out.classes if predictions else ()
+    report: dict[str, Any] = {"group_by": group_by, "classes": list(classes), "folds": results, "mean": mean, "std": std,
+                              "pooled": None}
     if not group_by:
         report["n_folds"] = folds
     if predictions:
         labels = np.concatenate([p.labels for p in predictions]).astype(np.int64)
         predicted = np.concatenate([p.predicted for p in predictions]).astype(np.int64)
-        report["pooled"] = _pooled(labels, predicted)
+        report["pooled"] = _pooled(labels, predicted, classes)
         if baselines:
             report["baselines"] = {}
             for name in predictions[0].baselines:
-                per_fold = [fold_scores(p.labels, p.baselines[name]) for p in predictions]
+                per_fold = [fold_scores(p.labels, p.baselines[name], classes) for p in predictions]
                 b_mean, b_std = _mean_std(per_fold)
-                pooled = _pooled(labels, np.concatenate([p.baselines[name] for p in predictions]).astype(np.int64))
+                pooled = _pooled(labels, np.concatenate([p.baselines[name] for p in predictions]).astype(np.int64), classes)
                 report["baselines"][name] = {"mean": b_mean, "std": b_std, "pooled": pooled}
     return report

@@ -13,7 +13,6 @@ import numpy as np
 from foodcls.config import Config, derive
 from foodcls.data import LabelledData, concat, drop_missing, read_eval_file, read_labelled_csv, write_labelled_csv
 from foodcls.errors import ConfigError, DataError
-from foodcls.labels import CLASSES
 
 
 @dataclass(frozen=True)
@@ -55,11 +54,11 @@ def fold_assignment(data: LabelledData, folds: int, group_by: str | None, seed: 
         return np.array([index[g] for g in groups], dtype=np.int64), names
     from sklearn.model_selection import StratifiedKFold
 
-    counts = np.bincount(data.labels, minlength=len(CLASSES))
+    counts = np.bincount(data.labels, minlength=len(data.classes))
     if folds < 2 or folds > len(data):
         raise ConfigError(f"--folds must lie within 2-{len(data)} (the rows cv scores), got {folds}")
     if counts[counts > 0].min() < folds:
-        rare = CLASSES[int(np.argmin(np.where(counts > 0, counts, np.iinfo(np.int64).max)))]
+        rare = data.classes[int(np.argmin(np.where(counts > 0, counts, np.iinfo(np.int64).max)))]
         raise DataError(f"cv: class {rare} has only {counts[counts > 0].min()} rows, fewer than --folds {folds}")
     assignment = np.empty(len(data), dtype=np.int64)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)

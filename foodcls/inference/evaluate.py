@@ -83,24 +83,52 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple
     return report
 
 
-def evaluate_checkpoint(checkpoint_path: str | Path, data_paths: list[str | Path] | None = None) -> dict[str, Any]:
-    """Score a checkpoint on labelled CSVs taken together (default: the test file in its config), in numpy."""
-    from foodcls.data import read_labelled_csvs
+def probability_report(probabilities: np.ndarray, labels: np.ndarray, temperature: float,
+                       scores: np.ndarray | None) -> dict[str, Any]:
+    """What says whether the probabilities can be trusted: ECE (10 equal-width bins), NLL, Brier, the
+    reliability bins, the risk–coverage table, and the empirical coverage and mean size of the 90 %
+    conformal sets (when the checkpoint carries calibration scores)."""
+    from foodcls.inference import calibration as cal
+
+    return {
+        "temperature": temperature,
+        "ece": cal.expected_calibration_error(probabilities, labels),
+        "nll": cal.nll(probabilities, labels),
+        "brier": cal.brier(probabilities, labels),
+        "reliability": cal.reliability(probabilities, labels),
+        "risk_coverage": cal.risk_coverage(probabilities, labels),
+        "conformal": cal.set_figures(probabilities, labels, scores, 0.9).to_json() if scores is not None else None,
+    }
+
+
+def evaluate_checkpoint(checkpoint_path: str | Path, data_paths: list[str | Path] | None = None,
+                        out_of_class: str | Path | None = None) -> dict[str, Any]:
+    """Score a checkpoint on labelled CSVs taken together (default: the test file in its config), in numpy;
+    with out_of_class (a CSV of products in none of the classes), also how well it tells them apart."""
+    from foodcls.data import read_feature_table, read_labelled_csvs
     from foodcls.errors import DataError
+    from foodcls.inference.calibration import open_set
     from foodcls.inference.predict import load_predictor
 
     predictor = load_predictor(checkpoint_path)
     if not data_paths:
-        data_config = predictor.config["data"]
-        default = data_config.get("test") or data_config.get("val")
-        if default is None:
+        data_config = predictor.config.get("data")
+        default = (data_config.get("test") or data_config.get("val")) if isinstance(data_config, dict) else None
+        if not isinstance(default, str):
             raise DataError(f"{checkpoint_path}: its config names no test or val file; pass --data")
         data_paths = [default]
-    data = read_labelled_csvs(data_paths, predictor.features)
-    report = classification_report(data.labels, predictor.predict(data.features), predictor.classes)
+    data = read_labelled_csvs(data_paths, predictor.features, predictor.classes)
+    probabilities = predictor.probabilities(data.features)
+    report = classification_report(data.labels, probabilities.argmax(axis=1), predictor.classes)
+    report.update(probability_report(probabilities, data.labels, predictor.temperature, predictor.conformal_scores))
     unknown = int(np.isnan(data.features).sum())
     if unknown:
         report["warnings"].append(f"{unknown} unknown values filled with the training medians")
+    if out_of_class is not None:
+        outside = read_feature_table(out_of_class, predictor.features)
+        named = data.labels != predictor.classes.index("other") if predictor.has_other else np.ones(len(data), bool)
+        report["open_set"] = open_set(probabilities[named], predictor.probabilities(outside.features), predictor.classes)
+        report["open_set"]["data"] = str(out_of_class)
     report["data"] = ", ".join(str(p) for p in data_paths)
     report["data_files"] = [str(p) for p in data_paths]
     return report

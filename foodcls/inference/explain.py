@@ -39,7 +39,7 @@ def probability_gradients(predictor: Predictor, features: np.ndarray, target: in
             pres.append(z)
             posts.append(h)
         else:
-            h = z
+            h = z / predictor.temperature
     z = h - h.max(axis=1, keepdims=True)
     p = np.exp(z)
     p /= p.sum(axis=1, keepdims=True)
@@ -47,6 +47,7 @@ def probability_gradients(predictor: Predictor, features: np.ndarray, target: in
     # d p_t / d z_j = p_t (δ_tj - p_j)
     grad = -p_target[:, None] * p
     grad[:, target] += p_target
+    grad /= predictor.temperature  # the logits are the last layer's output divided by T
     for i in range(len(layers) - 1, -1, -1):
         grad = grad @ layers[i][0]
         if i > 0:

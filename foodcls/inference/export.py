@@ -49,8 +49,11 @@ def onnx_model(checkpoint_path: str | Path):
         if i < len(predictor.layers) - 1:
             nodes.append(helper.make_node(ACTIVATIONS[predictor.activation].onnx_op, [current], [f"h{i + 1}"]))
             current = f"h{i + 1}"
+    # The calibration temperature is part of the graph: any runtime gives the calibrated probabilities.
+    constants.append(numpy_helper.from_array(np.array([predictor.temperature], dtype=np.float32), "temperature"))
     nodes += [
-        helper.make_node("Softmax", [current], ["probabilities"], axis=1),
+        helper.make_node("Div", [current, "temperature"], ["calibrated"]),
+        helper.make_node("Softmax", ["calibrated"], ["probabilities"], axis=1),
         helper.make_node("ArgMax", [current], ["label"], axis=1, keepdims=0),
     ]
     graph = helper.make_graph(
@@ -66,6 +69,7 @@ def onnx_model(checkpoint_path: str | Path):
         "classes": json.dumps(list(predictor.classes)),
         "features": json.dumps(list(predictor.features)),
         "activation": predictor.activation,
+        "temperature": repr(predictor.temperature),
     })
     onnx.checker.check_model(model)
     return model

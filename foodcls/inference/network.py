@@ -36,6 +36,13 @@ class Predictor:
     features: tuple[str, ...]
     config: dict  # the training config stored in the checkpoint
     metrics: dict  # the epoch's metrics at save time
+    temperature: float = 1.0  # logits are divided by it before the softmax (calibration; 1: none)
+    conformal_scores: np.ndarray | None = None  # sorted 1 - p(true class) of the calibration rows
+    min_confidence: float | None = None  # below this top probability the decision is `unsure`
+
+    @property
+    def has_other(self) -> bool:
+        return "other" in self.classes
 
     def logits(self, inputs: np.ndarray) -> np.ndarray:
         """The network on preprocessed inputs (filled and scaled)."""
@@ -50,6 +57,8 @@ class Predictor:
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         """Class probabilities (n, classes) for raw label values (n, features); NaN means unknown."""
         x = self.logits(self.prep.apply(np.asarray(features, dtype=np.float32)))
+        if self.temperature != 1.0:
+            x = x / np.float32(self.temperature)
         x = x - x.max(axis=1, keepdims=True)
         e = np.exp(x)
         return e / e.sum(axis=1, keepdims=True)

@@ -40,7 +40,19 @@ def predictor_from_checkpoint(checkpoint: Checkpoint) -> Predictor:
         if w.shape[0] != b.shape[0] or w_next.shape[1] != w.shape[0]:
             raise CheckpointError(f"{checkpoint.path}: layer shapes do not chain")
     metrics = checkpoint.meta.get("metrics") if isinstance(checkpoint.meta.get("metrics"), dict) else {}
-    return Predictor(layers, activation, prep, tuple(checkpoint.meta["classes"]), features, checkpoint.meta["config"], metrics)
+    temperature = checkpoint.meta.get("temperature", 1.0)  # absent in checkpoints from before calibration
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+        raise CheckpointError(f"{checkpoint.path}: checkpoint metadata: temperature must be a positive number, got {temperature!r}")
+    scores = checkpoint.arrays.get("conformal_scores")
+    if scores is not None and (scores.ndim != 1 or scores.dtype.kind != "f" or not np.isfinite(scores).all()):
+        raise CheckpointError(f"{checkpoint.path}: its conformal scores are not a list of finite numbers (damaged file?)")
+    train_config = checkpoint.meta["config"].get("train")
+    min_confidence = train_config.get("min_confidence") if isinstance(train_config, dict) else None
+    if min_confidence is not None and (isinstance(min_confidence, bool) or not isinstance(min_confidence, (int, float))
+                                       or not 0 <= min_confidence <= 1):
+        raise CheckpointError(f"{checkpoint.path}: checkpoint config: train.min_confidence must lie within 0-1, got {min_confidence!r}")
+    return Predictor(layers, activation, prep, tuple(checkpoint.meta["classes"]), features, checkpoint.meta["config"], metrics,
+                     float(temperature), scores.astype(np.float64) if scores is not None else None, min_confidence)
 
 
 def load_predictor(path: str | Path) -> Predictor:
@@ -95,14 +107,54 @@ def check_product(values: dict[str, float | None], features: tuple[str, ...], fi
     return checked
 
 
-def predict_table(predictor: Predictor, table: FeatureTable, explain: bool = False) -> tuple[list[str], list[list[str]]]:
-    """The input's columns plus `predicted` and one `p_<class>` per class (and, with explain, one
-    `contrib_<feature>` per feature: its share of the predicted class's probability)."""
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with one prediction: the decision (a class, `other`, or `unsure` below the confidence
+    threshold) and, when a coverage was asked, the conformal set of classes (most probable first)."""
+
+    decision: str
+    set: list[str] | None = None
+
+
+def check_trust_options(predictor: Predictor, min_confidence: float | None, coverage: float | None) -> None:
+    """Refuse, in one line, a threshold or coverage that means nothing, or sets a checkpoint cannot give."""
+    if min_confidence is not None and not 0 <= min_confidence <= 1:
+        raise DataError(f"--min-confidence {min_confidence:g}: expected a probability within 0-1")
+    if coverage is not None:
+        if not 0 < coverage < 1:
+            raise DataError(f"--coverage {coverage:g}: expected a share strictly between 0 and 1, e.g. 0.9")
+        if predictor.conformal_scores is None:
+            raise DataError("--coverage: this checkpoint holds no calibration scores (train it with validation data; "
+                            "train.calibration: temperature keeps them)")
+
+
+def verdicts(predictor: Predictor, probabilities: np.ndarray, *, min_confidence: float | None = None,
+             coverage: float | None = None) -> list[Verdict]:
+    """Decision (and set) per row; min_confidence None takes the checkpoint's train.min_confidence."""
+    from foodcls.inference.calibration import conformal_threshold, decisions, prediction_sets
+
+    check_trust_options(predictor, min_confidence, coverage)
+    threshold = predictor.min_confidence if min_confidence is None else min_confidence
+    decided = decisions(probabilities, predictor.classes, threshold)
+    if coverage is None:
+        return [Verdict(d) for d in decided]
+    sets = prediction_sets(probabilities, conformal_threshold(predictor.conformal_scores, coverage))
+    return [Verdict(d, [predictor.classes[k] for k in members]) for d, members in zip(decided, sets)]
+
+
+def predict_table(predictor: Predictor, table: FeatureTable, explain: bool = False, *, min_confidence: float | None = None,
+                  coverage: float | None = None) -> tuple[list[str], list[list[str]]]:
+    """The input's columns plus `predicted`, one `p_<class>` per class and `decision` (with coverage, `set`:
+    the classes joined by |); with explain, one `contrib_<feature>` per feature: its share of the predicted
+    class's probability."""
     probabilities = predictor.probabilities(table.features)
-    header = [*table.header, "predicted", *(f"p_{name}" for name in predictor.classes)]
+    judged = verdicts(predictor, probabilities, min_confidence=min_confidence, coverage=coverage)
+    header = [*table.header, "predicted", *(f"p_{name}" for name in predictor.classes), "decision",
+              *(["set"] if coverage is not None else [])]
     rows = [
-        [*row, predictor.classes[int(p.argmax())], *(f"{value:.6f}" for value in p)]
-        for row, p in zip(table.rows, probabilities)
+        [*row, predictor.classes[int(p.argmax())], *(f"{value:.6f}" for value in p), verdict.decision,
+         *(["|".join(verdict.set)] if verdict.set is not None else [])]
+        for row, p, verdict in zip(table.rows, probabilities, judged)
     ]
     if explain:
         header += [f"contrib_{name}" for name in predictor.features]
@@ -119,9 +171,12 @@ def format_csv(header: list[str], rows: list[list[str]]) -> str:
     return buffer.getvalue()
 
 
-def predict_csv(checkpoint_path: str | Path, input_path: str | Path, explain: bool = False) -> str:
-    """Batch prediction: the input CSV (or - for stdin) with predicted and p_<class> columns, as text."""
+def predict_csv(checkpoint_path: str | Path, input_path: str | Path, explain: bool = False, *,
+                min_confidence: float | None = None, coverage: float | None = None) -> str:
+    """Batch prediction: the input CSV (or - for stdin) with predicted, p_<class> and decision (and set) columns, as text."""
     from foodcls.data import read_feature_table
 
     predictor = load_predictor(checkpoint_path)
-    return format_csv(*predict_table(predictor, read_feature_table(input_path, predictor.features), explain))
+    check_trust_options(predictor, min_confidence, coverage)  # before the input is read
+    table = read_feature_table(input_path, predictor.features)
+    return format_csv(*predict_table(predictor, table, explain, min_confidence=min_confidence, coverage=coverage))

@@ -22,10 +22,9 @@ from foodcls.data import TRACE_COLUMNS, LabelledData, write_labelled_csv
 from foodcls.errors import ConfigError, DataError
 from foodcls.features import ALL_FEATURES
 from foodcls.fileio import atomic_write_json, atomic_write_text, write_error
-from foodcls.labels import CLASSES
 from foodcls.offdata.clean import DROP_REASONS, NUMERIC, classify
 from foodcls.offdata.read import SourceStats, read_export
-from foodcls.offdata.rules import load_rules
+from foodcls.offdata.rules import LabelRules, load_rules
 
 SPLITS = ("train", "val", "test")
 BatchCallback = Callable[[Path, int], None]  # (source, rows read so far)
@@ -52,14 +51,14 @@ def split_of(key: str, fractions: tuple[float, float, float]) -> str:
 
 def build_dataset(
     sources: list[str | Path], out_dir: str | Path, rules_path: str | Path | None = None,
-    split: str = "0.8,0.1,0.1", on_batch: BatchCallback | None = None, *, force: bool = False,
+    split: str = "0.8,0.1,0.1", on_batch: BatchCallback | None = None, *, force: bool = False, other: bool | None = None,
 ) -> dict[str, Any]:
     """Read, label, clean, de-duplicate and split the sources; write the files; return the datacard.
     out_dir ends up either complete or as it was; two builds into one out_dir at once: the second is refused.
     An out_dir that holds anything but a previous build's output is refused unless force: replacing it
     would delete the user's files (`--out data` once took data/demo with it)."""
     fractions = parse_split(split)
-    rules = load_rules(rules_path)
+    rules = load_rules(rules_path, other)
     if not sources:
         raise DataError("give at least one export file")
     out = Path(out_dir)
@@ -135,7 +134,7 @@ def _build(sources, out: Path, rules, fractions, on_batch) -> dict[str, Any]:
                 seen.add(content_key)
             rows[split_of(key, fractions)].append((*values, label, name, (barcode or "").strip()))
         stats_list.append(stats)
-    card = _datacard(stats_list, rows, dropped, corrected, rules.to_json(), fractions)
+    card = _datacard(stats_list, rows, dropped, corrected, rules, fractions)
     _write(out, rows, card)
     return card
 
@@ -160,9 +159,9 @@ def _classify_source(source, stats: SourceStats, rules, on_batch) -> tuple[np.nd
     return all_reasons, pl.concat(kept)
 
 
-def _datacard(stats_list, rows, dropped, corrected, rules, fractions) -> dict[str, Any]:
+def _datacard(stats_list, rows, dropped, corrected, rules: LabelRules, fractions) -> dict[str, Any]:
     label_at = len(NUMERIC)
-    per_split = {s: {c: sum(1 for r in rows[s] if r[label_at] == i) for i, c in enumerate(CLASSES)} for s in SPLITS}
+    per_split = {s: {c: sum(1 for r in rows[s] if r[label_at] == i) for i, c in enumerate(rules.names)} for s in SPLITS}
     return {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "foodcls_version": __version__,
@@ -172,7 +171,8 @@ def _datacard(stats_list, rows, dropped, corrected, rules, fractions) -> dict[st
         ],
         "rows_read": sum(s.rows for s in stats_list),
         "rows_kept": sum(len(r) for r in rows.values()),
-        "per_class": {c: sum(per_split[s][c] for s in SPLITS) for c in CLASSES},
+        "classes": list(rules.names),
+        "per_class": {c: sum(per_split[s][c] for s in SPLITS) for c in rules.names},
         "splits": {s: len(rows[s]) for s in SPLITS},
         "per_split": per_split,
         "known_values": {
@@ -181,17 +181,17 @@ def _datacard(stats_list, rows, dropped, corrected, rules, fractions) -> dict[st
         "dropped": dropped,
         "corrected": corrected,
         "split_fractions": dict(zip(SPLITS, fractions)),
-        "rules": rules,
+        "rules": rules.to_json(),
     }
 
 
-def _split_data(split_rows: list[tuple], name: str) -> LabelledData:
+def _split_data(split_rows: list[tuple], name: str, classes: tuple[str, ...]) -> LabelledData:
     n, width = len(split_rows), len(NUMERIC)
     values = np.array([r[:width] for r in split_rows], dtype=np.float64).reshape(n, width)  # None → NaN
     columns = {"source": np.array([r[width + 1] for r in split_rows], dtype=object),
                "code": np.array([r[width + 2] for r in split_rows], dtype=object)}
     labels = np.array([r[width] for r in split_rows], dtype=np.int64)
-    return LabelledData(values.astype(np.float32), labels, ALL_FEATURES, name, columns=columns)
+    return LabelledData(values.astype(np.float32), labels, ALL_FEATURES, name, columns=columns, classes=classes)
 
 
 def _write(out: Path, rows, card: dict[str, Any]) -> None:
@@ -199,7 +199,8 @@ def _write(out: Path, rows, card: dict[str, Any]) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
     try:
         for split_name in SPLITS:
-            write_labelled_csv(staging / f"{split_name}.csv", _split_data(rows[split_name], split_name), TRACE_COLUMNS)
+            split_data = _split_data(rows[split_name], split_name, tuple(card["classes"]))
+            write_labelled_csv(staging / f"{split_name}.csv", split_data, TRACE_COLUMNS)
         atomic_write_json(staging / "datacard.json", card)
         atomic_write_text(staging / "README.md", datacard_markdown(card))
         if out.exists():
@@ -236,7 +237,7 @@ def datacard_markdown(card: dict[str, Any]) -> str:
         "",
         "| class | " + " | ".join(SPLITS) + " | total |",
         "|---|" + "---|" * (len(SPLITS) + 1),
-        *[f"| {c} | " + " | ".join(str(card["per_split"][s][c]) for s in SPLITS) + f" | {card['per_class'][c]} |" for c in CLASSES],
+        *[f"| {c} | " + " | ".join(str(card["per_split"][s][c]) for s in SPLITS) + f" | {card['per_class'][c]} |" for c in card["classes"]],
         "",
         "## Known values per nutrient (of the products kept)",
         "",

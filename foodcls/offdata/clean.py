@@ -16,6 +16,7 @@ KJ_PER_KCAL = 4.184
 DROP_REASONS = (
     "ragged_row",
     "no_class",
+    "near_class",
     "ambiguous_class",
     "missing_protein",
     "missing_carbs",
@@ -87,13 +88,15 @@ def classify(batch: Frame, rules: LabelRules) -> Frame:
     key, content_key, and reason: 0 for a row kept (before
     de-duplication), i + 1 for a row dropped for DROP_REASONS[i]. Works lazily too."""
     tags = pl.col("categories_tags").fill_null("").str.to_lowercase()
-    label, n_matched = label_expressions(rules, tags)
+    label, n_matched, near = label_expressions(rules, tags)
     numbers = [_number(c).alias(c) for c in NUMERIC if c != "energy"]
-    frame = batch.with_columns(label.alias("label"), n_matched.alias("n_matched"), *numbers)
+    frame = batch.with_columns(label.alias("label"), n_matched.alias("n_matched"), near.alias("near_class"), *numbers)
     frame = frame.with_columns(_energy_copied().alias("energy_copied")).with_columns(_energy().alias("energy"))
     macros = [pl.col(c) for c in MACROS]
     checks = [
-        ("no_class", pl.col("n_matched") == 0),
+        # No class: no category of the rules' classes (and, with `other`, no categories at all).
+        ("no_class", (pl.col("n_matched") == 0) & pl.col("label").is_null() & ~pl.col("near_class")),
+        ("near_class", pl.col("near_class")),  # with `other`: a near tag, so perhaps in a class after all
         ("ambiguous_class", pl.col("label").is_null()),
         ("missing_protein", pl.col("protein").is_null()),
         ("missing_carbs", pl.col("carbs").is_null()),

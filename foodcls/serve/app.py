@@ -19,7 +19,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 
 from foodcls.features import NUTRIENTS, invalid_mask, value_problem
-from foodcls.inference.predict import Predictor, load_predictor, review_product
+from foodcls.errors import DataError
+from foodcls.inference.predict import Predictor, Verdict, check_trust_options, load_predictor, review_product, verdicts
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
 MAX_BATCH = 10_000
@@ -89,7 +90,7 @@ def _check_product(predictor: Predictor, product: Any, allow_missing: bool) -> t
         return [], [{"loc": ["body"], "msg": "expected a JSON object of nutrient values", "type": "type_error"}], []
     errors, values = [], {}
     for field, value in product.items():
-        if field in ("explain", "allow_missing"):
+        if field in ("explain", "allow_missing", *TRUST_FIELDS):
             continue
         if field not in NUTRIENTS:
             errors.append(_field_error(field, f"unknown field; nutrients are {', '.join(NUTRIENTS)}"))
@@ -106,6 +107,29 @@ def _check_product(predictor: Predictor, product: Any, allow_missing: bool) -> t
         errors += [_field_error(f, "missing (this model uses it; send allow_missing: true to use the training median)")
                    for f in checked.missing if f not in named]
     return checked.values, errors, checked.warnings
+
+
+TRUST_FIELDS = ("min_confidence", "coverage")
+
+
+def _trust_options(predictor: Predictor, options: dict[str, Any]) -> tuple[dict[str, float | None], list[dict]]:
+    """min_confidence and coverage from a request body (as `foodcls predict` takes them), or the 422 errors."""
+    chosen: dict[str, float | None] = {}
+    for name in TRUST_FIELDS:
+        value = options.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return {}, [_field_error(name, f"must be a number, got {repr(value)[:80]}")]
+        chosen[name] = None if value is None else float(value)
+    try:
+        check_trust_options(predictor, chosen["min_confidence"], chosen["coverage"])
+    except DataError as error:
+        field = "coverage" if str(error).startswith("--coverage") else "min_confidence"
+        return {}, [_field_error(field, str(error).replace(f"--{field.replace('_', '-')} ", "", 1))]
+    return chosen, []
+
+
+def _verdict_fields(verdict: Verdict) -> dict[str, Any]:
+    return {"decision": verdict.decision, **({"set": verdict.set} if verdict.set is not None else {})}
 
 
 def _probabilities(predictor: Predictor, row: np.ndarray) -> dict[str, float]:
@@ -159,12 +183,14 @@ def create_app(checkpoint: str | Path | None = None) -> FastAPI:
         product = await body_json(request)
         options = product if isinstance(product, dict) else {}
         values, errors, warnings = _check_product(predictor, product, bool(options.get("allow_missing")))
-        if errors:
-            return _json({"detail": errors}, 422)
+        trust, trust_errors = _trust_options(predictor, options)
+        if errors or trust_errors:
+            return _json({"detail": errors + trust_errors}, 422)
         row = np.array([values], dtype=np.float32)
         probabilities = predictor.probabilities(row)[0]
+        verdict = verdicts(predictor, probabilities[None, :], **trust)[0]
         out = {"class": predictor.classes[int(probabilities.argmax())], "probabilities": _probabilities(predictor, probabilities),
-               "warnings": warnings}
+               **_verdict_fields(verdict), "warnings": warnings}
         if options.get("explain"):
             from foodcls.inference.explain import integrated_gradients
 
@@ -182,6 +208,9 @@ def create_app(checkpoint: str | Path | None = None) -> FastAPI:
         if len(products) > MAX_BATCH:
             return _json({"detail": [{"loc": ["body", "products"], "msg": f"at most {MAX_BATCH} products per request, got {len(products)}",
                                       "type": "value_error"}]}, 422)
+        trust, trust_errors = _trust_options(predictor, body)
+        if trust_errors:
+            return _json({"detail": trust_errors}, 422)
         try:
             features = batch_features(predictor, products, bool(body.get("allow_missing")))
         except _BatchErrors as errors:
@@ -189,7 +218,9 @@ def create_app(checkpoint: str | Path | None = None) -> FastAPI:
         probabilities = predictor.probabilities(features)
         best = probabilities.argmax(axis=1)
         classes = predictor.classes
-        predictions = [{"class": classes[b], "probabilities": dict(zip(classes, p))} for b, p in zip(best.tolist(), probabilities.tolist())]
+        judged = verdicts(predictor, probabilities, **trust)
+        predictions = [{"class": classes[b], "probabilities": dict(zip(classes, p)), **_verdict_fields(v)}
+                       for b, p, v in zip(best.tolist(), probabilities.tolist(), judged)]
         return _json({"predictions": predictions})
 
     return BodyLimit(app)

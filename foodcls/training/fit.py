@@ -19,7 +19,6 @@ from foodcls.data import Splits, load_splits
 from foodcls.errors import ConfigError, FoodclsError, ResourceError, WriteError
 from foodcls.fileio import atomic_write_text
 from foodcls.inference.checkpoint import Checkpoint, load_checkpoint
-from foodcls.labels import CLASSES
 from foodcls.training.run import EpochCallback, Run, RunPruned, RunSpec, finish, init_checkpoint
 from foodcls.training.stack import EVAL_THREADS, TORCH_THREADS, Interrupted, fit_stack, group_key
 from foodcls.training.trainstate import restore_state
@@ -146,7 +145,7 @@ def available_memory() -> int | None:
 
 def check_memory(config: Config, splits: Splits) -> None:
     """Refuse, before anything is written, a model that cannot fit in this machine's memory."""
-    sizes = [len(config.data.features), *config.model.hidden, len(CLASSES)]
+    sizes = [len(config.data.features), *config.model.hidden, len(config.data.classes)]
     params = sum(i * o + o for i, o in zip(sizes, sizes[1:]))
     rows = config.train.batch_size + sum(len(d) for d in (splits.train, splits.val, splits.test) if d is not None)
     # Weights, gradients, two optimizer buffers, the in-memory best and last snapshots, float32; and the

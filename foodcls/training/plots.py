@@ -15,6 +15,7 @@ from foodcls.fileio import atomic_write  # noqa: E402
 LEARNING_CURVES = "learning_curves.png"
 CONFUSION_MATRIX = "confusion_matrix.png"
 GRAD_NORMS = "grad_norms.png"
+RELIABILITY = "reliability.png"
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -56,6 +57,21 @@ def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], out: Path
     _save(fig, out)
 
 
+def plot_reliability(bins: list[dict], out: Path, title: str) -> None:
+    """Accuracy against confidence per bin of the top probability (the diagonal is perfect calibration),
+    with how many products each bin holds."""
+    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+    centres = [(b["low"] + b["high"]) / 2 for b in bins]
+    ax.bar(centres, [b["accuracy"] for b in bins], width=0.09, alpha=0.7, label="accuracy")
+    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", color="tab:red", label="accuracy at the mean confidence")
+    ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.legend(loc="upper left", fontsize=8)
+    ax_n.bar(centres, [b["n"] for b in bins], width=0.09, color="tab:grey")
+    ax_n.set(xlabel="top probability", ylabel="products")
+    _save(fig, out)
+
+
 def plot_grad_norms(run_dirs: list[Path], out: Path) -> None:
     """Per-layer gradient norm (log scale) per epoch: the vanishing gradient made visible."""
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -89,4 +105,8 @@ def write_run_plots(run_dir: Path, summary: dict | None = None) -> list[Path]:
         plot_confusion_matrix(report["confusion_matrix"], report["classes"], run_dir / CONFUSION_MATRIX,
                               f"Confusion matrix ({split}, best checkpoint)")
         written.append(run_dir / CONFUSION_MATRIX)
+        if report.get("reliability"):
+            plot_reliability(report["reliability"], run_dir / RELIABILITY,
+                             f"Reliability ({split}, T = {report.get('temperature', 1.0):.2f}, ECE {report['ece']:.3f})")
+            written.append(run_dir / RELIABILITY)
     return written

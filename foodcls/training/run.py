@@ -23,8 +23,7 @@ from foodcls.preprocessing import Preprocessing
 from foodcls.errors import ConfigError, RunError, WriteError
 from foodcls.fileio import atomic_write_json, atomic_write_text, write_error
 from foodcls.inference.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, weight_arrays
-from foodcls.inference.evaluate import classification_report
-from foodcls.labels import CLASSES
+from foodcls.inference.evaluate import classification_report, probability_report
 from foodcls.training.model import build_model, linear_layers
 from foodcls.training.optim import Schedule
 from foodcls.training.trainstate import Progress, RestoredState, model_arrays, model_meta, restore_state, resumable_state
@@ -61,12 +60,13 @@ def class_weights(config: Config, labels: np.ndarray, train_only: np.ndarray | N
     if setting == "none":
         return None
     if isinstance(setting, dict):
-        return np.array([setting.get(name, 1.0) for name in CLASSES])
+        return np.array([setting.get(name, 1.0) for name in config.data.classes])
     counted = labels
     if config.train.class_weights_from == "not_train_only" and train_only is not None and not train_only.all():
         counted = labels[~train_only]
-    counts = np.bincount(counted, minlength=len(CLASSES)).astype(np.float64)
-    weights = np.where(counts > 0, len(counted) / (len(CLASSES) * np.maximum(counts, 1)), 1.0)
+    n_classes = len(config.data.classes)
+    counts = np.bincount(counted, minlength=n_classes).astype(np.float64)
+    weights = np.where(counts > 0, len(counted) / (n_classes * np.maximum(counts, 1)), 1.0)
     return np.sqrt(weights) if setting == "sqrt_balanced" else weights
 
 
@@ -134,7 +134,7 @@ class Run:
             pairs = weight_arrays(source)
             return [w.copy() for w, _ in pairs], [b.copy() for _, b in pairs]
         torch.manual_seed(self.config.train.seed)
-        model = build_model(self.config.model, len(self.config.data.features), len(CLASSES))
+        model = build_model(self.config.model, len(self.config.data.features), len(self.config.data.classes))
         layers = linear_layers(model)
         return [layer.weight.detach().numpy().copy() for layer in layers], [layer.bias.detach().numpy().copy() for layer in layers]
 
@@ -258,6 +258,24 @@ def _truncate_metrics(run_dir: Path, epoch: int) -> None:
 
 
 
+def calibrate(path: Path, val: LabelledData) -> dict[str, Any]:
+    """Fit the temperature on the validation rows and store it in the checkpoint at path, with the rows'
+    conformal scores (for predict's sets); returns what was fitted."""
+    from foodcls.inference.calibration import conformal_scores, expected_calibration_error, fit_temperature, softmax
+    from foodcls.inference.predict import predictor_from_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    predictor = predictor_from_checkpoint(checkpoint)
+    logits = predictor.logits(predictor.prep.apply(val.features)).astype(np.float64)
+    temperature = fit_temperature(logits, val.labels)
+    calibrated = softmax(logits, temperature)
+    arrays = {**checkpoint.arrays, "conformal_scores": conformal_scores(calibrated, val.labels)}
+    save_checkpoint(path, arrays, {**checkpoint.meta, "temperature": temperature})
+    return {"method": "temperature", "temperature": temperature, "rows": len(val),
+            "val_ece_before": expected_calibration_error(softmax(logits), val.labels),
+            "val_ece_after": expected_calibration_error(calibrated, val.labels)}
+
+
 def finish(member: Run) -> None:
     """Score the best checkpoint on val and test, draw the plots, then write summary.json: a run reads
     `finished` only once every file of it is in place."""
@@ -267,10 +285,15 @@ def finish(member: Run) -> None:
     run_dir, summary, progress, splits = member.run_dir, dict(member.summary), member.progress, member.splits
     scores: dict[str, Any] = {}
     if runs.best_checkpoint(run_dir).exists():
+        if member.config.calibrates and splits.val is not None:
+            summary["calibration"] = calibrate(runs.best_checkpoint(run_dir), splits.val)
         predictor = load_predictor(runs.best_checkpoint(run_dir))
         for split_name, data in (("val", splits.val), ("test", splits.test)):
             if data is not None:
-                scores[split_name] = classification_report(data.labels, predictor.predict(data.features), CLASSES)
+                probabilities = predictor.probabilities(data.features)
+                scores[split_name] = classification_report(data.labels, probabilities.argmax(axis=1), predictor.classes)
+                scores[split_name].update(probability_report(probabilities, data.labels, predictor.temperature,
+                                                             predictor.conformal_scores))
     summary.update(
         status=member.status,
         stop_reason=member.stop_reason,

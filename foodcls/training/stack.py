@@ -15,7 +15,6 @@ import torch
 
 from foodcls.config import Config
 from foodcls.errors import FoodclsError, ResourceError, first_line
-from foodcls.labels import CLASSES
 from foodcls.training.backprop import logits, loss_gradients, smooth_targets
 from foodcls.training.optim import make_optimizer
 from foodcls.training.run import SPLIT_NAMES, Run, finish
@@ -58,7 +57,7 @@ class Stack:
         first = members[0].config
         self.batch_size = first.train.batch_size
         self.activation = first.model.activation
-        self.n_classes = len(CLASSES)
+        self.n_classes = len(first.data.classes)
         self.weights = [torch.from_numpy(np.stack([m.weights[i] for m in members])).to(device) for i in range(members[0].n_layers)]
         self.biases = [torch.from_numpy(np.stack([m.biases[i] for m in members])[:, None, :]).to(device) for i in range(members[0].n_layers)]
         t = [m.config.train for m in members]
@@ -217,9 +216,10 @@ class Stack:
 
 
 def group_key(config: Config) -> tuple:
-    """Runs with equal keys can share a stack: same network shape, optimizer kind, batch size and device."""
-    return (tuple(config.model.hidden), config.model.activation, tuple(config.data.features), config.train.optimizer,
-            config.train.batch_size, config.train.device)
+    """Runs with equal keys can share a stack: same network shape (features, classes), optimizer kind, batch
+    size and device."""
+    return (tuple(config.model.hidden), config.model.activation, tuple(config.data.features), len(config.data.classes),
+            config.train.optimizer, config.train.batch_size, config.train.device)
 
 
 def fit_stack(members: list[Run], device: torch.device, eval_threads: int = EVAL_THREADS) -> None:

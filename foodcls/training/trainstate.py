@@ -15,7 +15,6 @@ from foodcls.inference.checkpoint import WEIGHT_PREFIX, Checkpoint
 from foodcls.config import Config, config_to_dict
 from foodcls.preprocessing import Preprocessing
 from foodcls.errors import RunError
-from foodcls.labels import CLASSES
 
 # Bumped when the resumable state changes shape: an older run cannot be resumed (its checkpoints still load).
 TRAIN_STATE_VERSION = 2
@@ -49,7 +48,7 @@ def model_arrays(weights: list[np.ndarray], biases: list[np.ndarray], prep: Prep
 def model_meta(config: Config, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
     as_dict = config_to_dict(config)
     return {
-        "classes": list(CLASSES),
+        "classes": list(config.data.classes),
         "features": list(config.data.features),
         "model": as_dict["model"],
         "config": as_dict,
