@@ -47,6 +47,9 @@ class DataConfig(_Section):
     # The class names the labels of the data files use, in output order (a rules file's classes, plus
     # `other` for a build with --other); the checkpoint carries them.
     classes: tuple[StrictStr, ...] = DEFAULT_CLASSES
+    # Rows labelled one of these are skipped, e.g. [other] for a four-class model read from a build made
+    # with --other (which the five-class recipe uses too).
+    ignore_labels: tuple[StrictStr, ...] = ()
 
     @field_validator("classes")
     @classmethod
@@ -55,6 +58,13 @@ class DataConfig(_Section):
         if problem is not None:
             raise ValueError(problem)
         return value
+
+    @model_validator(mode="after")
+    def _ignored_labels_are_not_classes(self) -> DataConfig:
+        learnt = sorted(set(self.ignore_labels) & set(self.classes))
+        if learnt:
+            raise ValueError(f"data.ignore_labels: {learnt[0]!r} is one of data.classes; a class cannot be skipped")
+        return self
 
     @field_validator("features")
     @classmethod

@@ -202,10 +202,10 @@ def _feature_columns(name: str, header: list[str], features: tuple[str, ...], wh
 
 def read_labelled_csv(
     path: str | Path, features: tuple[str, ...] = SEED_FEATURES, weight: float = 1.0, train_only: bool = False,
-    classes: tuple[str, ...] = DEFAULT_CLASSES,
+    classes: tuple[str, ...] = DEFAULT_CLASSES, ignore: tuple[str, ...] = (),
 ) -> LabelledData:
     """Read labelled rows: the seed's headerless five columns, or a header naming class/label and the
-    features. Labels are names from `classes` (or their indices)."""
+    features. Labels are names from `classes` (or their indices); rows labelled one of `ignore` are skipped."""
     name, rows = _read_rows(path)
     first = [c.strip() for c in rows[0][1]]
     if _looks_like_header(first, classes):
@@ -226,6 +226,10 @@ def read_labelled_csv(
     for line, row in body:
         if len(row) != len(header):
             raise DataError(f"{name}:{line}: expected {len(header)} fields ({','.join(header)}), got {len(row)}")
+    if ignore:
+        body = [(line, row) for line, row in body if row[label_index].strip() not in ignore]
+        if not body:
+            raise DataError(f"{name}: every row is labelled {' or '.join(ignore)} (data.ignore_labels)")
     problems: list[tuple[int, str]] = []
     labels = _parse_labels(body, label_index, problems, classes)
     values = _parse_columns(name, body, columns, features, problems)
@@ -237,9 +241,9 @@ def read_labelled_csv(
 
 
 def read_labelled_csvs(paths: list[str | Path], features: tuple[str, ...] = SEED_FEATURES,
-                       classes: tuple[str, ...] = DEFAULT_CLASSES) -> LabelledData:
+                       classes: tuple[str, ...] = DEFAULT_CLASSES, ignore: tuple[str, ...] = ()) -> LabelledData:
     """Several labelled files read as one, in the order given."""
-    return concat([read_labelled_csv(path, features, classes=classes) for path in paths])
+    return concat([read_labelled_csv(path, features, classes=classes, ignore=ignore) for path in paths])
 
 
 def _looks_like_header(row: list[str], classes: tuple[str, ...] = DEFAULT_CLASSES) -> bool:
@@ -293,7 +297,8 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 def read_training_files(config: Config) -> LabelledData:
     """Every data.train file, with its weight and train-only flag, as one set."""
     features = config.data.features
-    data = concat([read_labelled_csv(f.path, features, f.weight, f.train_only, config.data.classes) for f in config.data.train_files])
+    data = concat([read_labelled_csv(f.path, features, f.weight, f.train_only, config.data.classes, config.data.ignore_labels)
+                   for f in config.data.train_files])
     return drop_missing(data) if config.data.missing == "drop" else data
 
 
@@ -309,7 +314,7 @@ def split_training_file(config: Config) -> tuple[LabelledData, LabelledData | No
 
 
 def read_eval_file(config: Config, path: str) -> LabelledData:
-    data = read_labelled_csv(path, config.data.features, classes=config.data.classes)
+    data = read_labelled_csv(path, config.data.features, classes=config.data.classes, ignore=config.data.ignore_labels)
     return drop_missing(data) if config.data.missing == "drop" else data
 
 

@@ -35,7 +35,7 @@ def metrics_tables(report: dict[str, Any]) -> list[Table]:
     if "ece" in report:
         tables.append(_trust_table(report))
     if report.get("open_set"):
-        tables.append(_open_set_table(report["open_set"]))
+        tables.append(open_set_table(report["open_set"]))
     return tables
 
 
@@ -53,13 +53,14 @@ def _trust_table(report: dict[str, Any]) -> Table:
     return table
 
 
-def _open_set_table(figures: dict[str, Any]) -> Table:
+def open_set_table(figures: dict[str, Any]) -> Table:
     table = Table(title=f"products in none of the classes ({figures['n']} from {figures.get('data', 'the file')}): "
                         f"AUROC {fmt(figures['auroc'], 3)}; ≥ 0.9 for one class: {fmt(figures['share_confident_over_0_9'], 3)}")
     table.add_column("in-class kept", justify="right")
     table.add_column("out-of-class rejected", justify="right")
+    table.add_column("accuracy of the kept", justify="right")
     for coverage, rejected in figures["rejected_at_coverage"].items():
-        table.add_row(coverage, fmt(rejected, 3))
+        table.add_row(coverage, fmt(rejected, 3), fmt(figures.get("accuracy_of_kept", {}).get(coverage), 3))
     return table
 
 

@@ -95,17 +95,20 @@ def test_a_missing_group_column_is_one_line_naming_it_and_writes_nothing(config_
 
 
 @pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "off-exports").is_dir(), reason="real OFF samples not found in ../shared")
-@pytest.mark.parametrize("recipe", ["off", "off_rich"])
+@pytest.mark.parametrize("recipe", ["off", "off_rich", "off_open"])
 def test_the_shipped_real_data_recipes_cross_validate_by_source_on_the_shared_exports(recipe, tmp_path, monkeypatch):
     from foodcls.offdata.build import build_dataset
 
     samples = sorted((REPO.parent / "shared" / "data" / "off-exports").glob("off-*"))
-    build_dataset(samples, tmp_path / "data" / "off")
+    build_dataset(samples, tmp_path / "data" / "off", other=True)  # the build every shipped recipe reads
     (tmp_path / "data" / "synth-off").symlink_to(REPO / "data" / "synth-off")
     monkeypatch.chdir(tmp_path)  # the configs name data/off and data/synth-off relative to where they run
     report = run_cv(REPO / "configs" / f"{recipe}.yaml", group_by="source", overrides=["train.epochs=2"],
                     runs_root=tmp_path / "runs", workers=1)
-    built = sum(len(read_labelled_csv(tmp_path / "data" / "off" / f"{s}.csv")) for s in ("train", "val"))
-    assert report["pooled"]["n"] == built  # every real row of train + val scored once; no synthetic row
+    rows = [r for s in ("train", "val") for r in csv.DictReader(open(tmp_path / "data" / "off" / f"{s}.csv"))]
+    four = {"beverages", "meats", "snacks", "desserts"}
+    classes = four | {"other"} if recipe == "off_open" else four
+    assert report["pooled"]["n"] == sum(r["label"] in classes for r in rows)  # every real row of its classes once; no synthetic row
     assert len(report["folds"]) == 10 and {f["group"] for f in report["folds"]} >= {"off-2026-products.parquet", "off-2026-raw100.jsonl"}
-    assert set(report["pooled"]["per_class_recall"]) == {"beverages", "meats", "snacks", "desserts"}
+    assert set(report["pooled"]["per_class_recall"]) == classes
+    assert ("open_set" in report["pooled"]) == (recipe == "off_open")

@@ -66,6 +66,8 @@ def cv(
         print_json(report)
         return
     stdout.print(report_tables.cv_table(report))
+    if report["pooled"] is not None and report["pooled"].get("open_set"):
+        stdout.print(report_tables.open_set_table({**report["pooled"]["open_set"], "data": "the held-out folds' other products"}))
     if report.get("baselines"):
         stdout.print(report_tables.cv_baselines_table(report))
 

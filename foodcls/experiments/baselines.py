@@ -46,7 +46,7 @@ def baseline_scores(checkpoint_path: str | Path, data_files: list[str]) -> tuple
     predictor = load_predictor(checkpoint_path)
     config = Config.model_validate(predictor.config)
     train, _ = split_training_file(config)
-    evaluation = read_labelled_csvs(data_files, predictor.features, predictor.classes)
+    evaluation = read_labelled_csvs(data_files, predictor.features, predictor.classes, predictor.ignored_labels)
     details = {}
     for name, predicted in baseline_predictions(train, evaluation.features, predictor.prep, config.train.seed).items():
         report = classification_report(evaluation.labels, predicted, predictor.classes)

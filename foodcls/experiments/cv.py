@@ -23,6 +23,7 @@ from foodcls.experiments.folds import Fold, assign_folds, plan_folds
 from foodcls.experiments.jobs import RunOutcome, train_runs
 from foodcls.fileio import atomic_write_json, atomic_write_text
 from foodcls.inference.evaluate import classification_report, mean_std
+from foodcls.labels import OTHER
 from foodcls.runs import CV_DIR_PREFIX, unique_dir
 
 SUMMARY_METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "worst_class_recall")
@@ -35,8 +36,12 @@ class FoldPredictions:
     asked, each baseline's (trained on the fold's training rows)."""
 
     held_out: LabelledData
-    predicted: np.ndarray
+    probabilities: np.ndarray
     baselines: dict[str, np.ndarray]
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)
 
     @property
     def labels(self) -> np.ndarray:
@@ -56,7 +61,7 @@ def predict_fold(fold: Fold, run: RunOutcome, baselines: bool) -> FoldPrediction
 
         train_rows = load_splits(fold.config).train
         predicted = baseline_predictions(train_rows, held_out.features, predictor.prep, fold.config.train.seed)
-    return FoldPredictions(held_out, predictor.predict(held_out.features), predicted)
+    return FoldPredictions(held_out, predictor.probabilities(held_out.features), predicted)
 
 
 def fold_scores(labels: np.ndarray, predicted: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
@@ -155,6 +160,18 @@ def _write_predictions(path: Path, plan: list[Fold], predictions: list[FoldPredi
     atomic_write_text(path, buffer.getvalue())
 
 
+def _pooled_trust(probabilities: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
+    """Calibration of the pooled out-of-fold probabilities; with an `other` class, how well the folds'
+    models told the held-out `other` products from those of the named classes (open_set, as eval's)."""
+    from foodcls.inference.calibration import expected_calibration_error, open_set
+
+    out: dict[str, Any] = {"ece": expected_calibration_error(probabilities, labels)}
+    if OTHER in classes:
+        is_other = labels == classes.index(OTHER)
+        out["open_set"] = open_set(probabilities[~is_other], probabilities[is_other], classes, labels[~is_other])
+    return out
+
+
 def aggregate(results: list[dict[str, Any]], predictions: list[FoldPredictions], group_by: str | None, folds: int,
               baselines: bool) -> dict[str, Any]:
     """The report: per-fold entries, their mean ± std, and the figures pooled over every out-of-fold prediction."""
@@ -169,6 +186,7 @@ def aggregate(results: list[dict[str, Any]], predictions: list[FoldPredictions],
         labels = np.concatenate([p.labels for p in predictions]).astype(np.int64)
         predicted = np.concatenate([p.predicted for p in predictions]).astype(np.int64)
         report["pooled"] = _pooled(labels, predicted, classes)
+        report["pooled"].update(_pooled_trust(np.concatenate([p.probabilities for p in predictions]), labels, classes))
         if baselines:
             report["baselines"] = {}
             for name in predictions[0].baselines:

@@ -33,7 +33,8 @@ def _scored_sets(config: Config) -> tuple[list[tuple[LabelledData, float]], list
         if entry.train_only:
             train_only.append((entry.path, entry.weight))
         else:
-            scored.append((read_labelled_csv(entry.path, features, entry.weight), entry.weight))
+            scored.append((read_labelled_csv(entry.path, features, entry.weight, classes=config.data.classes,
+                                             ignore=config.data.ignore_labels), entry.weight))
     if config.data.val is not None:
         scored.append((read_eval_file(config, config.data.val), 1.0))
     if not scored:

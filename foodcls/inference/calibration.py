@@ -164,17 +164,26 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
     return float((ranks[: len(positive)].sum() - len(positive) * (len(positive) + 1) / 2) / (len(positive) * len(negative)))
 
 
-def open_set(in_class: np.ndarray, out_of_class: np.ndarray, classes: tuple[str, ...]) -> dict:
+def open_set(in_class: np.ndarray, out_of_class: np.ndarray, classes: tuple[str, ...],
+             in_class_labels: np.ndarray | None = None) -> dict:
     """How well the model tells products of its named classes (probabilities `in_class`) from products in
     none of them (`out_of_class`): AUROC of the in-class score, the share of out-of-class rejected by the
-    threshold that keeps 90 % / 95 % of the in-class, and the share given ≥ 0.9 for one named class."""
+    threshold that keeps 90 % / 95 % of the in-class, and the share given ≥ 0.9 for one named class.
+    With the in-class products' labels, also the accuracy on those kept (their most probable named class)."""
     named = [i for i, c in enumerate(classes) if c != OTHER]
     inside, outside = in_class_score(in_class, classes), in_class_score(out_of_class, classes)
-    rejected = {}
+    rejected, kept_accuracy = {}, {}
     for coverage in OPEN_SET_COVERAGES:
         threshold = np.quantile(inside, 1.0 - coverage, method="lower") if len(inside) else math.inf
         rejected[f"{coverage:.2f}"] = float((outside < threshold).mean()) if len(outside) else None
+        if in_class_labels is not None:
+            kept = inside >= threshold
+            best_named = np.array(named)[in_class[:, named].argmax(axis=1)]
+            kept_accuracy[f"{coverage:.2f}"] = float((best_named[kept] == in_class_labels[kept]).mean()) if kept.any() else None
     confident = out_of_class[:, named].max(axis=1) >= 0.9 if len(out_of_class) else np.array([])
     area = auroc(inside, outside)
-    return {"n": int(len(out_of_class)), "auroc": None if math.isnan(area) else area, "rejected_at_coverage": rejected,
-            "share_confident_over_0_9": float(confident.mean()) if len(confident) else None}
+    figures = {"n": int(len(out_of_class)), "auroc": None if math.isnan(area) else area, "rejected_at_coverage": rejected,
+               "share_confident_over_0_9": float(confident.mean()) if len(confident) else None}
+    if in_class_labels is not None:
+        figures["accuracy_of_kept"] = kept_accuracy
+    return figures

@@ -117,7 +117,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path, data_paths: list[str | Path
         if not isinstance(default, str):
             raise DataError(f"{checkpoint_path}: its config names no test or val file; pass --data")
         data_paths = [default]
-    data = read_labelled_csvs(data_paths, predictor.features, predictor.classes)
+    data = read_labelled_csvs(data_paths, predictor.features, predictor.classes, predictor.ignored_labels)
     probabilities = predictor.probabilities(data.features)
     report = classification_report(data.labels, probabilities.argmax(axis=1), predictor.classes)
     report.update(probability_report(probabilities, data.labels, predictor.temperature, predictor.conformal_scores))
@@ -127,7 +127,8 @@ def evaluate_checkpoint(checkpoint_path: str | Path, data_paths: list[str | Path
     if out_of_class is not None:
         outside = read_feature_table(out_of_class, predictor.features)
         named = data.labels != predictor.classes.index("other") if predictor.has_other else np.ones(len(data), bool)
-        report["open_set"] = open_set(probabilities[named], predictor.probabilities(outside.features), predictor.classes)
+        report["open_set"] = open_set(probabilities[named], predictor.probabilities(outside.features), predictor.classes,
+                                      data.labels[named])
         report["open_set"]["data"] = str(out_of_class)
     report["data"] = ", ".join(str(p) for p in data_paths)
     report["data_files"] = [str(p) for p in data_paths]

@@ -44,6 +44,13 @@ class Predictor:
     def has_other(self) -> bool:
         return "other" in self.classes
 
+    @property
+    def ignored_labels(self) -> tuple[str, ...]:
+        """The labels its training data skipped (data.ignore_labels): evaluation files skip them too."""
+        data = self.config.get("data")
+        ignored = data.get("ignore_labels", ()) if isinstance(data, dict) else ()
+        return tuple(x for x in ignored if isinstance(x, str)) if isinstance(ignored, list | tuple) else ()
+
     def logits(self, inputs: np.ndarray) -> np.ndarray:
         """The network on preprocessed inputs (filled and scaled)."""
         x = inputs
