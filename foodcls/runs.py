@@ -6,7 +6,7 @@ import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from foodcls.errors import RunError
 
@@ -99,6 +99,29 @@ def resolve_run_dir(path: str | Path) -> Path:
     if not (run_dir / CONFIG_FILE).is_file():
         raise RunError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
     return run_dir
+
+
+LOCK_FILE = ".lock"
+
+
+def lock_run(run_dir: Path) -> IO[str]:
+    """Hold the run's lock while it trains: a second writer (a --resume of a run still training) is refused,
+    naming the process that holds it. An flock: the kernel drops it when the holder dies, even by SIGKILL,
+    so a killed run never stays locked."""
+    import fcntl
+
+    try:
+        handle = open(run_dir / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 - held until the run ends
+    except OSError as error:
+        raise RunError(f"{run_dir}: cannot open its lock file ({error.strerror})") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        pid = read_summary(run_dir).get("pid") if (run_dir / SUMMARY_FILE).exists() else None
+        raise RunError(f"{run_dir}: still training in another process{f' (pid {pid})' if pid else ''}; "
+                       "stop it (Ctrl-C or kill) or wait for it to finish, then --resume") from None
+    return handle
 
 
 def process_alive(pid: int | None) -> bool:

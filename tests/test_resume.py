@@ -132,3 +132,29 @@ def test_ctrl_c_in_the_middle_of_an_epoch_saves_the_last_completed_epoch(config_
     resume(interrupted.run_dir)
     reference = train(load_config(config_file, overrides), runs_root=tmp_path / "b", name="r")
     assert_same_model(interrupted.last_checkpoint, reference.last_checkpoint)
+
+
+def test_resume_of_a_run_still_training_is_refused_naming_its_pid_and_a_killed_run_is_not_left_locked(config_file, tmp_path):
+    import pytest
+
+    from foodcls.errors import RunError
+
+    args = [sys.executable, "-m", "foodcls", "train", "--config", str(config_file), "--runs-root", str(tmp_path),
+            "--set", "train.epochs=100000"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (list(tmp_path.glob("small-*")) and runs.read_metrics(list(tmp_path.glob("small-*"))[0])):
+            time.sleep(0.05)
+        run_dir = list(tmp_path.glob("small-*"))[0]
+        metrics_before = (run_dir / runs.METRICS_FILE).stat().st_size
+        with pytest.raises(RunError, match=rf"still training in another process \(pid {process.pid}\)"):
+            resume(run_dir)
+        cli = subprocess.run([sys.executable, "-m", "foodcls", "train", "--resume", str(run_dir)], capture_output=True, text=True)
+        assert cli.returncode == 1 and len(cli.stderr.strip().splitlines()) == 1 and f"pid {process.pid}" in cli.stderr
+        assert runs.read_summary(run_dir)["pid"] == process.pid  # the live run's files are untouched by the refusals
+        assert (run_dir / runs.METRICS_FILE).stat().st_size >= metrics_before
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    runs.lock_run(run_dir).close()  # the kernel dropped the killed process's lock

@@ -102,6 +102,17 @@ def _subnormals_flushed() -> Iterator[None]:
 
 
 def _fit_runs(specs: list[RunSpec], eval_threads: int) -> list[TrainResult]:
+    locks = []
+    try:
+        for spec in specs:
+            locks.append(spec.lock or runs.lock_run(spec.run_dir))
+        return _fit_locked(specs, eval_threads)
+    finally:
+        for lock in locks:
+            lock.close()  # releases the flock
+
+
+def _fit_locked(specs: list[RunSpec], eval_threads: int) -> list[TrainResult]:
     members = []
     for spec in specs:
         device = _resolve_device(spec.config.train.device)
@@ -206,6 +217,15 @@ def train_many(items: list[tuple[Config, str]], runs_root: str | Path = "runs", 
 def resume(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), on_epoch: EpochCallback | None = None) -> TrainResult:
     """Continue a run in place from its last checkpoint; ends bit-identical to an uninterrupted run."""
     run_dir = runs.resolve_run_dir(run_dir)
+    lock = runs.lock_run(run_dir)  # before anything is read or written: the run may still be training
+    try:
+        return _resume_locked(run_dir, lock, overrides, on_epoch)
+    except BaseException:
+        lock.close()
+        raise
+
+
+def _resume_locked(run_dir: Path, lock, overrides: list[str] | tuple[str, ...], on_epoch: EpochCallback | None) -> TrainResult:
     config = load_config(run_dir / runs.CONFIG_FILE, overrides)
     checkpoint = load_checkpoint(runs.last_checkpoint(run_dir)) if runs.last_checkpoint(run_dir).exists() else None
     restored = None
@@ -217,4 +237,4 @@ def resume(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), on_
     _resolve_device(config.train.device)
     atomic_write_text(run_dir / runs.CONFIG_FILE, config_to_yaml(config))
     name = runs.read_summary(run_dir).get("name", run_dir.name)
-    return fit_runs([RunSpec(config, run_dir, name, checkpoint, on_epoch, splits, restored=restored)])[0]
+    return fit_runs([RunSpec(config, run_dir, name, checkpoint, on_epoch, splits, restored=restored, lock=lock)])[0]

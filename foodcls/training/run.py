@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -90,6 +90,7 @@ class RunSpec:
     splits: Splits | None = None  # the data, when already read and checked (else read by fit_runs)
     init: Checkpoint | None = None  # train.init_from's checkpoint, when already loaded and checked
     restored: RestoredState | None = None  # the resumed checkpoint's training state, when already read
+    lock: IO[str] | None = None  # the run directory's lock, when already taken (resume takes it first)
 
 
 class Run:
