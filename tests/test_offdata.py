@@ -263,3 +263,25 @@ def test_build_refuses_to_replace_a_directory_that_is_not_a_build_output_and_tou
     result = CliRunner().invoke(app, ["data", "build", str(source), "--out", str(mine), "--force"])
     assert result.exit_code == 0, result.output
     assert not (mine / "notes.txt").exists() and (mine / "datacard.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["tsv", "tsv.gz", "jsonl", "utf16"])
+def test_an_export_without_newlines_is_refused_once_a_line_passes_16_mb(tmp_path, kind):
+    import gzip
+
+    from foodcls.offdata.sniff import MAX_LINE_BYTES
+
+    header = "code\tcategories_tags\tproteins_100g\tcarbohydrates_100g\tfat_100g\tadditives_n\n"
+    endless = "1\ten:snacks\t" + "9" * (MAX_LINE_BYTES + (1 << 20))  # one line past the bound, no newline
+    path = tmp_path / f"export.{kind}"
+    if kind == "tsv":
+        path.write_bytes((header + endless).encode())
+    elif kind == "tsv.gz":
+        path.write_bytes(gzip.compress((header + endless).encode(), compresslevel=1))
+    elif kind == "utf16":
+        path.write_bytes((header + endless).encode("utf-16"))
+    else:
+        path.write_bytes(('{"code": "1", "categories_tags": ["en:snacks"], "x": "' + "9" * (MAX_LINE_BYTES + (1 << 20))).encode())
+    with pytest.raises(DataError, match=rf"^{path}: a line longer than 16 MB \(no newline\)"):
+        build_dataset([path], tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -110,3 +110,15 @@ def test_an_unusable_storage_or_cluster_is_one_line(tune_files, tmp_path):
                      *[x for o in OVERRIDES for x in ("--set", o)])
         assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1 and fragment in result.stderr, result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_storage_password_is_never_shown(tune_files, tmp_path):
+    from foodcls.experiments.tune import redacted
+
+    assert redacted("postgresql://user:s3cret@db.example:5432/optuna") == "postgresql://user:***@db.example:5432/optuna"
+    assert redacted("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db" and redacted("mysql://u@h/db") == "mysql://u@h/db"
+    config, space = tune_files
+    result = cli("tune", "--config", config, "--space", space, "--trials", 2, "--runs-root", tmp_path / "runs",
+                 "--storage", "postgresql://user:s3cret@127.0.0.1:1/optuna", *[x for o in OVERRIDES for x in ("--set", o)])
+    assert result.returncode == 1 and "s3cret" not in result.stderr + result.stdout
+    assert "postgresql://user:***@127.0.0.1:1/optuna" in result.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import os
 import socket
 from dataclasses import dataclass, field
@@ -129,6 +130,34 @@ def storage_url(storage: str | None, study_dir: Path) -> str:
     return storage or f"sqlite:///{(study_dir / STUDY_DB).resolve()}"
 
 
+def redacted(url: str) -> str:
+    """A storage URL as it may be shown or stored: the password replaced by ***
+    (postgresql://user:secret@host/db → postgresql://user:***@host/db)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # a malformed URL: hide everything between :// and @
+        return re.sub(r"(://[^/@]*?:)[^/@]*@", r"\1***@", url)
+    if not password:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _password(url: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
 def open_study(name: str, storage: str, metric: str, sampler=None, pruner=None, create: bool = True):
     import optuna
 
@@ -139,12 +168,16 @@ def open_study(name: str, storage: str, metric: str, sampler=None, pruner=None, 
                                        pruner=pruner, load_if_exists=True)
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     except KeyError:
-        raise ConfigError(f"--study {name}: no such study in {storage}") from None
+        raise ConfigError(f"--study {name}: no such study in {redacted(storage)}") from None
     except FoodclsError:
         raise
     except Exception as error:  # SQLAlchemy and Optuna raise many types for an unusable storage URL
         first = first_line(error)
-        raise ConfigError(f"--storage {storage}: cannot open the study ({type(error).__name__}: {first[:160]})") from None
+        reason = first.replace(storage, redacted(storage))
+        password = _password(storage)
+        if password:
+            reason = reason.replace(password, "***")
+        raise ConfigError(f"--storage {redacted(storage)}: cannot open the study ({type(error).__name__}: {reason[:160]})") from None
 
 
 def _fail_stale_trials(study) -> None:
@@ -238,7 +271,7 @@ def study_report(study, storage: str, study_dir: Path) -> dict[str, Any]:
         b = study.best_trial
         best = {"number": b.number, "params": _decoded(b.params), "value": b.value,
                 "config": str(study_dir / "best.yaml")}
-    return {"study": study.study_name, "storage": storage, "direction": study.direction.name.lower(), "trials": trials, "best": best}
+    return {"study": study.study_name, "storage": redacted(storage), "direction": study.direction.name.lower(), "trials": trials, "best": best}
 
 
 def run_tune(

@@ -25,9 +25,10 @@ import polars as pl
 
 from foodcls.errors import DataError, first_line
 from foodcls.offdata.columns import COLUMNS, EXPORT_NAMES, missing_required
+from foodcls.offdata.jsonl import product_row
 from foodcls.offdata.parquet import parquet_batches
 from foodcls.offdata.scan import line_problem, scan_tsv
-from foodcls.offdata.sniff import DAMAGED_STREAM_ERRORS, ExportFormat, decompressed, sniff
+from foodcls.offdata.sniff import DAMAGED_STREAM_ERRORS, MAX_LINE_BYTES, ExportFormat, decompressed, line_too_long, sniff
 
 Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
 Transform = Callable[[Frame], Frame]
@@ -113,6 +114,7 @@ def _tsv_batches(path: Path, fmt: ExportFormat, stats: SourceStats, digest) -> I
         block = tail + block
         cut = block.rfind(b"\n") + 1
         block, tail = block[:cut], block[cut:]
+        line_too_long(path, len(tail))
         if indices is None:
             header, _, block = block.partition(b"\n")
             names = header.decode("utf-8", errors="replace").rstrip("\r").split("\t")
@@ -184,35 +186,13 @@ def _quoted_batches(path: Path, fmt: ExportFormat, stats: SourceStats, digest) -
         yield _frame(columns)
 
 
-def _json_value(value) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    return str(value)
-
-
-def _json_row(product: dict) -> dict[str, str | None]:
-    """Our columns from one product of the JSONL dump: nutrients under `nutriments` as <name>_100g keys."""
-    nutriments = product.get("nutriments")
-    nutriments = nutriments if isinstance(nutriments, dict) else {}
-    row = {}
-    for column, export_names in EXPORT_NAMES.items():
-        value = None
-        for export_name in export_names:
-            value = nutriments.get(export_name, product.get(export_name)) if export_name.endswith("_100g") else product.get(export_name)
-            if value is not None:
-                break
-        row[column] = _json_value(value)
-    return row
-
-
 def _jsonl_batches(path: Path, fmt: ExportFormat, stats: SourceStats, digest) -> Iterator[pl.DataFrame]:
     columns: dict[str, list] = {k: [] for k in COLUMNS}
     tail = b""
     for block in _utf8_blocks(path, fmt, digest):
         lines = (tail + block).split(b"\n")
         tail = lines.pop()
+        line_too_long(path, len(tail))
         yield from _json_lines(lines, columns, stats, final=False)
     yield from _json_lines([tail], columns, stats, final=True)
 
@@ -229,7 +209,7 @@ def _json_lines(lines: list[bytes], columns: dict[str, list], stats: SourceStats
         except (ValueError, RecursionError):
             stats.ragged += 1  # a line that does not parse as one product's JSON object
             continue
-        for name, value in _json_row(product).items():
+        for name, value in product_row(product).items():
             columns[name].append(value)
         if len(columns["code"]) >= BATCH_ROWS:
             yield _frame(columns)
@@ -277,7 +257,8 @@ def _decompressed_chunks(path: Path, fmt: ExportFormat, digest, chunks: queue.Qu
             else:
                 source = decompressed(hashed, fmt.compression)
             with source:
-                header = source.readline()
+                header = source.readline(MAX_LINE_BYTES + 1)
+                line_too_long(path, len(header) if not header.endswith(b"\n") else 0)
                 carry = b""
                 block = bytearray(CHUNK_BYTES)
                 while True:
@@ -286,6 +267,7 @@ def _decompressed_chunks(path: Path, fmt: ExportFormat, digest, chunks: queue.Qu
                     cut = block.rfind(b"\n", 0, n) + 1 if n else 0
                     if n and cut == 0:
                         carry += bytes(view)  # a line longer than a chunk: keep reading
+                        line_too_long(path, len(carry))
                         continue
                     body = view[:cut] if n else memoryview(b"")
                     if carry or len(body):

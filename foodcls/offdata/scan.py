@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from foodcls.offdata.sniff import line_too_long
+
 BLOCK_BYTES = 16 << 20
 TAB, NEWLINE = 9, 10
 
@@ -59,6 +61,7 @@ def check_lines(path: Path, header_bytes: int, width: int, result: LineCheck) ->
                 newlines = int(np.count_nonzero(data == NEWLINE))
                 if newlines == 0:
                     carry += bytes(view[:n])
+                    line_too_long(path, len(carry))
                     continue
                 last = buffer.rfind(b"\n", 0, n)
                 tabs = int(np.count_nonzero(data == TAB)) - buffer.count(b"\t", last + 1, n) + carry.count(b"\t")

@@ -18,6 +18,17 @@ GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 PARQUET_MAGIC = b"PAR1"
 # What reading a truncated or corrupt export raises, from the decompressors, the OS and polars.
+# No export line comes near this (the longest in the shared samples is a few KB); a file without a newline
+# for this long is not an export, and reading on would hold all of it in memory.
+MAX_LINE_BYTES = 16 << 20
+
+
+def line_too_long(path: Path, carried: int) -> None:
+    """Refuse, in one line naming the file, a line that has grown past MAX_LINE_BYTES."""
+    if carried > MAX_LINE_BYTES:
+        raise DataError(f"{path}: a line longer than {MAX_LINE_BYTES >> 20} MB (no newline): not an export, or a damaged one")
+
+
 DAMAGED_STREAM_ERRORS = (OSError, EOFError, ValueError, zlib.error, zstandard.ZstdError, pl.exceptions.PolarsError)
 
 
