@@ -193,8 +193,11 @@ def key_lines_of(text: str) -> dict[str, int]:
     """Map dotted key paths to their 1-based line in the YAML text, for error messages."""
     lines: dict[str, int] = {}
 
+    seen: set[int] = set()
+
     def walk(node: yaml.Node, prefix: str) -> None:
-        if isinstance(node, yaml.MappingNode):
+        if isinstance(node, yaml.MappingNode) and id(node) not in seen:
+            seen.add(id(node))  # an alias may point back at a mapping that holds it
             for key_node, value_node in node.value:
                 path = f"{prefix}{key_node.value}"
                 lines[path] = key_node.start_mark.line + 1

@@ -202,3 +202,32 @@ def test_a_sweep_whose_worker_is_killed_reports_that_run_failed_and_finishes_the
     assert statuses == ["failed", "finished"]
     failed = [r for entry in report["results"] for r in entry["runs"] if r["status"] == "failed"][0]
     assert "worker process died" in failed["error"]
+
+
+def test_a_config_whose_alias_contains_itself_is_one_line(tmp_path):
+    from foodcls.config import load_config
+    from foodcls.errors import ConfigError
+
+    for text in ("data:\n  train: t.csv\nmodel: &m\n  hidden: *m\n", "data:\n  train: t.csv\ntrain: &t\n  lr: 0.1\n  x: *t\n",
+                 "data: &d\n  train: [*d]\n"):
+        path = tmp_path / "recursive.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=rf"^{path}"):
+            load_config(path)
+
+
+def test_eval_and_baselines_of_a_checkpoint_whose_stored_config_lacks_data_are_one_line(trained_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from foodcls.cli import app
+    from foodcls.inference.checkpoint import load_checkpoint, save_checkpoint
+
+    old = load_checkpoint(trained_run.best_checkpoint)
+    meta = {**old.meta, "config": {k: v for k, v in old.meta["config"].items() if k != "data"}}
+    save_checkpoint(tmp_path / "no-data.safetensors", old.arrays, meta)
+    for extra in ([], ["--data", str(tmp_path / "x.csv"), "--baselines"]):
+        if extra:
+            (tmp_path / "x.csv").write_text("meats,20,1,12,2\nbeverages,0,10,0,1\n")
+        result = CliRunner().invoke(app, ["eval", "--checkpoint", str(tmp_path / "no-data.safetensors"), *extra])
+        assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+        assert "no-data.safetensors" in result.output

@@ -262,3 +262,90 @@ def test_export_reader_builds_a_dataset_or_fails_with_one_of_our_errors(tmp_path
         if text.count("\n") > 1:
             data_read = read_labelled_csv(out / f"{split}.csv", ALL_FEATURES)
             assert np.isfinite(data_read.features[:, :4]).all()
+
+
+def _json_values():
+    scalars = st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True) | st.text(max_size=6)
+    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                        max_leaves=6)
+
+
+def _paths(node, prefix=()):
+    """Every path into a JSON value: the nodes a structural mutation may replace or delete."""
+    yield prefix
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _paths(value, (*prefix, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _paths(value, (*prefix, i))
+
+
+def _mutated(meta, data):
+    """The metadata with one node anywhere in it replaced by arbitrary JSON, or deleted, or the whole of it
+    replaced (a list, a number…): structural damage, not a fixed list of edits."""
+    import copy
+
+    paths = list(_paths(meta))
+    path = data.draw(st.sampled_from(paths))
+    replacement = data.draw(_json_values())
+    if not path:
+        return replacement
+    meta = copy.deepcopy(meta)
+    parent = meta
+    for key in path[:-1]:
+        parent = parent[key]
+    if data.draw(st.booleans()) and isinstance(parent, dict):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = replacement
+    return meta
+
+
+def _retyped(data: bytes, dtype: str) -> bytes:
+    """The file with its first weight's dtype changed to a 2-byte float numpy lacks (BF16, F8 pairs), shape
+    doubled so the byte count still matches: a valid safetensors file that numpy cannot read."""
+    header_size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_size])
+    name = next(k for k in header if k.startswith("net.") and header[k]["dtype"] == "F32")
+    entry = header[name]
+    entry["dtype"], entry["shape"] = dtype, [*entry["shape"][:-1], entry["shape"][-1] * (2 if dtype == "BF16" else 4)]
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    return len(encoded).to_bytes(8, "little") + encoded + data[8 + header_size :]
+
+
+@pytest.fixture(scope="module")
+def last_checkpoint_bytes(tmp_path_factory) -> bytes:
+    from foodcls.config import load_config as load
+    from foodcls.synth import write_demo_set
+    from foodcls.training.fit import train
+    from tests.conftest import write_config
+
+    tmp = tmp_path_factory.mktemp("last")
+    write_demo_set(tmp, n_train=80, n_test=20, seed=1)
+    result = train(load(write_config(tmp / "c.yaml", tmp, epochs=1, optimizer="adam")), runs_root=tmp / "runs", name="c")
+    return result.last_checkpoint.read_bytes()
+
+
+@FUZZ
+@given(data=st.data())
+def test_structurally_damaged_metadata_is_a_working_model_or_one_of_our_errors(tmp_path_factory, last_checkpoint_bytes, data):
+    """Every reader of a checkpoint — predict, eval's config, resume's training state — on metadata damaged
+    anywhere, and on tensors of a dtype numpy lacks."""
+    from foodcls.training.trainstate import restore_state
+
+    if data.draw(st.integers(0, 9)) == 0:
+        blob = _retyped(last_checkpoint_bytes, data.draw(st.sampled_from(["BF16", "F8_E4M3", "F8_E5M2"])))
+    else:
+        blob = _edit_metadata(last_checkpoint_bytes, lambda meta: _mutated(meta, data))
+    path = write(tmp_path_factory.mktemp("meta"), "last.safetensors", blob)
+    try:
+        checkpoint = load_checkpoint(path)
+        predictor = load_predictor(path)
+        restore_state(checkpoint)
+    except FoodclsError as error:
+        assert_our_error(error, str(path))
+        return
+    probabilities = predictor.probabilities(np.full((2, len(predictor.features)), 1.0, dtype=np.float32))
+    assert probabilities.shape == (2, len(predictor.classes))

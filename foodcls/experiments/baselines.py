@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from foodcls.config import Config
+from foodcls.config import validate_config
 from foodcls.data import LabelledData, read_labelled_csvs, split_training_file
 from foodcls.preprocessing import Preprocessing
 from foodcls.inference.evaluate import classification_report
@@ -44,7 +44,7 @@ def baseline_predictions(train: LabelledData, evaluation: np.ndarray, prep: Prep
 def baseline_scores(checkpoint_path: str | Path, data_files: list[str]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """({name: accuracy}, {name: {accuracy, macro_f1, balanced_accuracy}}) on the evaluation files."""
     predictor = load_predictor(checkpoint_path)
-    config = Config.model_validate(predictor.config)
+    config = validate_config(predictor.config, f"{checkpoint_path}: its stored config")
     train, _ = split_training_file(config)
     evaluation = read_labelled_csvs(data_files, predictor.features, predictor.classes, predictor.ignored_labels)
     details = {}

@@ -58,15 +58,18 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         with safe_open(str(path), framework="np") as handle:
             raw_meta = (handle.metadata() or {}).get(METADATA_KEY)
             arrays = {name: handle.get_tensor(name) for name in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
+    except (SafetensorError, OSError, ValueError, TypeError, AttributeError) as error:
+        # TypeError / AttributeError: a tensor in a dtype numpy lacks (BF16, F8), which no checkpoint of ours holds.
         reason = first_line(error)
         raise CheckpointError(f"{path}: not a valid foodcls checkpoint (corrupt, truncated or not safetensors: {reason})") from None
     if raw_meta is None:
         raise CheckpointError(f"{path}: safetensors file without foodcls metadata")
     try:
         meta = json.loads(raw_meta)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise CheckpointError(f"{path}: corrupt foodcls metadata") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: corrupt foodcls metadata (not a JSON object)")
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: unsupported checkpoint format {meta.get('format')!r} v{meta.get('format_version')}")
     _check_meta(path, meta)

@@ -81,12 +81,39 @@ RestoredState = tuple[Progress, dict[str, Any], dict[str, list[np.ndarray]]]  # 
 def restore_state(checkpoint: Checkpoint) -> RestoredState:
     """(progress, schedule state, optimizer buffers by name) of a resumable checkpoint."""
     state = checkpoint.meta.get("train_state")
-    if state is None or state.get("version") != TRAIN_STATE_VERSION:
+    if not isinstance(state, dict) or state.get("version") != TRAIN_STATE_VERSION:
         raise RunError(f"{checkpoint.path}: not a resumable checkpoint of this foodcls version")
-    buffers: dict[str, dict[int, np.ndarray]] = {}
-    for name, value in checkpoint.arrays.items():
-        if name.startswith("optim."):
-            _, index, key = name.split(".", 2)
-            buffers.setdefault(key, {})[int(index)] = value
-    optimizer = {key: [values[i] for i in sorted(values)] for key, values in buffers.items()}
-    return Progress(**state["progress"]), state["schedule"], optimizer
+    try:
+        buffers: dict[str, dict[int, np.ndarray]] = {}
+        for name, value in checkpoint.arrays.items():
+            if name.startswith("optim."):
+                _, index, key = name.split(".", 2)
+                buffers.setdefault(key, {})[int(index)] = value
+        optimizer = {key: [values[i] for i in sorted(values)] for key, values in buffers.items()}
+        progress = Progress(**state["progress"])
+        if not _schedule_ok(state["schedule"]) or not _progress_ok(progress):
+            raise TypeError
+    except (TypeError, KeyError, ValueError, AttributeError):
+        raise RunError(f"{checkpoint.path}: its training state is malformed (damaged file?)") from None
+    return progress, state["schedule"], optimizer
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _schedule_ok(schedule: object) -> bool:
+    """optim.Schedule's state: a positive learning rate, the best monitored value, the epochs without gain."""
+    return (isinstance(schedule, dict) and _number(schedule.get("lr")) and schedule["lr"] > 0
+            and (schedule.get("best") is None or _number(schedule.get("best")))
+            and isinstance(schedule.get("bad_epochs"), int) and not isinstance(schedule.get("bad_epochs"), bool))
+
+
+def _progress_ok(progress: Progress) -> bool:
+    """The loop counters a resume relies on have the types it expects."""
+    number = _number
+
+    return (isinstance(progress.epoch, int) and not isinstance(progress.epoch, bool) and progress.epoch >= 0
+            and isinstance(progress.bad_epochs, int) and number(progress.train_seconds)
+            and (progress.best_value is None or number(progress.best_value))
+            and (progress.best_epoch is None or isinstance(progress.best_epoch, int)))
