@@ -144,9 +144,23 @@ def test_the_page_is_served_whole_with_nothing_from_outside(server):
     assert "http://" not in page and "https://" not in page
 
 
+def test_model_hides_paths_unless_asked_and_foreign_host_headers_are_refused(server, trained_run):
+    from fastapi.testclient import TestClient
+
+    from foodcls.serve.app import create_app
+
+    model = httpx.get(server + "/model").json()
+    assert model["checkpoint"] == "best.safetensors" and str(trained_run.run_dir) not in json.dumps(model)
+    assert model["config"]["data"]["train"] == "train.csv"
+    assert httpx.get(server + "/health", headers={"host": "attacker.example"}).status_code == 400  # DNS rebinding
+    assert httpx.get(server + "/health", headers={"host": "localhost:8000"}).status_code == 200
+    exposed = TestClient(create_app(trained_run.best_checkpoint, expose_paths=True), base_url="http://127.0.0.1").get("/model").json()
+    assert exposed["checkpoint"] == str(trained_run.best_checkpoint.resolve()) and exposed["config"]["data"]["train"].startswith("/")
+
+
 def test_serve_does_not_import_torch(trained_run):
     code = ("import sys; from fastapi.testclient import TestClient; from foodcls.serve.app import create_app; "
-            f"c = TestClient(create_app({str(trained_run.best_checkpoint)!r})); "
+            f"c = TestClient(create_app({str(trained_run.best_checkpoint)!r}), base_url='http://127.0.0.1'); "
             "r = c.post('/predict', json={'protein': 1, 'carbs': 2, 'fat': 3, 'additives': 0, 'explain': True}); "
             "assert r.status_code == 200, r.text; assert 'torch' not in sys.modules, 'torch imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

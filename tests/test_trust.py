@@ -142,7 +142,7 @@ def test_onnx_and_serve_apply_the_temperature_as_predict_does(three_classes, tmp
     x = np.array([[20, 3, 15, 2], [1, 8, 1, 1], [8, 40, 10, np.nan]], dtype=np.float32)
     onnx_p = ort.InferenceSession(str(tmp_path / "m.onnx")).run(["probabilities"], {"features": x})[0]
     assert np.abs(onnx_p - predictor.probabilities(x)).max() < 1e-5
-    client = TestClient(create_app(trained["run_dir"]))
+    client = TestClient(create_app(trained["run_dir"]), base_url="http://127.0.0.1")
     body = {"protein": 20, "carbs": 3, "fat": 15, "additives": 2, "coverage": 0.9}
     served = client.post("/predict", json=body).json()
     assert max(abs(served["probabilities"][c] - p) for c, p in zip(predictor.classes, predictor.probabilities(x[:1])[0])) < 1e-6

@@ -184,6 +184,8 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free port).")] = 8000,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Server processes.")] = 1,
+    expose_paths: Annotated[bool, typer.Option("--expose-paths", help="Show the checkpoint's and the training data's paths in /model (file names only without it).")] = False,
+    allowed_host: Annotated[Optional[list[str]], typer.Option("--allowed-host", help="Also answer requests for this Host name (repeatable); default: the --host and the loopback names.")] = None,
 ) -> None:
     """Serve a checkpoint over HTTP: POST /predict, /predict/batch; GET /health, /model, and a page at /."""
     with reported_errors():
@@ -193,11 +195,13 @@ def serve(
 
         from foodcls.inference.checkpoint import resolve_checkpoint_path
         from foodcls.inference.predict import load_predictor
-        from foodcls.serve.app import CHECKPOINT_ENV
+        from foodcls.serve.app import CHECKPOINT_ENV, EXPOSE_PATHS_ENV, HOSTS_ENV, allowed_hosts
 
         path = resolve_checkpoint_path(default_checkpoint(checkpoint))
         load_predictor(path)  # a bad checkpoint is one line here, not a traceback in every worker
         os.environ[CHECKPOINT_ENV] = str(path.resolve())
+        os.environ[EXPOSE_PATHS_ENV] = "1" if expose_paths else "0"
+        os.environ[HOSTS_ENV] = ",".join([*allowed_hosts(host), *(allowed_host or [])])
         stderr.print(f"serving {path} on http://{host}:{port}/  (Ctrl-C to stop)")
     uvicorn.run("foodcls.serve.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
 

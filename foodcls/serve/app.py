@@ -24,6 +24,8 @@ from foodcls.inference.predict import Predictor, Verdict, check_trust_options, l
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
 MAX_BATCH = 10_000
+EXPOSE_PATHS_ENV = "FOODCLS_EXPOSE_PATHS"  # set by `foodcls serve --expose-paths` for its workers
+HOSTS_ENV = "FOODCLS_ALLOWED_HOSTS"  # the Host allow-list, comma-separated, set by `foodcls serve`
 CHECKPOINT_ENV = "FOODCLS_CHECKPOINT"
 PAGE = Path(__file__).with_name("page.html")
 
@@ -136,15 +138,39 @@ def _probabilities(predictor: Predictor, row: np.ndarray) -> dict[str, float]:
     return {name: float(p) for name, p in zip(predictor.classes, row)}
 
 
-def create_app(checkpoint: str | Path | None = None) -> FastAPI:
+def _hidden_paths(config: Any) -> Any:
+    """The training config with every file path cut to its file name: /model shows what a model was trained
+    on without telling a client where this machine keeps its files."""
+    if isinstance(config, dict):
+        return {k: (Path(v).name if isinstance(v, str) and k in ("path", "train", "val", "test", "init_from") else _hidden_paths(v))
+                for k, v in config.items()}
+    if isinstance(config, list):
+        return [Path(v).name if isinstance(v, str) else _hidden_paths(v) for v in config]
+    return config
+
+
+def allowed_hosts(host: str) -> list[str]:
+    """The Host headers the server answers: for a loopback address only loopback names (a web page that
+    rebinds its own DNS name to 127.0.0.1 cannot reach the API); for a named host that name and the loopback
+    ones; for all interfaces (0.0.0.0, ::) any."""
+    loopback = ["127.0.0.1", "localhost", "::1", "[::1]"]
+    if host in ("0.0.0.0", "::", ""):
+        return ["*"]
+    return sorted({host, *loopback})
+
+
+def create_app(checkpoint: str | Path | None = None, *, expose_paths: bool | None = None,
+               hosts: list[str] | None = None) -> FastAPI:
     """The app for one checkpoint (default: $FOODCLS_CHECKPOINT, set by `foodcls serve` for its workers)."""
     from foodcls.inference.checkpoint import resolve_checkpoint_path
 
     path = resolve_checkpoint_path(checkpoint or os.environ[CHECKPOINT_ENV])
     predictor = load_predictor(path)
+    expose = os.environ.get(EXPOSE_PATHS_ENV) == "1" if expose_paths is None else expose_paths
     model_info = {
         "classes": list(predictor.classes), "features": list(predictor.features), "activation": predictor.activation,
-        "config": predictor.config, "metrics": predictor.metrics, "checkpoint": str(path),
+        "config": predictor.config if expose else _hidden_paths(predictor.config), "metrics": predictor.metrics,
+        "checkpoint": str(path) if expose else path.name, "temperature": predictor.temperature,
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "fill_values": predictor.fill_values,
     }
     # The OpenAPI page at /docs would load its scripts from a CDN: off, so nothing is fetched from outside.
@@ -223,6 +249,10 @@ def create_app(checkpoint: str | Path | None = None) -> FastAPI:
                        for b, p, v in zip(best.tolist(), probabilities.tolist(), judged)]
         return _json({"predictions": predictions})
 
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+    env_hosts = os.environ.get(HOSTS_ENV)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts or (env_hosts.split(",") if env_hosts else allowed_hosts("127.0.0.1")))
     return BodyLimit(app)
 
 
