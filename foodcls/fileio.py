@@ -1,4 +1,5 @@
-"""Atomic writes: a temp file in the target's directory, flushed and fsynced, then renamed over it.
+"""Atomic writes: a temp file in the target's directory, flushed and fsynced, then renamed over it (and
+the directory fsynced).
 
 A write that fails (disk full, file-size limit, permissions) leaves no partial file and raises one
 WriteError naming the file and the errno.
@@ -23,8 +24,44 @@ def write_error(path: str | Path, error: OSError) -> WriteError:
     return WriteError(f"{path}: cannot write ({reason}, {code})")
 
 
+def umask() -> int:
+    """The process's umask, read without changing it (os.umask can only set it, and setting it for a
+    moment would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode a plain open() or mkdir() would give: mkstemp and mkdtemp make 0600 / 0700 files and
+    directories, which users sharing a results folder could not read."""
+    return (0o777 if directory else 0o666) & ~umask()
+
+
+def sync_directory(directory: str | Path) -> None:
+    """fsync a directory, so that a rename in it survives a power cut (POSIX leaves it in the page cache).
+    Best effort: the file is complete and in place already; some filesystems refuse a directory fsync
+    (EINVAL), and a failure costs nothing but that durability."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call write(tmp_path) and move the result to `path`, so readers never see half a file."""
+    """Call write(tmp_path) and move the result to `path`, so readers never see half a file; the file gets
+    the mode the umask gives, and the directory is synced after the rename."""
     path = Path(path)
     tmp = None
     try:
@@ -32,9 +69,11 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         write(tmp)
+        os.chmod(tmp, default_mode())
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        sync_directory(path.parent)
     except OSError as error:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)

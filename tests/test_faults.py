@@ -6,6 +6,7 @@ import json
 import os
 import resource
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -98,6 +99,8 @@ def test_a_full_disk_at_every_write_of_a_run_is_reported_and_leaves_no_partial_f
         calls = {"n": 0}
 
         def fsync(fd):
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                return real_fsync(fd)  # a directory sync after a rename writes no data: not a write that can fill the disk
             calls["n"] += 1
             if calls["n"] == failing:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -231,3 +234,28 @@ def test_eval_and_baselines_of_a_checkpoint_whose_stored_config_lacks_data_are_o
         result = CliRunner().invoke(app, ["eval", "--checkpoint", str(tmp_path / "no-data.safetensors"), *extra])
         assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
         assert "no-data.safetensors" in result.output
+
+
+def test_files_and_directories_follow_the_umask_not_mkstemps_0600(config_file, tmp_path):
+    from tests import offexports as off
+
+    script = ("import os, sys; os.umask(0o027); from foodcls.cli import app; sys.argv = ['foodcls'] + sys.argv[1:]; app()")
+    for args in (["train", "--config", str(config_file), "--runs-root", str(tmp_path / "runs")],
+                 ["data", "build", str(off.off_tsv(tmp_path / "a.tsv")), "--out", str(tmp_path / "off")]):
+        result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    run_dir = next((tmp_path / "runs").glob("small-*"))
+    for path in [run_dir / "config.yaml", run_dir / "summary.json", run_dir / "checkpoints" / "best.safetensors",
+                 run_dir / "learning_curves.png", *(tmp_path / "off").iterdir()]:
+        assert oct(path.stat().st_mode & 0o777) == oct(0o640), path
+    assert oct((tmp_path / "off").stat().st_mode & 0o777) == oct(0o750)
+
+
+def test_an_atomic_write_syncs_the_file_and_then_its_directory(tmp_path, monkeypatch):
+    from foodcls.fileio import atomic_write_text
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(stat.S_ISDIR(os.fstat(fd).st_mode)), real_fsync(fd))[1])
+    atomic_write_text(tmp_path / "a.txt", "x")
+    assert synced == [False, True]  # the data, then the rename

@@ -21,7 +21,7 @@ from foodcls import __version__
 from foodcls.data import TRACE_COLUMNS, LabelledData, write_labelled_csv
 from foodcls.errors import ConfigError, DataError
 from foodcls.features import ALL_FEATURES
-from foodcls.fileio import atomic_write_json, atomic_write_text, write_error
+from foodcls.fileio import atomic_write_json, atomic_write_text, default_mode, sync_directory, write_error
 from foodcls.offdata.clean import DROP_REASONS, NUMERIC, classify
 from foodcls.offdata.read import SourceStats, read_export
 from foodcls.offdata.rules import LabelRules, load_rules
@@ -203,6 +203,7 @@ def _write(out: Path, rows, card: dict[str, Any]) -> None:
             write_labelled_csv(staging / f"{split_name}.csv", split_data, TRACE_COLUMNS)
         atomic_write_json(staging / "datacard.json", card)
         atomic_write_text(staging / "README.md", datacard_markdown(card))
+        os.chmod(staging, default_mode(directory=True))  # mkdtemp made it 0700
         if out.exists():
             previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, previous / out.name)
@@ -210,6 +211,7 @@ def _write(out: Path, rows, card: dict[str, Any]) -> None:
             shutil.rmtree(previous, ignore_errors=True)
         else:
             os.replace(staging, out)
+        sync_directory(out.parent)
     except OSError as error:
         raise write_error(out, error) from None
     finally:
