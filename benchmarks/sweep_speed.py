@@ -63,6 +63,8 @@ def main() -> None:
     print(f"process pool, one run per task: {pool_seconds:7.2f} s")
     print(f"foodcls sweep, lockstep stacks: {lockstep_seconds:7.2f} s   ({pool_seconds / lockstep_seconds:.1f}x faster)")
     print(f"largest difference of a final weight between the two: {worst:.2e}")
+    if worst != 0.0:  # the lockstep promise is bit-identity with solo runs: a difference is a bug, not noise
+        raise SystemExit(f"lockstep runs differ from solo runs by up to {worst:.2e}: they must be bit-identical")
 
 
 if __name__ == "__main__":

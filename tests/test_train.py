@@ -106,6 +106,26 @@ def test_runs_trained_in_lockstep_end_bit_identical_to_the_same_runs_trained_alo
         assert metrics_without_time(stacked.run_dir) == metrics_without_time(alone.run_dir)
 
 
+def test_runs_that_leave_the_stack_at_different_epochs_still_match_solo_runs_bit_for_bit(config_file, tmp_path):
+    from foodcls import runs
+    from foodcls.training.fit import train_many
+
+    common = ["data.val_fraction=0.2", "train.optimizer=adam", "train.lr=0.01"]
+    overrides = [["train.epochs=4"], ["train.epochs=12", "train.seed=2"],
+                 ["train.epochs=40", "train.early_stopping.patience=2", "train.early_stopping.min_delta=0.05"],
+                 ["train.epochs=9", "train.momentum=0.5", "train.optimizer=sgd"]]
+    configs = [load_config(config_file, [*common, *o]) for o in overrides]
+    together = train_many([(c, f"k{i}") for i, c in enumerate(configs)], tmp_path / "together")
+    ends = [r.epochs_run for r in together]
+    assert len(set(ends)) == 4 and ends[2] < 40 and runs.read_summary(together[2].run_dir)["stop_reason"] == "early_stopping"
+    for config, stacked in zip(configs, together):
+        alone = train(config, runs_root=tmp_path / "alone", name="solo")
+        for a_path, b_path in ((stacked.last_checkpoint, alone.last_checkpoint), (stacked.best_checkpoint, alone.best_checkpoint)):
+            a, b = load_checkpoint(a_path), load_checkpoint(b_path)
+            assert all(np.array_equal(a.arrays[k], b.arrays[k]) for k in a.arrays), a_path
+        assert metrics_without_time(stacked.run_dir) == metrics_without_time(alone.run_dir)
+
+
 def test_runs_with_different_row_counts_in_one_stack_match_solo_runs_closely(tmp_path, demo_dir):
     import csv
 
