@@ -1,6 +1,7 @@
 """`foodcls data download` against a real HTTP server on 127.0.0.1."""
 
 import hashlib
+import json
 import re
 import subprocess
 import sys
@@ -17,6 +18,9 @@ PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 
 class Handler(BaseHTTPRequestHandler):
     range_requests: list[str] = []
+    if_ranges: list[str] = []
+    etag = '"v1"'  # the remote file's version; a test changes it to make the remote file change
+    payload = PAYLOAD
 
     def log_message(self, *args):
         pass
@@ -31,30 +35,43 @@ class Handler(BaseHTTPRequestHandler):
         requested = self.headers.get("Range")
         if requested:
             Handler.range_requests.append(requested)
+        if self.headers.get("If-Range"):
+            Handler.if_ranges.append(self.headers["If-Range"])
+        payload = Handler.payload
         if self.path == "/drop":
             self.send_response(200)
-            self.send_header("Content-Length", str(len(PAYLOAD)))
+            self.send_header("ETag", Handler.etag)
+            self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            self.wfile.write(PAYLOAD[: len(PAYLOAD) // 3])
+            self.wfile.write(payload[: len(payload) // 3])
             self.wfile.flush()
             self.close_connection = True
             return
         start = 0
         match = re.fullmatch(r"bytes=(\d+)-", requested or "")
-        if match and self.path == "/file":
+        # RFC 9110 If-Range: the range only if the file is still that version, else the whole new file.
+        same_version = self.headers.get("If-Range") in (None, Handler.etag)
+        if match and self.path == "/file" and same_version:
             start = int(match.group(1))
-            if start >= len(PAYLOAD):
+            if start >= len(payload):
                 self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(PAYLOAD)}")
+                self.send_header("Content-Range", f"bytes */{len(payload)}")
                 self.end_headers()
                 return
             self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
-        else:  # /file without Range, or /norange, which ignores Range
+            self.send_header("Content-Range", f"bytes {start}-{len(payload) - 1}/{len(payload)}")
+        else:  # /file without Range or of another version, or /norange, which ignores Range
             self.send_response(200)
-        self.send_header("Content-Length", str(len(PAYLOAD) - start))
+        if self.path != "/norange":
+            self.send_header("ETag", Handler.etag)
+        self.send_header("Content-Length", str(len(payload) - start))
         self.end_headers()
-        self.wfile.write(PAYLOAD[start:])
+        self.wfile.write(payload[start:])
+
+
+def saved_version(out, etag='"v1"'):
+    """What an earlier, interrupted download of the v1 file left beside its .part."""
+    out.with_name(out.name + ".part.validator").write_text(json.dumps({"url": "x", "validator": etag}))
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +93,40 @@ def test_full_download(server, tmp_path):
 
 def test_resumes_a_partial_download_with_a_range_request(server, tmp_path):
     Handler.range_requests.clear()
+    Handler.if_ranges.clear()
     (tmp_path / "export.part").write_bytes(PAYLOAD[:1000])
+    saved_version(tmp_path / "export")
     out = download(f"{server}/file", tmp_path / "export", sha256=hashlib.sha256(PAYLOAD).hexdigest())
-    assert Handler.range_requests == ["bytes=1000-"]
-    assert out.read_bytes() == PAYLOAD
+    assert Handler.range_requests == ["bytes=1000-"] and Handler.if_ranges == ['"v1"']
+    assert out.read_bytes() == PAYLOAD and not (tmp_path / "export.part.validator").exists()
+
+
+def test_a_remote_file_that_changed_since_the_part_began_is_fetched_whole_not_spliced(server, tmp_path):
+    notices = []
+    (tmp_path / "export.part").write_bytes(PAYLOAD[:1000])
+    saved_version(tmp_path / "export")
+    new = bytes(reversed(PAYLOAD))
+    Handler.etag, Handler.payload = '"v2"', new
+    try:
+        out = download(f"{server}/file", tmp_path / "export", on_notice=notices.append)
+    finally:
+        Handler.etag, Handler.payload = '"v1"', PAYLOAD
+    assert out.read_bytes() == new
+    assert len(notices) == 1 and "not the version export.part began with" in notices[0]
+
+
+def test_a_part_without_a_recorded_version_starts_over(server, tmp_path):
+    notices = []
+    (tmp_path / "export.part").write_bytes(b"x" * 1000)  # from an older foodcls, or another tool
+    assert download(f"{server}/file", tmp_path / "export", on_notice=notices.append).read_bytes() == PAYLOAD
+    assert notices and "starting over" in notices[0]
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/x", "/local/path"])
+def test_only_http_and_https_urls_are_downloaded(tmp_path, url):
+    with pytest.raises(DownloadError, match="only http and https URLs"):
+        download(url, tmp_path / "export")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_starts_over_when_the_server_ignores_range(server, tmp_path):
@@ -89,6 +136,7 @@ def test_starts_over_when_the_server_ignores_range(server, tmp_path):
 
 def test_complete_part_file_is_finished_without_downloading_again(server, tmp_path):
     (tmp_path / "export.part").write_bytes(PAYLOAD)
+    saved_version(tmp_path / "export")
     assert download(f"{server}/file", tmp_path / "export").read_bytes() == PAYLOAD
 
 

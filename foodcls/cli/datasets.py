@@ -79,7 +79,8 @@ def data_download(
             BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(), console=stderr, transient=True
         ) as progress:
             task = progress.add_task("download", total=None)
-            path = download(source, out, sha256, on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+            path = download(source, out, sha256, on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+                            on_notice=lambda message: progress.console.print(f"[yellow]{escape(message)}[/yellow]", highlight=False))
     stdout.print(f"saved {source} → {path} ({path.stat().st_size:,} bytes)")
 
 
