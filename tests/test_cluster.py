@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -105,3 +106,77 @@ def test_sweep_and_tune_on_a_cluster_match_local_runs_and_survive_a_dead_worker(
 def test_local_cluster_runs_a_cv(config_file, tmp_path):
     report = cli("cv", "--config", config_file, "--folds", 2, "--cluster", "local:2", "--runs-root", tmp_path, "--json")
     assert len(report["folds"]) == 2 and report["pooled"]["n"] == 600
+
+
+def test_cv_and_a_cv_metric_search_run_on_workers_that_share_no_working_directory(cluster, config_file, tmp_path):
+    """The client runs in client/ with a relative runs root, the workers in tmp_path: the fold files the
+    client writes are not where the workers would look, so they must travel with the jobs."""
+    address, _ = cluster
+    client = tmp_path / "client"
+    client.mkdir()
+
+    def run(*args):
+        result = subprocess.run([sys.executable, "-m", "foodcls", *map(str, args)], capture_output=True, text=True, cwd=client,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    report = run("cv", "--config", config_file, "--folds", 2, "--cluster", address, "--runs-root", "runs", "--set", "train.epochs=3",
+                 "--json")
+    assert [f["status"] for f in report["folds"]] == ["finished", "finished"] and report["pooled"]["n"] == 600
+    assert not (tmp_path / "runs").exists()  # nothing was looked for, or written, in the workers' directory
+    space = tmp_path / "space.yaml"
+    space.write_text("train.lr: {float: [0.001, 0.1], log: true}\n")
+    for where in (["--cluster", address], []):  # on the cluster, and in two local worker processes
+        tuned = run("tune", "--config", config_file, "--space", space, "--trials", 2, "--workers", 2, *where,
+                    "--metric", "cv_balanced_accuracy", "--folds", 2, "--set", "train.epochs=3", "--study", f"s{len(where)}",
+                    "--runs-root", "runs", "--json")
+        assert [t["state"] for t in tuned["trials"]] == ["complete", "complete"], tuned["trials"]
+        assert all(0 <= t["value"] <= 1 for t in tuned["trials"])
+
+
+def _certificates(directory: Path) -> dict[str, Path]:
+    """A CA, and a certificate signed by it for 127.0.0.1 (scheduler, workers and client alike), by openssl."""
+    run = lambda *args: subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, cwd=directory)  # noqa: E731
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=foodcls test CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=127.0.0.1")
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "node.pem", "-days", "2",
+        "-extfile", "san.ext")
+    return {"ca": directory / "ca.pem", "cert": directory / "node.pem", "key": directory / "node.key"}
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make the test certificates")
+def test_a_tls_cluster_with_certificates_runs_a_sweep_and_refuses_clients_without_them(config_file, tmp_path):
+    tls = _certificates(tmp_path)
+    port = free_port()
+    flags = ["--tls-ca-file", tls["ca"], "--tls-cert", tls["cert"], "--tls-key", tls["key"]]
+    processes = [subprocess.Popen([str(DASK), "scheduler", "--protocol", "tls", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard",
+                                   *map(str, flags)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)]
+    address = f"tls://127.0.0.1:{port}"
+    processes.append(subprocess.Popen([str(DASK), "worker", address, "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1",
+                                       *map(str, flags)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path))
+    env = {**os.environ, "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(tls["ca"]),
+           "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": str(tls["cert"]), "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": str(tls["key"])}
+    sweep = [sys.executable, "-m", "foodcls", "sweep", "--config", str(config_file), "--grid", "train.lr=0.1,0.01", "--set", "train.epochs=3",
+             "--cluster", address, "--runs-root", str(tmp_path / "runs"), "--json"]
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:  # the worker has registered once a sweep runs on it
+            result = subprocess.run(sweep, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+            if result.returncode == 0:
+                break
+            time.sleep(1)
+        assert result.returncode == 0, result.stderr
+        assert [r["status"] for e in json.loads(result.stdout)["results"] for r in e["runs"]] == ["finished", "finished"]
+        bare = {k: v for k, v in env.items() if not k.startswith("DASK_DISTRIBUTED__COMM__TLS")}
+        refused = subprocess.run(sweep, capture_output=True, text=True, cwd=REPO, env=bare, timeout=60)
+        assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
+        assert "TLS needs the CA and this client's certificate and key" in refused.stderr
+        plain = subprocess.run([*sweep[:-5], "--cluster", f"tcp://127.0.0.1:{port}", *sweep[-3:]], capture_output=True, text=True,
+                               cwd=REPO, env=bare, timeout=60)
+        assert plain.returncode == 1 and "cannot reach the Dask scheduler" in plain.stderr  # no way in without TLS
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait(timeout=10)

@@ -100,7 +100,7 @@ def run_cv(
 def run_cv_config(
     config: Config, *, folds: int, group_by: str | None, runs_root: str | Path, stem: str, workers: int | None = None,
     baselines: bool = False, on_fold: FoldCallback | None = None, on_start: Callable[[int], None] | None = None,
-    cluster: str | None = None,
+    cluster: str | None = None, eval_threads: int | None = None,
 ) -> dict[str, Any]:
     """run_cv for a config already loaded (a tune trial's); the folds go under runs_root/cv-<stem>-<timestamp>."""
     assigned = assign_folds(config, folds, group_by)  # every input is checked before a directory is made
@@ -118,7 +118,8 @@ def run_cv_config(
     results: list[dict[str, Any] | None] = [None] * len(plan)
     predictions: list[FoldPredictions | None] = [None] * len(plan)
     names = [f"fold{f.number}" for f in plan]
-    for indices, outcomes in train_runs([f.config for f in plan], names, cv_dir, workers=workers, cluster=cluster):
+    for indices, outcomes in train_runs([f.config for f in plan], names, cv_dir, workers=workers, cluster=cluster,
+                                        eval_threads=eval_threads, ship_from=cv_dir / "folds"):
         for index, run in zip(indices, outcomes):
             fold = plan[index]
             entry = {"fold": fold.number, "group": fold.group, "n_train": fold.n_train, "n_eval": fold.n_eval,

@@ -118,7 +118,8 @@ def run_jobs(jobs: list[Job], workers: int | None = None, cluster: str | None = 
 
 
 def connect(address: str):
-    """A dask.distributed Client for `tcp://host:port`, or for a LocalCluster started here (`local[:N]`)."""
+    """A dask.distributed Client for `tcp://host:port`, `tls://host:port` (certificates from Dask's
+    configuration), or a LocalCluster started here (`local[:N]`)."""
     try:
         import dask
         from dask.distributed import Client, LocalCluster
@@ -129,11 +130,42 @@ def connect(address: str):
         cluster = LocalCluster(n_workers=local_workers(address) or os.cpu_count() or 1, threads_per_worker=1, processes=True,
                                dashboard_address=None, host="127.0.0.1")
         return _Closing(Client(cluster), cluster)
+    scheme = address.partition("://")[0] if "://" in address else "tcp"
+    if scheme not in ("tcp", "tls"):
+        raise ConfigError(f"--cluster {address}: expected tcp://host:port, tls://host:port or local[:N]")
+    security = None
+    if scheme == "tls":
+        security = _tls_security(address)
     try:
-        return _Closing(Client(address, timeout="5s"), None)
+        return _Closing(Client(address, timeout="5s", security=security), None)
     except Exception as error:  # OSError, TimeoutError, ValueError for a malformed address
         reason = first_line(error)
         raise ConfigError(f"--cluster {address}: cannot reach the Dask scheduler ({reason[:160]})") from None
+
+
+TLS_SETTINGS = {  # what a tls:// cluster needs, as Dask's own configuration names it (env or ~/.config/dask)
+    "distributed.comm.tls.ca-file": "DASK_DISTRIBUTED__COMM__TLS__CA_FILE",
+    "distributed.comm.tls.client.cert": "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT",
+    "distributed.comm.tls.client.key": "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY",
+}
+
+
+def _tls_security(address: str):
+    """The client's side of a TLS cluster, from Dask's configuration: the CA that signed the scheduler's and
+    workers' certificates, and this client's certificate and key; encryption required. Dask's protocol
+    unpickles what it receives, so a cluster reachable by others must authenticate both ends."""
+    import dask
+    from distributed.security import Security
+
+    paths = {key: dask.config.get(key, None) for key in TLS_SETTINGS}
+    missing = [TLS_SETTINGS[key] for key, value in paths.items() if not value]
+    if missing:
+        raise ConfigError(f"--cluster {address}: TLS needs the CA and this client's certificate and key: set {', '.join(missing)}")
+    unreadable = next((value for value in paths.values() if not os.path.isfile(value)), None)
+    if unreadable is not None:
+        raise ConfigError(f"--cluster {address}: TLS file not found: {unreadable}")
+    return Security(tls_ca_file=paths["distributed.comm.tls.ca-file"], tls_client_cert=paths["distributed.comm.tls.client.cert"],
+                    tls_client_key=paths["distributed.comm.tls.client.key"], require_encryption=True)
 
 
 def check_cluster(address: str | None) -> None:

@@ -232,7 +232,10 @@ def trial_job(config_dict: dict[str, Any], name: str, runs_root: str, metric: st
         if cv is not None:
             from foodcls.experiments.cv import run_cv_config
 
-            report_ = run_cv_config(config, folds=cv["folds"], group_by=cv["group_by"], runs_root=runs_root, stem=name)
+            # In this process, in lockstep (workers=1): the trial may itself be a worker among several, and a
+            # daemonic worker process cannot start processes of its own.
+            report_ = run_cv_config(config, folds=cv["folds"], group_by=cv["group_by"], runs_root=runs_root, stem=name,
+                                    workers=1, eval_threads=eval_threads)
             return TrialOutcome(RunOutcome("finished", run_dir=report_["cv_dir"]), report_["pooled"]["balanced_accuracy"])
         result = train(config, runs_root=runs_root, name=name, on_epoch=report, eval_threads=eval_threads)
     except Exception as error:  # a failed or crashed trial is reported; the search goes on
