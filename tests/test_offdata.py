@@ -285,3 +285,37 @@ def test_an_export_without_newlines_is_refused_once_a_line_passes_16_mb(tmp_path
     with pytest.raises(DataError, match=rf"^{path}: a line longer than 16 MB \(no newline\)"):
         build_dataset([path], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_schema_1003_products_are_read_from_the_aggregated_set_with_units_and_fallbacks():
+    from foodcls.offdata.jsonl import product_row
+
+    def product(per="100g", preparation="as_sold", **nutrients):
+        return {"code": "1", "categories_tags": ["en:snacks"], "additives_n": 1, "schema_version": 1003, "nutriments": {"fiber_100g": 2.5},
+                "nutrition": {"aggregated_set": {"per": per, "preparation": preparation, "nutrients": nutrients}}}
+
+    row = product_row(product(proteins={"value": 8, "unit": "g"}, salt={"value": 450, "unit": "mg"},
+                              energy={"value": 2524, "unit": "kJ"}, **{"energy-kcal": {"value": 617, "unit": "kcal"}}))
+    assert (row["protein"], row["salt"], row["energy_kj"], row["energy_kcal"], row["fiber"]) == ("8.0", "0.45", "2524.0", "617.0", "2.5")
+    assert product_row(product(per="100ml", proteins={"value": 1, "unit": "g"}))["protein"] == "1.0"  # as the _100g fields hold liquids
+    assert product_row(product(per="serving", proteins={"value": 1, "unit": "g"}))["protein"] is None
+    assert product_row(product(preparation="prepared", proteins={"value": 1, "unit": "g"}))["protein"] is None
+    assert product_row({"code": "2", "nutriments": {"proteins_100g": 3}})["protein"] == "3"  # the legacy schema as before
+
+
+@needs_samples
+def test_the_shared_jsonl_samples_schema_1003_products_keep_their_nutrients(tmp_path):
+    import json as json_module
+
+    from foodcls.offdata.jsonl import product_row
+
+    products = [json_module.loads(line) for line in (SAMPLES / "off-2026-raw100.jsonl").read_text().splitlines() if line.strip()]
+    new_schema = [p for p in products if p.get("schema_version") == 1003]
+    assert len(new_schema) == 25
+    for p in new_schema:
+        proteins = p["nutrition"]["aggregated_set"]["nutrients"].get("proteins")
+        assert float(product_row(p)["protein"]) == proteins["value"]
+    card = build_dataset([SAMPLES / "off-2026-raw100.jsonl"], tmp_path / "out")
+    # 11 products were dropped as missing_protein when only `nutriments` was read; now only those that
+    # have no protein figure in either schema, and the 1003 products without an additive count say so.
+    assert card["dropped"]["missing_protein"] == 5 and card["dropped"]["missing_additives"] == 5
