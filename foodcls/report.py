@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from foodcls.labels import CLASSES
 
@@ -105,15 +106,30 @@ def build_tables(card: dict[str, Any], out: Path) -> list[Table]:
     return [sources_table, kept, dropped]
 
 
-def runs_table(overviews: list[dict[str, Any]], runs_root: Path) -> Table:
-    table = Table(title=f"{len(overviews)} runs under {runs_root}/")
-    for column in ("run", "config", "status", "epochs", "best val acc", "test acc", "started (UTC)"):
-        table.add_column(column, justify="right" if "acc" in column or column == "epochs" else "left",
-                         no_wrap=column in ("run", "status"))
+# runs list's columns, most wanted first: a narrow terminal keeps the first ones whole rather than
+# squeezing all of them (`--wide` shows every one).
+RUN_COLUMNS = ("run", "status", "epochs", "val acc", "test acc", "started (UTC)", "config")
+
+
+def runs_table(overviews: list[dict[str, Any]], runs_root: Path, width: int | None = None) -> Table:
+    """width: the terminal's columns (None: every column)."""
+    cells = []
     for o in overviews:
         status = {"finished": "green", "interrupted": "yellow", "failed": "red", "pruned": "cyan"}.get(o["status"], "white")
-        table.add_row(str(Path(o["run_dir"]).relative_to(runs_root)), o["config"], f"[{status}]{o['status']}[/]", str(o["epochs"]),
-                      fmt(o["best_val_accuracy"]), fmt(o["test_accuracy"]), o["started_at"].replace("T", " ")[:16])
+        cells.append({"run": str(Path(o["run_dir"]).relative_to(runs_root)), "status": f"[{status}]{o['status']}[/]",
+                      "epochs": str(o["epochs"]), "val acc": fmt(o["best_val_accuracy"]), "test acc": fmt(o["test_accuracy"]),
+                      "started (UTC)": o["started_at"].replace("T", " ")[:16], "config": o["config"]})
+    columns = list(RUN_COLUMNS)
+    if width is not None:
+        def needed(column: str) -> int:  # widest cell or header, plus the border and padding rich draws
+            return max([len(column), *(Text.from_markup(c[column]).cell_len for c in cells)]) + 3
+        while len(columns) > 2 and sum(needed(c) for c in columns) + 1 > width:
+            columns.pop()
+    table = Table(title=f"{len(overviews)} runs under {runs_root}/")
+    for column in columns:
+        table.add_column(column, justify="right" if "acc" in column or column == "epochs" else "left", no_wrap=True)
+    for row in cells:
+        table.add_row(*(row[c] for c in columns))
     return table
 
 

@@ -137,3 +137,23 @@ def test_train_json_reports_best_epoch_with_early_stopping(config_file, tmp_path
     trained = json.loads(result.stdout)
     assert trained["epochs_run"] == trained["best_epoch"] + 2 < 200
     assert trained["val_accuracy"] is not None
+
+
+def test_runs_list_fits_an_80_column_terminal_keeping_whole_run_names(config_file, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path / "runs"
+    for _ in range(2):
+        train(load_config(config_file, ["train.epochs=1"]), runs_root=root, name="a-rather-long-config-name")
+    env = {**os.environ, "COLUMNS": "80"}
+    narrow = subprocess.run([sys.executable, "-m", "foodcls", "runs", "list", "--runs-root", str(root)], capture_output=True,
+                            text=True, env=env).stdout
+    assert max(len(line) for line in narrow.splitlines()) <= 80
+    assert all(p.name in narrow for p in root.iterdir()) and "…" not in narrow  # whole names, no squeezed cells
+    header = narrow.splitlines()[2]
+    assert all(c in header for c in ("run", "status", "epochs")) and "config" not in header  # the least wanted went first
+    wide = subprocess.run([sys.executable, "-m", "foodcls", "runs", "list", "--runs-root", str(root), "--wide"],
+                          capture_output=True, text=True, env={**env, "COLUMNS": "200"}).stdout
+    assert "config" in wide and "started (UTC)" in wide

@@ -85,7 +85,8 @@ def data_download(
 
 
 @runs_app.command("list")
-def runs_list(runs_root: RunsRootOption = Path("runs"), as_json: JsonOption = False) -> None:
+def runs_list(runs_root: RunsRootOption = Path("runs"), as_json: JsonOption = False,
+              wide: Annotated[bool, typer.Option("--wide", help="Every column, however narrow the terminal.")] = False) -> None:
     """All runs under the runs root, oldest first: status, epochs, best val and test accuracy."""
     from foodcls.runs import find_runs, run_overview
 
@@ -93,7 +94,7 @@ def runs_list(runs_root: RunsRootOption = Path("runs"), as_json: JsonOption = Fa
     if as_json:
         print_json(overviews)
         return
-    stdout.print(report_tables.runs_table(overviews, runs_root))
+    stdout.print(report_tables.runs_table(overviews, runs_root, None if wide else stdout.width))
     for o in overviews:
         if o["status"] == "failed" and o.get("error"):
             stderr.print(f"[red]failed:[/red] {escape(str(Path(o['run_dir']).relative_to(runs_root)))}: {escape(o['error'])}", highlight=False)
