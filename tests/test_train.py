@@ -18,7 +18,8 @@ def metrics_without_time(run_dir):
 
 def test_run_directory_holds_config_metrics_checkpoints_summary_and_plots(trained_run):
     run_dir = trained_run.run_dir
-    for name in ("config.yaml", "metrics.jsonl", "summary.json", "learning_curves.png", "confusion_matrix.png", "grad_norms.png"):
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "learning_curves.png", "confusion_matrix.png", "grad_norms.png",
+                 "MODEL_CARD.md"):
         assert (run_dir / name).is_file(), name
     assert trained_run.best_checkpoint.is_file() and trained_run.last_checkpoint.is_file()
     records = runs.read_metrics(run_dir)
@@ -182,3 +183,21 @@ def test_feature_dropout_puts_fill_values_in_about_its_share_of_the_inputs_and_l
     assert abs(changed.sum().item() / could_change.sum().item() - 0.3) < 0.03
     again, _ = first_epoch_inputs("train.feature_dropout=0.3")
     assert torch.equal(again, dropped)  # a function of seed and epoch
+
+
+def test_the_model_card_says_what_the_run_is_how_it_scored_and_which_file_it_describes(trained_run):
+    import hashlib
+
+    from typer.testing import CliRunner
+
+    from foodcls.cli import app
+
+    card = (trained_run.run_dir / "MODEL_CARD.md").read_text()
+    for heading in ("## Model", "## Data", "## Evaluation", "## Intended use and limitations", "## Provenance"):
+        assert heading in card
+    assert "every product gets one of these" in card  # no `other` class: said plainly
+    assert f"accuracy **{trained_run.test_accuracy:.3f}**" in card and "95 % interval" in card
+    assert hashlib.sha256(trained_run.best_checkpoint.read_bytes()).hexdigest() in card
+    (trained_run.run_dir / "MODEL_CARD.md").unlink()
+    result = CliRunner().invoke(app, ["card", str(trained_run.run_dir)])
+    assert result.exit_code == 0 and (trained_run.run_dir / "MODEL_CARD.md").read_text() == card

@@ -110,6 +110,9 @@ def test_a_three_class_model_trains_calibrates_and_answers_with_decision_and_set
     summary = json.loads((root / "runs" / trained["run_dir"].split("/")[-1] / "summary.json").read_text())
     assert summary["calibration"]["val_ece_after"] <= summary["calibration"]["val_ece_before"]
     assert (root / "runs" / trained["run_dir"].split("/")[-1] / "reliability.png").stat().st_size > 0
+    card = (root / "runs" / trained["run_dir"].split("/")[-1] / "MODEL_CARD.md").read_text()
+    assert "`other` stands for products in none of the named classes" in card and "Products in none of the classes" in card
+    assert "temperature of" in card and "90 % conformal sets held the true class" in card
 
 
 def test_eval_reports_calibration_sets_risk_coverage_and_out_of_class_figures(three_classes):

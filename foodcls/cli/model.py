@@ -206,6 +206,18 @@ def serve(
     uvicorn.run("foodcls.serve.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
 
 
+@app.command()
+def card(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+) -> None:
+    """Write the run's MODEL_CARD.md again (model, data, evaluation, calibration, intended use, checksum)."""
+    with reported_errors():
+        from foodcls.inference.card import write_model_card
+
+        path = write_model_card(run)
+    stdout.print(f"wrote {path}")
+
+
 @app.command("export")
 def export_(
     out: Annotated[Path, typer.Option("--out", help="File to write, e.g. model.onnx.")],

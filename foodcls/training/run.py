@@ -295,6 +295,12 @@ def finish(member: Run) -> None:
                 scores[split_name] = classification_report(data.labels, probabilities.argmax(axis=1), predictor.classes)
                 scores[split_name].update(probability_report(probabilities, data.labels, predictor.temperature,
                                                              predictor.conformal_scores))
+                if predictor.has_other and (data.labels == predictor.classes.index("other")).any():
+                    from foodcls.inference.calibration import open_set
+
+                    is_other = data.labels == predictor.classes.index("other")
+                    scores[split_name]["open_set"] = open_set(probabilities[~is_other], probabilities[is_other], predictor.classes,
+                                                              data.labels[~is_other])
     summary.update(
         status=member.status,
         stop_reason=member.stop_reason,
@@ -313,5 +319,9 @@ def finish(member: Run) -> None:
         from foodcls.training.plots import write_run_plots
 
         write_run_plots(run_dir, summary)
+    if runs.best_checkpoint(run_dir).exists():
+        from foodcls.inference.card import write_model_card
+
+        write_model_card(run_dir, summary)
     _write_summary(run_dir, summary)
     member.summary, member.done = summary, True
