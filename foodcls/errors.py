@@ -38,3 +38,11 @@ def first_line(error: BaseException) -> str:
     run to pages, and ours are one line."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def require_extra(module: str, extra: str, what: str) -> None:
+    """Refuse, in one line, a command whose optional dependency is not installed (found without importing it)."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise FoodclsError(f"{what} needs the '{extra}' extra: pip install 'foodcls[{extra}]'")

@@ -5,7 +5,7 @@ from foodcls.cli import datasets, experiments, model  # noqa: F401 - importing r
 from foodcls.cli.common import app
 
 # --help lists the commands in the order a user meets them, whichever module defines them.
-_ORDER = ("train", "eval", "predict", "sweep", "cv", "tune", "serve", "export", "card", "plot")
+_ORDER = ("init", "train", "eval", "predict", "sweep", "cv", "tune", "serve", "export", "card", "plot")
 app.registered_commands.sort(key=lambda command: _ORDER.index(command.name or command.callback.__name__))
 
 __all__ = ["app"]

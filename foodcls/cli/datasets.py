@@ -10,8 +10,22 @@ from rich.markup import escape
 
 from foodcls import report as report_tables
 from foodcls.cli.common import (
-    JsonOption, RunsRootOption, data_app, print_json, reported_errors, runs_app, stderr, stdout,
+    JsonOption, RunsRootOption, app, data_app, print_json, reported_errors, runs_app, stderr, stdout,
 )
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to write configs/ and data/ [default: here].")] = Path("."),
+) -> None:
+    """Write the shipped recipes (configs/) and the demo sets (data/) into DIR, so the README's commands run there."""
+    with reported_errors():
+        from foodcls.project import init_project
+
+        written = init_project(directory)
+    stdout.print(f"wrote {len(written)} files under {directory}/: configs/ ({sum(p.parent.name == 'configs' for p in written)} recipes) "
+                 "and data/demo, data/demo-rich, data/synth-off")
+    stdout.print(f"next: cd {directory} && foodcls train --config configs/mlp.yaml")
 
 
 @data_app.command("synth")

@@ -12,7 +12,7 @@ from foodcls import report as report_tables
 from foodcls.cli.common import (
     ClusterOption, JobBar, JsonOption, RunsRootOption, SetOption, app, print_json, reported_errors, stderr, stdout,
 )
-from foodcls.errors import FoodclsError
+from foodcls.errors import FoodclsError, require_extra
 
 
 @app.command()
@@ -57,6 +57,9 @@ def cv(
     with reported_errors(), JobBar("folds") as bar:
         from foodcls.experiments.cv import run_cv
 
+        if group_by is None or baselines:  # stratified folds and the baselines are scikit-learn's
+            require_extra("sklearn", "baselines", "foodcls cv" + (" --baselines" if baselines else " (stratified folds; --group-by needs nothing)"))
+
         def on_fold(fold: dict[str, Any]) -> None:
             bar.advance(f"fold {fold['fold']}: {fold['error']}" if fold["status"] == "failed" else None)
 
@@ -93,6 +96,7 @@ def tune(
 ) -> None:
     """Search hyperparameters with Optuna; every trial an ordinary run; the best config as best.yaml."""
     with reported_errors():
+        require_extra("optuna", "tune", "foodcls tune")
         from foodcls.experiments.tune import run_tune, show_tune
 
         if show:

@@ -14,7 +14,7 @@ from foodcls.cli.common import (
     CheckpointOption, ConfigOption, EpochBar, JsonOption, RunsRootOption, SetOption, app, default_checkpoint, print_json, reported_errors,
     stderr, stdout,
 )
-from foodcls.errors import FoodclsError
+from foodcls.errors import FoodclsError, require_extra
 
 
 @app.command()
@@ -78,6 +78,8 @@ def eval_(
     with reported_errors():
         from foodcls.inference.evaluate import evaluate_checkpoint
 
+        if baselines:
+            require_extra("sklearn", "baselines", "foodcls eval --baselines")
         path = default_checkpoint(checkpoint)
         report = evaluate_checkpoint(path, data, out_of_class)
         if baselines:
@@ -191,6 +193,8 @@ def serve(
     with reported_errors():
         import os
 
+        require_extra("fastapi", "serve", "foodcls serve")
+        require_extra("uvicorn", "serve", "foodcls serve")
         import uvicorn
 
         from foodcls.inference.checkpoint import resolve_checkpoint_path
@@ -226,6 +230,7 @@ def export_(
 ) -> None:
     """Export a checkpoint (scaling, fill values and network in one graph) for other runtimes."""
     with reported_errors():
+        require_extra("onnx", "onnx", "foodcls export")
         from foodcls.inference.export import export
 
         path = export(default_checkpoint(checkpoint), out, fmt)
@@ -239,6 +244,7 @@ def plot(
 ) -> None:
     """Redraw each run's plots; with several runs, also overlay their learning curves and gradient norms."""
     with reported_errors():
+        require_extra("matplotlib", "plots", "foodcls plot")
         from foodcls.training.plots import plot_grad_norms, plot_learning_curves, write_run_plots
         from foodcls.runs import resolve_run_dir
 

@@ -124,7 +124,7 @@ def connect(address: str):
         import dask
         from dask.distributed import Client, LocalCluster
     except ImportError:
-        raise ConfigError("--cluster needs dask.distributed: pip install 'foodcls[cluster]'") from None
+        raise ConfigError("--cluster needs the 'cluster' extra: pip install 'foodcls[cluster]'") from None
     dask.config.set({"distributed.scheduler.allowed-failures": 1})
     if _is_local(address):
         cluster = LocalCluster(n_workers=local_workers(address) or os.cpu_count() or 1, threads_per_worker=1, processes=True,

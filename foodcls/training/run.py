@@ -316,9 +316,14 @@ def finish(member: Run) -> None:
         evaluation=scores,
     )
     if progress.epoch > 0:
-        from foodcls.training.plots import write_run_plots
+        import importlib.util
 
-        write_run_plots(run_dir, summary)
+        if importlib.util.find_spec("matplotlib") is None:  # the `plots` extra is not installed
+            summary["plots"] = "not drawn: pip install 'foodcls[plots]', then foodcls plot RUN"
+        else:
+            from foodcls.training.plots import write_run_plots
+
+            write_run_plots(run_dir, summary)
     if runs.best_checkpoint(run_dir).exists():
         from foodcls.inference.card import write_model_card
 
