@@ -135,10 +135,17 @@ class TrainConfig(_Section):
     min_confidence: Annotated[StrictFloat, Field(ge=0, le=1)] | None = None
 
 
+class TrackingConfig(_Section):
+    # An MLflow tracking URI (sqlite:///mlruns.db, a file store path, http://…): each run is logged there
+    # when it ends (foodcls/tracking.py); null: nothing is logged anywhere but the run directory.
+    mlflow: StrictStr | None = None
+
+
 class Config(_Section):
     data: DataConfig
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
     def _class_weights_name_known_classes(self) -> Config:

@@ -75,6 +75,12 @@ ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="YA
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: KEY=VALUE (repeatable).")]
 RunsRootOption = Annotated[Path, typer.Option("--runs-root", help="Where run directories live.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+MlflowOption = Annotated[Optional[str], typer.Option("--mlflow", help="Log the runs to this MLflow tracking URI (sets tracking.mlflow), e.g. sqlite:///mlruns.db.")]
+
+
+def with_mlflow(overrides: list[str] | None, uri: str | None) -> list[str]:
+    """The --set overrides, plus tracking.mlflow when --mlflow was given."""
+    return [*(overrides or []), *([f"tracking.mlflow={uri}"] if uri else [])]
 CheckpointOption = Annotated[
     Optional[Path], typer.Option("--checkpoint", help="Checkpoint file or run directory [default: best of the newest run in ./runs].")
 ]

@@ -10,7 +10,8 @@ import typer
 
 from foodcls import report as report_tables
 from foodcls.cli.common import (
-    ClusterOption, JobBar, JsonOption, RunsRootOption, SetOption, app, print_json, reported_errors, stderr, stdout,
+    ClusterOption, JobBar, JsonOption, MlflowOption, RunsRootOption, SetOption, app, print_json, reported_errors, stderr, stdout,
+    with_mlflow,
 )
 from foodcls.errors import FoodclsError, require_extra
 
@@ -23,10 +24,12 @@ def sweep(
     overrides: SetOption = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Parallel worker processes (default: one per core).")] = None,
     cluster: ClusterOption = None,
+    mlflow: MlflowOption = None,
     runs_root: RunsRootOption = Path("runs"),
     as_json: JsonOption = False,
 ) -> None:
     """Run a grid of configs × seeds in parallel; report mean ± std per combination."""
+    overrides = with_mlflow(overrides, mlflow)
     with reported_errors(), JobBar("runs") as bar:
         from foodcls.experiments.sweep import run_sweep
 
@@ -50,10 +53,12 @@ def cv(
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Parallel worker processes (default: one per core).")] = None,
     baselines: Annotated[bool, typer.Option("--baselines", help="Also cross-validate the baselines on the same folds.")] = False,
     cluster: ClusterOption = None,
+    mlflow: MlflowOption = None,
     runs_root: RunsRootOption = Path("runs"),
     as_json: JsonOption = False,
 ) -> None:
     """Cross-validate a config: per-fold figures, mean ± std over folds, and pooled out-of-fold figures."""
+    overrides = with_mlflow(overrides, mlflow)
     with reported_errors(), JobBar("folds") as bar:
         from foodcls.experiments.cv import run_cv
 
@@ -91,10 +96,12 @@ def tune(
     folds: Annotated[int, typer.Option("--folds", help="With --metric cv_balanced_accuracy: stratified folds.")] = 5,
     group_by: Annotated[Optional[str], typer.Option("--group-by", help="With --metric cv_balanced_accuracy: leave one group out.")] = None,
     show: Annotated[bool, typer.Option("--show", help="Print the study's trials and best config; run nothing.")] = False,
+    mlflow: MlflowOption = None,
     runs_root: RunsRootOption = Path("runs"),
     as_json: JsonOption = False,
 ) -> None:
     """Search hyperparameters with Optuna; every trial an ordinary run; the best config as best.yaml."""
+    overrides = with_mlflow(overrides, mlflow)
     with reported_errors():
         require_extra("optuna", "tune", "foodcls tune")
         from foodcls.experiments.tune import run_tune, show_tune

@@ -11,8 +11,8 @@ from rich.markup import escape
 
 from foodcls import report as report_tables
 from foodcls.cli.common import (
-    CheckpointOption, ConfigOption, EpochBar, JsonOption, RunsRootOption, SetOption, app, default_checkpoint, print_json, reported_errors,
-    stderr, stdout,
+    CheckpointOption, ConfigOption, EpochBar, JsonOption, MlflowOption, RunsRootOption, SetOption, app, default_checkpoint, print_json,
+    reported_errors, stderr, stdout, with_mlflow,
 )
 from foodcls.errors import FoodclsError, require_extra
 
@@ -23,9 +23,11 @@ def train(
     overrides: SetOption = None,
     runs_root: RunsRootOption = Path("runs"),
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue this run directory from its last checkpoint.")] = None,
+    mlflow: MlflowOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Train a model from a YAML config into a new run directory (or --resume one)."""
+    overrides = with_mlflow(overrides, mlflow)
     from foodcls.signals import exit_code, sigterm_as_interrupt
 
     with reported_errors(), sigterm_as_interrupt() as received:

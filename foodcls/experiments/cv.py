@@ -105,6 +105,9 @@ def run_cv_config(
     """run_cv for a config already loaded (a tune trial's); the folds go under runs_root/cv-<stem>-<timestamp>."""
     assigned = assign_folds(config, folds, group_by)  # every input is checked before a directory is made
     check_cluster(cluster)
+    from foodcls.tracking import check_tracking
+
+    check_tracking(config.tracking.mlflow)
     cv_dir = unique_dir(runs_root, f"{CV_DIR_PREFIX}{stem}")
     try:
         plan = plan_folds(config, assigned, cv_dir)
@@ -136,6 +139,13 @@ def run_cv_config(
     report = aggregate(results, [p for p in predictions if p is not None], group_by, folds, baselines)
     report.update(cv_dir=str(cv_dir))
     atomic_write_json(cv_dir / "cv.json", report)
+    if config.tracking.mlflow:
+        from foodcls.tracking import log_group
+
+        pooled = report["pooled"] or {}
+        log_group(config.tracking.mlflow, cv_dir.name, {"group_by": group_by, "folds": folds},
+                  [r["run_dir"] for r in results if r.get("run_dir")],
+                  {f"pooled_{k}": pooled.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1")})
     return report
 
 

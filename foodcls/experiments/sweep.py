@@ -81,6 +81,9 @@ def run_sweep(
     """Run the sweep; returns (and writes to sweep.json) per-combination runs, mean and std, and the best."""
     plan = plan_sweep(config_path, list(grid), seeds, list(overrides))
     check_cluster(cluster)  # an unreachable cluster is one line, before anything is written
+    from foodcls.tracking import check_tracking
+
+    check_tracking(plan[0][1][0].tracking.mlflow)
     stem = Path(config_path).stem
     sweep_dir = unique_dir(runs_root, f"sweep-{stem}")
     results = [{"params": params, "runs": [], "mean": {}, "std": {}} for params, _ in plan]
@@ -104,4 +107,11 @@ def run_sweep(
     report = {"sweep_dir": str(sweep_dir), "seeds": seeds, "results": results}
     report["best"] = summarise(results)
     atomic_write_json(sweep_dir / "sweep.json", report)
+    uri = plan[0][1][0].tracking.mlflow
+    if uri:
+        from foodcls.tracking import log_group
+
+        best = report["best"] or {}
+        log_group(uri, sweep_dir.name, {"grid": " ".join(grid), "seeds": seeds},
+                  [r["run_dir"] for e in results for r in e["runs"]], {"best_" + k: v for k, v in best.get("mean", {}).items()})
     return report

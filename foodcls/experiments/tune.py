@@ -208,7 +208,8 @@ def trial_job(config_dict: dict[str, Any], name: str, runs_root: str, metric: st
 
     from foodcls.training.fit import RunPruned, train
 
-    config = Config.model_validate(config_dict)
+    # The search logs its trials to MLflow once they end (run_tune); a worker never talks to the store.
+    config = Config.model_validate({**config_dict, "tracking": {"mlflow": None}})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction=METRICS[metric], pruner=make_pruner(pruner, config.train.epochs))
     for frozen in history:
@@ -237,7 +238,7 @@ def trial_job(config_dict: dict[str, Any], name: str, runs_root: str, metric: st
             report_ = run_cv_config(config, folds=cv["folds"], group_by=cv["group_by"], runs_root=runs_root, stem=name,
                                     workers=1, eval_threads=eval_threads)
             return TrialOutcome(RunOutcome("finished", run_dir=report_["cv_dir"]), report_["pooled"]["balanced_accuracy"])
-        result = train(config, runs_root=runs_root, name=name, on_epoch=report, eval_threads=eval_threads)
+        result = train(config, runs_root=runs_root, name=name, on_epoch=report, eval_threads=eval_threads, track=False)
     except Exception as error:  # a failed or crashed trial is reported; the search goes on
         return TrialOutcome(RunOutcome.of(error), reports=reports)
     # val_accuracy: the best checkpoint's; val_loss: the lowest reported (summary's best_value is whatever
@@ -304,6 +305,9 @@ def run_tune(
         raise ConfigError(f"--metric {metric}: the config has no validation data (give data.val or data.val_fraction)")
     load_splits(base)
     check_cluster(cluster)  # an unreachable cluster is one line now, not after a study was made
+    from foodcls.tracking import check_tracking
+
+    check_tracking(base.tracking.mlflow)
     name = study_name or Path(config_path).stem
     study_dir = Path(runs_root) / f"tune-{name}"
     url = storage_url(storage, study_dir)
@@ -358,6 +362,12 @@ def run_tune(
         atomic_write_text(study_dir / "best.yaml", f"# Best trial {report['best']['number']} of study {name} "
                           f"({metric} {report['best']['value']:.4f}); `foodcls train --config` reproduces it.\n" + config_to_yaml(best))
     atomic_write_json(study_dir / "tune.json", report)
+    if base.tracking.mlflow:
+        from foodcls.tracking import log_group
+
+        log_group(base.tracking.mlflow, f"tune-{name}", {"space": str(space_path), "metric": metric, "trials": trials},
+                  [t["run_dir"] for t in report["trials"] if t.get("run_dir") and metric != "cv_balanced_accuracy"],
+                  {"best_value": report["best"]["value"] if report["best"] else None})
     return report
 
 

@@ -19,6 +19,7 @@ from foodcls.data import Splits, load_splits
 from foodcls.errors import ConfigError, FoodclsError, ResourceError, WriteError
 from foodcls.fileio import atomic_write_text
 from foodcls.inference.checkpoint import Checkpoint, load_checkpoint
+from foodcls.tracking import check_tracking, log_run
 from foodcls.training.run import EpochCallback, Run, RunPruned, RunSpec, finish, init_checkpoint
 from foodcls.training.stack import EVAL_THREADS, TORCH_THREADS, Interrupted, fit_stack, group_key
 from foodcls.training.trainstate import restore_state
@@ -190,9 +191,16 @@ def _new_run(config: Config, runs_root: str | Path, name: str, inputs: tuple[Spl
 
 
 def train(config: Config, runs_root: str | Path = "runs", name: str = "run", on_epoch: EpochCallback | None = None, *,
-          eval_threads: int = EVAL_THREADS) -> TrainResult:
-    """Train a new run under runs_root/<name>-<timestamp> and return its figures."""
-    return fit_runs([_new_run(config, runs_root, name, _check_inputs(config), on_epoch)], eval_threads=eval_threads)[0]
+          eval_threads: int = EVAL_THREADS, track: bool = True) -> TrainResult:
+    """Train a new run under runs_root/<name>-<timestamp> and return its figures. With tracking.mlflow (and
+    track: a search's trial is logged by the search instead), the finished run is logged there too."""
+    inputs = _check_inputs(config)
+    if track:
+        check_tracking(config.tracking.mlflow)
+    result = fit_runs([_new_run(config, runs_root, name, inputs, on_epoch)], eval_threads=eval_threads)[0]
+    if track and config.tracking.mlflow:
+        log_run(config.tracking.mlflow, result.run_dir)
+    return result
 
 
 def train_many(items: list[tuple[Config, str]], runs_root: str | Path = "runs", *,
@@ -237,4 +245,8 @@ def _resume_locked(run_dir: Path, lock, overrides: list[str] | tuple[str, ...], 
     _resolve_device(config.train.device)
     atomic_write_text(run_dir / runs.CONFIG_FILE, config_to_yaml(config))
     name = runs.read_summary(run_dir).get("name", run_dir.name)
-    return fit_runs([RunSpec(config, run_dir, name, checkpoint, on_epoch, splits, restored=restored, lock=lock)])[0]
+    check_tracking(config.tracking.mlflow)
+    result = fit_runs([RunSpec(config, run_dir, name, checkpoint, on_epoch, splits, restored=restored, lock=lock)])[0]
+    if config.tracking.mlflow:
+        log_run(config.tracking.mlflow, result.run_dir)
+    return result
