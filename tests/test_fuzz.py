@@ -205,10 +205,15 @@ def test_checkpoint_loader_returns_a_working_predictor_or_one_of_our_errors(tmp_
         blob = bytearray(_edit_metadata(bytes(blob), data.draw(metadata_edits)))
     else:
         blob = bytearray(data.draw(st.binary(max_size=200)))
-    path = write(tmp_path_factory.mktemp("ck"), "model.safetensors", bytes(blob))
+    assert_working_model_or_our_error(write(tmp_path_factory.mktemp("ck"), "model.safetensors", bytes(blob)))
+
+
+def assert_working_model_or_our_error(path, also=lambda checkpoint: None) -> None:
+    """Every reader of the checkpoint at path (and `also`) gives a predictor that answers, or one of our errors."""
     try:
+        checkpoint = load_checkpoint(path)
         predictor = load_predictor(path)
-        load_checkpoint(path)
+        also(checkpoint)
     except FoodclsError as error:
         assert_our_error(error, str(path))
         return
@@ -339,13 +344,4 @@ def test_structurally_damaged_metadata_is_a_working_model_or_one_of_our_errors(t
         blob = _retyped(last_checkpoint_bytes, data.draw(st.sampled_from(["BF16", "F8_E4M3", "F8_E5M2"])))
     else:
         blob = _edit_metadata(last_checkpoint_bytes, lambda meta: _mutated(meta, data))
-    path = write(tmp_path_factory.mktemp("meta"), "last.safetensors", blob)
-    try:
-        checkpoint = load_checkpoint(path)
-        predictor = load_predictor(path)
-        restore_state(checkpoint)
-    except FoodclsError as error:
-        assert_our_error(error, str(path))
-        return
-    probabilities = predictor.probabilities(np.full((2, len(predictor.features)), 1.0, dtype=np.float32))
-    assert probabilities.shape == (2, len(predictor.classes))
+    assert_working_model_or_our_error(write(tmp_path_factory.mktemp("meta"), "last.safetensors", blob), restore_state)

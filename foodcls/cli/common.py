@@ -75,6 +75,7 @@ ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="YA
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: KEY=VALUE (repeatable).")]
 RunsRootOption = Annotated[Path, typer.Option("--runs-root", help="Where run directories live.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+WorkersOption = Annotated[Optional[int], typer.Option("--workers", min=1, help="Parallel worker processes (default: one per core).")]
 MlflowOption = Annotated[Optional[str], typer.Option("--mlflow", help="Log the runs to this MLflow tracking URI (sets tracking.mlflow), e.g. sqlite:///mlruns.db.")]
 
 

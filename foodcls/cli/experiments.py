@@ -11,7 +11,7 @@ import typer
 from foodcls import report as report_tables
 from foodcls.cli.common import (
     ClusterOption, JobBar, JsonOption, MlflowOption, RunsRootOption, SetOption, app, print_json, reported_errors, stderr, stdout,
-    with_mlflow,
+    WorkersOption, with_mlflow,
 )
 from foodcls.errors import FoodclsError, require_extra
 
@@ -22,7 +22,7 @@ def sweep(
     grid: Annotated[Optional[list[str]], typer.Option("--grid", help="KEY=V1,V2,... (repeatable): every combination is run.")] = None,
     seeds: Annotated[int, typer.Option("--seeds", help="Seeds per combination: train.seed, +1, +2, ...")] = 1,
     overrides: SetOption = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Parallel worker processes (default: one per core).")] = None,
+    workers: WorkersOption = None,
     cluster: ClusterOption = None,
     mlflow: MlflowOption = None,
     runs_root: RunsRootOption = Path("runs"),
@@ -50,7 +50,7 @@ def cv(
     folds: Annotated[int, typer.Option("--folds", help="Stratified folds (ignored with --group-by).")] = 5,
     group_by: Annotated[Optional[str], typer.Option("--group-by", help="One fold per value of this column, e.g. source (leave one source out).")] = None,
     overrides: SetOption = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Parallel worker processes (default: one per core).")] = None,
+    workers: WorkersOption = None,
     baselines: Annotated[bool, typer.Option("--baselines", help="Also cross-validate the baselines on the same folds.")] = False,
     cluster: ClusterOption = None,
     mlflow: MlflowOption = None,
