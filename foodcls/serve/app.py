@@ -245,8 +245,12 @@ def create_app(checkpoint: str | Path | None = None, *, expose_paths: bool | Non
         best = probabilities.argmax(axis=1)
         classes = predictor.classes
         judged = verdicts(predictor, probabilities, **trust)
-        predictions = [{"class": classes[b], "probabilities": dict(zip(classes, p)), **_verdict_fields(v)}
-                       for b, p, v in zip(best.tolist(), probabilities.tolist(), judged)]
+        if trust["coverage"] is None:  # the common case, without a dict merge per product
+            predictions = [{"class": classes[b], "probabilities": dict(zip(classes, p)), "decision": v.decision}
+                           for b, p, v in zip(best.tolist(), probabilities.tolist(), judged)]
+        else:
+            predictions = [{"class": classes[b], "probabilities": dict(zip(classes, p)), **_verdict_fields(v)}
+                           for b, p, v in zip(best.tolist(), probabilities.tolist(), judged)]
         return _json({"predictions": predictions})
 
     from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -254,6 +258,9 @@ def create_app(checkpoint: str | Path | None = None, *, expose_paths: bool | Non
     env_hosts = os.environ.get(HOSTS_ENV)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts or (env_hosts.split(",") if env_hosts else allowed_hosts("127.0.0.1")))
     return BodyLimit(app)
+
+
+_NUMBER_TYPES = {int, float, type(None)}
 
 
 class _BadBody(Exception):
@@ -275,8 +282,11 @@ def batch_features(predictor: Predictor, products: list[Any], allow_missing: boo
     columns = []
     for field in predictor.features:
         raw = [p.get(field) for p in products]
-        # Types first, value by value: numpy would take a column of one-element lists as a 2-D array.
-        index = next((i for i, v in enumerate(raw) if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))), None)
+        # Types first: numpy would take a column of one-element lists as a 2-D array, and "1" or true as numbers.
+        # One set of the column's types is cheap; the culprit is looked for only when there is one.
+        index = None
+        if not {type(v) for v in raw} <= _NUMBER_TYPES:
+            index = next(i for i, v in enumerate(raw) if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))))
         if index is None:
             try:
                 column = np.array([np.nan if v is None else v for v in raw], dtype=np.float64)
