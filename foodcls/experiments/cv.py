@@ -174,12 +174,11 @@ def _write_predictions(path: Path, plan: list[Fold], predictions: list[FoldPredi
 def _pooled_trust(probabilities: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
     """Calibration of the pooled out-of-fold probabilities; with an `other` class, how well the folds'
     models told the held-out `other` products from those of the named classes (open_set, as eval's)."""
-    from foodcls.inference.calibration import expected_calibration_error, open_set
+    from foodcls.inference.calibration import expected_calibration_error, labelled_open_set
 
     out: dict[str, Any] = {"ece": expected_calibration_error(probabilities, labels)}
     if OTHER in classes:
-        is_other = labels == classes.index(OTHER)
-        out["open_set"] = open_set(probabilities[~is_other], probabilities[is_other], classes, labels[~is_other])
+        out["open_set"] = labelled_open_set(probabilities, labels, classes)
     return out
 
 

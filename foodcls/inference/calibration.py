@@ -187,3 +187,9 @@ def open_set(in_class: np.ndarray, out_of_class: np.ndarray, classes: tuple[str,
     if in_class_labels is not None:
         figures["accuracy_of_kept"] = kept_accuracy
     return figures
+
+
+def labelled_open_set(probabilities: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> dict:
+    """open_set within one labelled set of a model with an `other` class: its `other` rows against the rest."""
+    is_other = labels == classes.index(OTHER)
+    return open_set(probabilities[~is_other], probabilities[is_other], classes, labels[~is_other])

@@ -109,6 +109,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path, data_paths: list[str | Path
     from foodcls.errors import DataError
     from foodcls.inference.calibration import open_set
     from foodcls.inference.predict import load_predictor
+    from foodcls.labels import OTHER
 
     predictor = load_predictor(checkpoint_path)
     if not data_paths:
@@ -126,7 +127,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path, data_paths: list[str | Path
         report["warnings"].append(f"{unknown} unknown values filled with the training medians")
     if out_of_class is not None:
         outside = read_feature_table(out_of_class, predictor.features)
-        named = data.labels != predictor.classes.index("other") if predictor.has_other else np.ones(len(data), bool)
+        named = data.labels != predictor.classes.index(OTHER) if predictor.has_other else np.ones(len(data), bool)
         report["open_set"] = open_set(probabilities[named], predictor.probabilities(outside.features), predictor.classes,
                                       data.labels[named])
         report["open_set"]["data"] = str(out_of_class)

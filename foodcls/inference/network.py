@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from foodcls.labels import OTHER
 from foodcls.preprocessing import Preprocessing
 
 
@@ -42,7 +43,7 @@ class Predictor:
 
     @property
     def has_other(self) -> bool:
-        return "other" in self.classes
+        return OTHER in self.classes
 
     @property
     def ignored_labels(self) -> tuple[str, ...]:

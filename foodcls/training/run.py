@@ -24,6 +24,7 @@ from foodcls.errors import ConfigError, RunError, WriteError
 from foodcls.fileio import atomic_write_json, atomic_write_text, write_error
 from foodcls.inference.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, weight_arrays
 from foodcls.inference.evaluate import classification_report, probability_report
+from foodcls.labels import OTHER
 from foodcls.training.model import build_model, linear_layers
 from foodcls.training.optim import Schedule
 from foodcls.training.trainstate import Progress, RestoredState, model_arrays, model_meta, restore_state, resumable_state
@@ -295,12 +296,10 @@ def finish(member: Run) -> None:
                 scores[split_name] = classification_report(data.labels, probabilities.argmax(axis=1), predictor.classes)
                 scores[split_name].update(probability_report(probabilities, data.labels, predictor.temperature,
                                                              predictor.conformal_scores))
-                if predictor.has_other and (data.labels == predictor.classes.index("other")).any():
-                    from foodcls.inference.calibration import open_set
+                if predictor.has_other and (data.labels == predictor.classes.index(OTHER)).any():
+                    from foodcls.inference.calibration import labelled_open_set
 
-                    is_other = data.labels == predictor.classes.index("other")
-                    scores[split_name]["open_set"] = open_set(probabilities[~is_other], probabilities[is_other], predictor.classes,
-                                                              data.labels[~is_other])
+                    scores[split_name]["open_set"] = labelled_open_set(probabilities, data.labels, predictor.classes)
     summary.update(
         status=member.status,
         stop_reason=member.stop_reason,
