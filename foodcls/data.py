@@ -205,7 +205,24 @@ def read_labelled_csv(
     classes: tuple[str, ...] = DEFAULT_CLASSES, ignore: tuple[str, ...] = (),
 ) -> LabelledData:
     """Read labelled rows: the seed's headerless five columns, or a header naming class/label and the
-    features. Labels are names from `classes` (or their indices); rows labelled one of `ignore` are skipped."""
+    features. Labels are names from `classes` (or their indices); rows labelled one of `ignore` are skipped.
+    Polars reads the file at column speed where it can (columnar.py); otherwise, and to name the culprit
+    of a bad file, the csv module reads it row by row. Both give the same arrays, bit for bit."""
+    from foodcls.columnar import read_labelled_columns  # polars: not on the predict path
+
+    fast = read_labelled_columns(path, features, classes, ignore, LABEL_COLUMNS)
+    if fast is None:
+        return read_labelled_rows(path, features, weight, train_only, classes, ignore)
+    n = len(fast.labels)
+    return LabelledData(fast.features, fast.labels, tuple(features), str(path), np.full(n, weight, dtype=np.float32),
+                        np.full(n, train_only), fast.text, tuple(classes))
+
+
+def read_labelled_rows(
+    path: str | Path, features: tuple[str, ...] = SEED_FEATURES, weight: float = 1.0, train_only: bool = False,
+    classes: tuple[str, ...] = DEFAULT_CLASSES, ignore: tuple[str, ...] = (),
+) -> LabelledData:
+    """read_labelled_csv, row by row with the csv module: every check names file:line, feature and value."""
     name, rows = _read_rows(path)
     first = [c.strip() for c in rows[0][1]]
     if _looks_like_header(first, classes):
@@ -335,11 +352,12 @@ def _format_value(value: float, feature: str) -> str:
     return str(int(value)) if NUTRIENTS[feature].whole else f"{value:g}"
 
 
-def labelled_csv_text(data: LabelledData, columns: tuple[str, ...] = ()) -> str:
+def labelled_csv_text(data: LabelledData, columns: tuple[str, ...] = (), header: bool = True) -> str:
     """`label,<features…>,<columns…>` with a header: the format every reader here accepts."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["label", *data.feature_names, *columns])
+    if header:
+        writer.writerow(["label", *data.feature_names, *columns])
     carried = [data.columns.get(c, np.full(len(data), "", dtype=object)) for c in columns]
     for i, (row, label) in enumerate(zip(data.features.tolist(), data.labels.tolist())):
         writer.writerow([data.classes[label], *(_format_value(v, f) for v, f in zip(row, data.feature_names)), *(c[i] for c in carried)])

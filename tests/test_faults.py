@@ -145,14 +145,14 @@ def test_two_builds_into_one_directory_at_once_one_wins_the_other_says_so(tmp_pa
     import foodcls.offdata.build as build
 
     entered, release = threading.Event(), threading.Event()
-    real = build._write
+    real = build._swap_in
 
     def slow_write(*args):
         entered.set()
         release.wait(10)
         return real(*args)
 
-    monkeypatch.setattr(build, "_write", slow_write)
+    monkeypatch.setattr(build, "_swap_in", slow_write)
     winner = threading.Thread(target=build_dataset, args=([source], tmp_path / "out"))
     winner.start()
     assert entered.wait(10)

@@ -174,3 +174,41 @@ class JobBar:
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
+
+
+class BuildProgress:
+    """`data build`'s bar on stderr, when it is a terminal: the current file, rows read, MB of the
+    exports read out of their total on disk, and the rate in rows per second. It appears with the
+    first batch, so an input error stays a single line."""
+
+    def __init__(self, sources: list[Path]) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.sizes = {Path(s): Path(s).stat().st_size if Path(s).is_file() else 0 for s in sources}
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[rows]:,} rows"),
+            TextColumn("{task.completed:,.0f}/{task.total:,.0f} MB"), TextColumn("{task.fields[rate]:,.0f} rows/s"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, transient=True, disable=not stderr.is_terminal,
+        )
+        self.task = None
+        self.done_bytes, self.done_rows, self.current = 0, 0, None
+        self.last = (None, 0, 0)  # the previous batch's (source, rows, bytes)
+
+    def update(self, path: Path, rows: int, bytes_read: int) -> None:
+        if path != self.last[0] and self.last[0] is not None:  # a new file: count the last one whole
+            self.done_bytes += self.sizes.get(self.last[0], self.last[2])
+            self.done_rows += self.last[1]
+        self.last = (path, rows, bytes_read)
+        if self.task is None:
+            self.progress.start()
+            self.task = self.progress.add_task(path.name, total=sum(self.sizes.values()) / 1e6, rows=0, rate=0.0)
+        elapsed = self.progress.tasks[0].elapsed or 0.0
+        total_rows = self.done_rows + rows
+        self.progress.update(self.task, description=path.name, completed=(self.done_bytes + bytes_read) / 1e6,
+                             rows=total_rows, rate=total_rows / elapsed if elapsed > 0 else 0.0)
+
+    def __enter__(self) -> BuildProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()

@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from foodcls import report as report_tables
 from foodcls.cli.common import (
-    JsonOption, RunsRootOption, app, data_app, print_json, reported_errors, runs_app, stderr, stdout,
+    BuildProgress, JsonOption, RunsRootOption, app, data_app, print_json, reported_errors, runs_app, stderr, stdout,
 )
 
 
@@ -58,17 +58,10 @@ def data_build(
 ) -> None:
     """Label, clean, de-duplicate and split real products into training files."""
     with reported_errors():
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
         from foodcls.offdata.build import build_dataset
 
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=stderr, transient=True) as progress:
-            task = progress.add_task("reading", total=None)
-            card = build_dataset(
-                sources, out, rules, split,
-                on_batch=lambda path, rows: progress.update(task, description=f"{path.name}: {rows:,} rows read"), force=force,
-                other=True if other else None,
-            )
+        with BuildProgress(sources) as progress:
+            card = build_dataset(sources, out, rules, split, on_batch=progress.update, force=force, other=True if other else None)
     if as_json:
         print_json(card)
         return

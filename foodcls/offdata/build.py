@@ -18,16 +18,17 @@ import numpy as np
 import polars as pl
 
 from foodcls import __version__
-from foodcls.data import TRACE_COLUMNS, LabelledData, write_labelled_csv
+from foodcls.data import TRACE_COLUMNS, LabelledData, labelled_csv_text
 from foodcls.errors import ConfigError, DataError
 from foodcls.features import ALL_FEATURES
 from foodcls.fileio import atomic_write_json, atomic_write_text, default_mode, sync_directory, write_error
 from foodcls.offdata.clean import DROP_REASONS, NUMERIC, classify
+from foodcls.offdata.dedup import SeenKeys
 from foodcls.offdata.read import SourceStats, read_export
 from foodcls.offdata.rules import LabelRules, load_rules
 
 SPLITS = ("train", "val", "test")
-BatchCallback = Callable[[Path, int], None]  # (source, rows read so far)
+BatchCallback = Callable[[Path, int, int], None]  # (source, rows read so far, its bytes read so far)
 
 
 def parse_split(text: str) -> tuple[float, float, float]:
@@ -105,63 +106,108 @@ def build_lock(out: Path) -> Iterator[None]:
         handle.close()
 
 
+class SplitFiles:
+    """train.csv, val.csv and test.csv, written batch by batch as the products come, and what the
+    datacard counts of them: memory does not grow with the rows."""
+
+    def __init__(self, directory: Path, classes: tuple[str, ...]) -> None:
+        self.classes = classes
+        self.handles = {}
+        for split_name in SPLITS:
+            self.handles[split_name] = handle = open(directory / f"{split_name}.csv", "w", encoding="utf-8", newline="")  # noqa: SIM115
+            handle.write(labelled_csv_text(_split_data(pl.DataFrame(), classes), TRACE_COLUMNS))
+        self.per_split = {s: np.zeros(len(classes), dtype=np.int64) for s in SPLITS}
+        self.known = np.zeros(len(NUMERIC), dtype=np.int64)
+
+    def write(self, split_name: str, rows: pl.DataFrame) -> None:
+        data = _split_data(rows, self.classes)
+        self.handles[split_name].write(labelled_csv_text(data, TRACE_COLUMNS, header=False))
+        self.per_split[split_name] += np.bincount(data.labels, minlength=len(self.classes))
+        self.known += (~np.isnan(data.features)).sum(axis=0)
+
+    def close(self) -> None:
+        for handle in self.handles.values():
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+
+
+def _split_data(rows: pl.DataFrame, classes: tuple[str, ...]) -> LabelledData:
+    """Kept products (the nine nutrients, label, source, code) as the labelled set written to CSV."""
+    if not len(rows):
+        empty = np.zeros(0, dtype=object)
+        return LabelledData(np.zeros((0, len(NUMERIC)), dtype=np.float32), np.zeros(0, dtype=np.int64), ALL_FEATURES, "",
+                            columns={"source": empty, "code": empty}, classes=classes)
+    values = rows.select(NUMERIC).to_numpy().astype(np.float64)  # null → NaN
+    columns = {"source": rows["source"].to_numpy().astype(object),
+               "code": np.array([(code or "").strip() for code in rows["code"].to_list()], dtype=object)}
+    return LabelledData(values.astype(np.float32), rows["label"].to_numpy().astype(np.int64), ALL_FEATURES, "",
+                        columns=columns, classes=classes)
+
+
+def _with_key_hashes(frame, rules):
+    """classify, plus 64-bit hashes of the duplicate keys (computed in polars' threads, as the batch is read)."""
+    return classify(frame, rules).with_columns(pl.col("key").hash(0).alias("key_hash"),
+                                               pl.col("content_key").hash(0).alias("content_hash"))
+
+
 def _build(sources, out: Path, rules, fractions, on_batch) -> dict[str, Any]:
+    """Stream every source through classify → de-duplicate → split → CSV, in one pass, into a fresh
+    sibling directory; then swap it in: out is never half-written."""
     dropped = dict.fromkeys(DROP_REASONS, 0)
     corrected = {"energy_kj_as_kcal": 0}  # products kept with a value mended, per kind of repair
-    seen: set[str] = set()
-    # Per split: one tuple per product, (nine nutrients…, label, source, barcode).
-    rows: dict[str, list[tuple]] = {s: [] for s in SPLITS}
+    seen = SeenKeys()
     stats_list = []
-    for source in sources:
-        stats = SourceStats(Path(source))
-        reasons, kept = _classify_source(source, stats, rules, on_batch)
-        if stats.excluded:
-            excluded = np.fromiter(stats.excluded, dtype=np.int64)
-            reasons[excluded] = len(DROP_REASONS) + 1  # past every reason: counted in stats.ragged, or blank
-            kept = kept.filter(~pl.col("row").is_in(excluded.tolist()))
-        counts = np.bincount(reasons, minlength=len(DROP_REASONS) + 2)
-        for index, reason in enumerate(DROP_REASONS):
-            dropped[reason] += int(counts[index + 1])
-        dropped["ragged_row"] += stats.ragged
-        name = Path(source).name
-        for key, content_key, barcode, energy_copied, *values, label in kept.drop("row").iter_rows():
-            if key in seen or content_key in seen:
-                dropped["duplicate"] += 1
-                continue
-            corrected["energy_kj_as_kcal"] += energy_copied
-            seen.add(key)
-            if content_key is not None:
-                seen.add(content_key)
-            rows[split_of(key, fractions)].append((*values, label, name, (barcode or "").strip()))
-        stats_list.append(stats)
-    card = _datacard(stats_list, rows, dropped, corrected, rules, fractions)
-    _write(out, rows, card)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+    try:
+        files = SplitFiles(staging, rules.names)
+        try:
+            for source in sources:
+                stats = SourceStats(Path(source))
+                for batch in _classified_batches(source, stats, rules, on_batch):
+                    counts = np.bincount(batch["reason"].to_numpy(), minlength=len(DROP_REASONS) + 1)
+                    for index, reason in enumerate(DROP_REASONS):
+                        dropped[reason] += int(counts[index + 1])
+                    kept = batch.filter(pl.col("reason") == 0)
+                    new = seen.first_seen(kept["key_hash"].to_numpy(), kept["content_hash"].to_numpy(),
+                                          kept["content_key"].is_not_null().to_numpy())
+                    dropped["duplicate"] += int((~new).sum())
+                    kept = kept.filter(pl.Series(new)).with_columns(pl.lit(Path(source).name).alias("source"))
+                    corrected["energy_kj_as_kcal"] += int(kept["energy_copied"].sum())
+                    split = np.array([split_of(key, fractions) for key in kept["key"].to_list()], dtype="U5")
+                    for split_name in SPLITS:
+                        files.write(split_name, kept.filter(pl.Series(split == split_name)))
+                dropped["ragged_row"] += stats.ragged
+                stats_list.append(stats)
+        finally:
+            files.close()
+        card = _datacard(stats_list, files, dropped, corrected, rules, fractions)
+        atomic_write_json(staging / "datacard.json", card)
+        atomic_write_text(staging / "README.md", datacard_markdown(card))
+        _swap_in(staging, out)
+    except OSError as error:
+        raise write_error(out, error) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return card
 
 
-def _classify_source(source, stats: SourceStats, rules, on_batch) -> tuple[np.ndarray, pl.DataFrame]:
-    """Per row, a one-byte reason (0 kept, i + 1 for DROP_REASONS[i]), and the kept rows, in file order."""
-    reasons, kept = [], []
-    read_rows = 0
-    for batch in read_export(source, stats, lambda frame: classify(frame, rules)):
-        if len(batch) and batch["row"][0] != read_rows:
-            raise DataError(f"{source}: internal error: batches arrived out of order")
-        read_rows += len(batch)
-        reasons.append(batch["reason"].to_numpy())
-        kept.append(batch.filter(pl.col("reason") == 0).select("row", "key", "content_key", "code", "energy_copied", *NUMERIC, "label"))
+def _classified_batches(source, stats: SourceStats, rules, on_batch) -> Iterator[pl.DataFrame]:
+    """The source's batches through classify, in file order (rows the reader left out skipped)."""
+    next_row = 0
+    for batch in read_export(source, stats, lambda frame: _with_key_hashes(frame, rules)):
+        if len(batch):
+            if batch["row"][0] < next_row:
+                raise DataError(f"{source}: internal error: batches arrived out of order")
+            next_row = int(batch["row"][-1]) + 1
         if on_batch is not None:
-            on_batch(stats.path, read_rows)
-    all_reasons = np.concatenate(reasons) if reasons else np.zeros(0, dtype=np.uint8)
-    if not kept:  # a header and no rows
-        empty = {"row": pl.UInt32, "key": pl.String, "content_key": pl.String, "code": pl.String,
-                 "energy_copied": pl.Boolean, **{c: pl.Float64 for c in NUMERIC}, "label": pl.Int8}
-        return all_reasons, pl.DataFrame(schema=empty)
-    return all_reasons, pl.concat(kept)
+            on_batch(stats.path, max(stats.rows, next_row), stats.bytes_so_far())
+        yield batch
 
 
-def _datacard(stats_list, rows, dropped, corrected, rules: LabelRules, fractions) -> dict[str, Any]:
-    label_at = len(NUMERIC)
-    per_split = {s: {c: sum(1 for r in rows[s] if r[label_at] == i) for i, c in enumerate(rules.names)} for s in SPLITS}
+def _datacard(stats_list, files: SplitFiles, dropped, corrected, rules: LabelRules, fractions) -> dict[str, Any]:
+    per_split = {s: {c: int(files.per_split[s][i]) for i, c in enumerate(rules.names)} for s in SPLITS}
+    splits = {s: sum(per_split[s].values()) for s in SPLITS}
     return {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "foodcls_version": __version__,
@@ -170,14 +216,12 @@ def _datacard(stats_list, rows, dropped, corrected, rules: LabelRules, fractions
             for s in stats_list
         ],
         "rows_read": sum(s.rows for s in stats_list),
-        "rows_kept": sum(len(r) for r in rows.values()),
+        "rows_kept": sum(splits.values()),
         "classes": list(rules.names),
         "per_class": {c: sum(per_split[s][c] for s in SPLITS) for c in rules.names},
-        "splits": {s: len(rows[s]) for s in SPLITS},
+        "splits": splits,
         "per_split": per_split,
-        "known_values": {
-            feature: sum(1 for s in SPLITS for r in rows[s] if r[i] is not None) for i, feature in enumerate(NUMERIC)
-        },
+        "known_values": {feature: int(files.known[i]) for i, feature in enumerate(NUMERIC)},
         "dropped": dropped,
         "corrected": corrected,
         "split_fractions": dict(zip(SPLITS, fractions)),
@@ -185,37 +229,16 @@ def _datacard(stats_list, rows, dropped, corrected, rules: LabelRules, fractions
     }
 
 
-def _split_data(split_rows: list[tuple], name: str, classes: tuple[str, ...]) -> LabelledData:
-    n, width = len(split_rows), len(NUMERIC)
-    values = np.array([r[:width] for r in split_rows], dtype=np.float64).reshape(n, width)  # None → NaN
-    columns = {"source": np.array([r[width + 1] for r in split_rows], dtype=object),
-               "code": np.array([r[width + 2] for r in split_rows], dtype=object)}
-    labels = np.array([r[width] for r in split_rows], dtype=np.int64)
-    return LabelledData(values.astype(np.float32), labels, ALL_FEATURES, name, columns=columns, classes=classes)
-
-
-def _write(out: Path, rows, card: dict[str, Any]) -> None:
-    """Write every file into a fresh sibling directory, then swap it in: out is never half-written."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
-    try:
-        for split_name in SPLITS:
-            split_data = _split_data(rows[split_name], split_name, tuple(card["classes"]))
-            write_labelled_csv(staging / f"{split_name}.csv", split_data, TRACE_COLUMNS)
-        atomic_write_json(staging / "datacard.json", card)
-        atomic_write_text(staging / "README.md", datacard_markdown(card))
-        os.chmod(staging, default_mode(directory=True))  # mkdtemp made it 0700
-        if out.exists():
-            previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, previous / out.name)
-            os.replace(staging, out)
-            shutil.rmtree(previous, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-        sync_directory(out.parent)
-    except OSError as error:
-        raise write_error(out, error) from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+def _swap_in(staging: Path, out: Path) -> None:
+    os.chmod(staging, default_mode(directory=True))  # mkdtemp made it 0700
+    if out.exists():
+        previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, previous / out.name)
+        os.replace(staging, out)
+        shutil.rmtree(previous, ignore_errors=True)
+    else:
+        os.replace(staging, out)
+    sync_directory(out.parent)
 
 
 def datacard_markdown(card: dict[str, Any]) -> str:

@@ -121,8 +121,11 @@ def parquet_batches(path: Path, fmt: ExportFormat, stats, transform: Callable[[p
             reason = first_line(error)
             raise DataError(f"{path}: not a readable Parquet file ({reason[:200]})") from None
         selected = frame.select(column_expressions(schema, path)).with_row_index("row")
+        total_rows = max(frame.select(pl.len()).collect().item(), 1)  # from the footer: for the progress bar's bytes
+        size = path.stat().st_size
         for batch in transform(selected).collect_batches():
             stats.rows += len(batch)
+            stats.bytes_read = size * min(stats.rows, total_rows) // total_rows
             yield batch
     hasher.join()
     stats.sha256 = digest[0] if digest else ""

@@ -27,7 +27,7 @@ from foodcls.errors import DataError, first_line
 from foodcls.offdata.columns import COLUMNS, EXPORT_NAMES, missing_required
 from foodcls.offdata.jsonl import product_row
 from foodcls.offdata.parquet import parquet_batches
-from foodcls.offdata.scan import line_problem, scan_tsv
+from foodcls.offdata.scan import LineCheck, line_problem, scan_tsv
 from foodcls.offdata.sniff import DAMAGED_STREAM_ERRORS, MAX_LINE_BYTES, ExportFormat, decompressed, line_too_long, sniff
 
 Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
@@ -48,16 +48,18 @@ class SourceStats:
     rows: int = 0
     ragged: int = 0
     lines: int = 0  # data lines, blank ones included (the fast path's row numbering)
-    # Row indices (the `row` column) to leave out after the fact: the fast path learns which rows
-    # were ragged or blank only once the whole file has been checked.
-    excluded: set[int] = field(default_factory=set)
+    bytes_read: int = 0  # of the file as stored, so far: for a progress bar
+    check: LineCheck | None = None  # the fast path's line check, while it runs (bytes_read follows it)
+
+    def bytes_so_far(self) -> int:
+        return self.check.bytes_read if self.check is not None else self.bytes_read
 
 
 class _HashingReader(io.RawIOBase):
     """Pass reads through, hashing the bytes as stored on disk (compressed or not)."""
 
-    def __init__(self, handle, digest) -> None:
-        self.handle, self.digest = handle, digest
+    def __init__(self, handle, digest, stats: SourceStats | None = None) -> None:
+        self.handle, self.digest, self.stats = handle, digest, stats
 
     def readable(self) -> bool:
         return True
@@ -65,13 +67,15 @@ class _HashingReader(io.RawIOBase):
     def readinto(self, buffer) -> int:
         n = self.handle.readinto(buffer)
         self.digest.update(memoryview(buffer)[:n])
+        if self.stats is not None:
+            self.stats.bytes_read += n
         return n
 
 
-def _utf8_blocks(path: Path, fmt: ExportFormat, digest) -> Iterator[bytes]:
+def _utf8_blocks(path: Path, fmt: ExportFormat, digest, stats: SourceStats) -> Iterator[bytes]:
     """The file as UTF-8 bytes in large blocks, hashing the raw bytes on the way."""
     with open(path, "rb", buffering=0) as raw:
-        stream = io.BufferedReader(_HashingReader(raw, digest), buffer_size=BLOCK_BYTES)
+        stream = io.BufferedReader(_HashingReader(raw, digest, stats), buffer_size=BLOCK_BYTES)
         handle = decompressed(stream, fmt.compression)
         decoder = None if fmt.encoding == "utf-8" else codecs.getincrementaldecoder(fmt.encoding)(errors="replace")
         while True:
@@ -110,7 +114,7 @@ def _tsv_batches(path: Path, fmt: ExportFormat, stats: SourceStats, digest) -> I
     tail = b""
     indices: dict[str, int] | None = None
     width = 0
-    for block in _utf8_blocks(path, fmt, digest):
+    for block in _utf8_blocks(path, fmt, digest, stats):
         block = tail + block
         cut = block.rfind(b"\n") + 1
         block, tail = block[:cut], block[cut:]
@@ -163,7 +167,7 @@ def _rows(reader, path: Path) -> Iterator[list[str]]:
 
 
 def _quoted_batches(path: Path, fmt: ExportFormat, stats: SourceStats, digest) -> Iterator[pl.DataFrame]:
-    text = io.TextIOWrapper(io.BytesIO(b"".join(_utf8_blocks(path, fmt, digest))), encoding="utf-8", newline="")
+    text = io.TextIOWrapper(io.BytesIO(b"".join(_utf8_blocks(path, fmt, digest, stats))), encoding="utf-8", newline="")
     rows = _rows(csv.reader(text, delimiter=fmt.separator), path)
     names = next(rows, None)
     if names is None:
@@ -189,7 +193,7 @@ def _quoted_batches(path: Path, fmt: ExportFormat, stats: SourceStats, digest) -
 def _jsonl_batches(path: Path, fmt: ExportFormat, stats: SourceStats, digest) -> Iterator[pl.DataFrame]:
     columns: dict[str, list] = {k: [] for k in COLUMNS}
     tail = b""
-    for block in _utf8_blocks(path, fmt, digest):
+    for block in _utf8_blocks(path, fmt, digest, stats):
         lines = (tail + block).split(b"\n")
         tail = lines.pop()
         line_too_long(path, len(tail))
@@ -227,12 +231,14 @@ def _fast_batches(path: Path, stats: SourceStats, transform: Transform, named: P
     names = header.decode("utf-8", errors="replace").rstrip("\r\n").split("\t")
     columns = _header_indices(names, named or path)
     batches, check = scan_tsv(path, len(header), columns, len(names), lambda frame: transform(_complete(frame)))
+    stats.check = check
     yield from batches
+    stats.check = None
     stats.sha256 = check.sha256
     stats.lines = check.lines
-    stats.rows = check.lines - len(check.blank)
-    stats.ragged = len(check.ragged)
-    stats.excluded = check.ragged | check.blank
+    stats.rows = check.lines - check.blank
+    stats.ragged = check.ragged
+    stats.bytes_read += check.bytes_read
 
 
 # A compressed export is decompressed in a thread of its own into temporary chunk files of about this
@@ -242,14 +248,14 @@ CHUNK_BYTES = 64 << 20
 CHUNK_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
-def _decompressed_chunks(path: Path, fmt: ExportFormat, digest, chunks: queue.Queue) -> None:
+def _decompressed_chunks(path: Path, fmt: ExportFormat, digest, chunks: queue.Queue, stats: SourceStats) -> None:
     """In a thread: decompress the export (ISA-L for gzip), hashing the compressed bytes, into chunk files
     that each start with the header and end at a line end; puts (path, None), then (None, error or None)."""
     import tempfile
 
     try:
         with open(path, "rb", buffering=0) as raw:
-            hashed = io.BufferedReader(_HashingReader(raw, digest), buffer_size=BLOCK_BYTES)
+            hashed = io.BufferedReader(_HashingReader(raw, digest, stats), buffer_size=BLOCK_BYTES)
             if fmt.compression == "gzip":
                 from isal import igzip_threaded
 
@@ -291,9 +297,9 @@ def _chunked_batches(path: Path, fmt: ExportFormat, stats: SourceStats, transfor
     """A compressed OFF TSV: decompression in its own thread, each chunk through the fast path, rows
     numbered across chunks."""
     chunks: queue.Queue = queue.Queue(maxsize=1)
-    worker = threading.Thread(target=_decompressed_chunks, args=(path, fmt, digest, chunks), daemon=True)
+    worker = threading.Thread(target=_decompressed_chunks, args=(path, fmt, digest, chunks, stats), daemon=True)
     worker.start()
-    offset, rows, ragged, excluded = 0, 0, 0, set()
+    offset, rows, ragged = 0, 0, 0
     try:
         while True:
             chunk, error = chunks.get()
@@ -307,7 +313,6 @@ def _chunked_batches(path: Path, fmt: ExportFormat, stats: SourceStats, transfor
                     yield batch.with_columns(pl.col("row") + offset)
                 rows += part.rows
                 ragged += part.ragged
-                excluded |= {offset + i for i in part.excluded}
                 offset += part.lines
             finally:
                 chunk.unlink(missing_ok=True)
@@ -319,7 +324,7 @@ def _chunked_batches(path: Path, fmt: ExportFormat, stats: SourceStats, transfor
                     leftover.unlink(missing_ok=True)
             except queue.Empty:
                 pass
-    stats.rows, stats.ragged, stats.excluded = rows, ragged, excluded
+    stats.rows, stats.ragged = rows, ragged
     stats.sha256 = digest.hexdigest()  # of the export as stored, compressed
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +22,30 @@ TAB, NEWLINE = 9, 10
 
 @dataclass
 class LineCheck:
-    """What the checking thread found: the file's hash, its data lines, and the lines to leave out."""
+    """What the checking thread found: the file's hash, its data lines, and the lines to leave out.
+    The reader takes the bad lines as the check passes them (`bad`, in line order), so what is kept
+    is bounded by how far the check runs ahead, not by the file."""
 
     sha256: str = ""
     lines: int = 0
-    ragged: set[int] = field(default_factory=set)  # data-line indices with the wrong number of fields
-    blank: set[int] = field(default_factory=set)
+    ragged: int = 0  # data lines with the wrong number of fields
+    blank: int = 0
+    bad: deque[int] = field(default_factory=deque)  # indices of ragged or blank lines not yet taken by the reader
+    checked: int = 0  # data lines checked so far: every bad line below it is in `bad` (or was taken)
+    bytes_read: int = 0
+    done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
+
+    def bad_lines_before(self, line: int) -> list[int]:
+        """The bad lines below `line`, taken out of `bad`; waits until the check has passed it."""
+        while self.checked < line and not self.done.wait(0.002):
+            pass
+        if self.error is not None:
+            raise self.error
+        taken = []
+        while self.bad and self.bad[0] < line:
+            taken.append(self.bad.popleft())
+        return taken
 
 
 def line_problem(line: bytes, width: int) -> str | None:
@@ -40,8 +58,12 @@ def line_problem(line: bytes, width: int) -> str | None:
 def _exact_check(segment: bytes, first_line: int, width: int, result: LineCheck) -> None:
     for offset, line in enumerate(segment.split(b"\n")[:-1]):
         problem = line_problem(line, width)
+        if problem == "blank":
+            result.blank += 1
+        elif problem == "ragged":
+            result.ragged += 1
         if problem is not None:
-            (result.blank if problem == "blank" else result.ragged).add(first_line + offset)
+            result.bad.append(first_line + offset)
 
 
 def check_lines(path: Path, header_bytes: int, width: int, result: LineCheck) -> None:
@@ -56,6 +78,7 @@ def check_lines(path: Path, header_bytes: int, width: int, result: LineCheck) ->
         with open(path, "rb", buffering=0) as handle:
             digest.update(handle.read(header_bytes))
             while n := handle.readinto(buffer):
+                result.bytes_read += n
                 digest.update(view[:n])
                 data = np.frombuffer(buffer, dtype=np.uint8, count=n)
                 newlines = int(np.count_nonzero(data == NEWLINE))
@@ -69,22 +92,25 @@ def check_lines(path: Path, header_bytes: int, width: int, result: LineCheck) ->
                 if tabs != newlines * (width - 1):
                     _exact_check(carry + bytes(view[: last + 1]), line, width, result)
                 line += newlines
+                result.checked = line
                 carry = bytes(view[last + 1 : n])
         if carry.strip():
             _exact_check(carry + b"\n", line, width, result)
             line += 1
-        result.lines = line
+        result.lines = result.checked = line
         result.sha256 = digest.hexdigest()
     except BaseException as error:  # reported by the reader, in the main thread
         result.error = error
+    finally:
+        result.done.set()
 
 
 def scan_tsv(
     path: Path, header_bytes: int, columns: dict[str, int], width: int, transform: Callable[[pl.LazyFrame], pl.LazyFrame]
 ) -> tuple[Iterator[pl.DataFrame], LineCheck]:
-    """Batches of transform(the named columns, as strings, plus `row`, the data-line index), and the
-    check result, complete once the batches are exhausted. transform runs inside polars' streaming
-    engine, in parallel."""
+    """Batches of transform(the named columns, as strings, plus `row`, the data-line index) without the
+    ragged and blank lines, and the check result, complete once the batches are exhausted. transform
+    runs inside polars' streaming engine, in parallel."""
     result = LineCheck()
     checker = threading.Thread(target=check_lines, args=(path, header_bytes, width, result), daemon=True)
 
@@ -96,7 +122,10 @@ def scan_tsv(
             missing_columns="insert",  # a short first line must not make polars refuse the file (ragged lines are counted)
         )
         selected = frame.select(*(pl.col(f"c{index}").alias(name) for name, index in columns.items())).with_row_index("row")
-        yield from transform(selected).collect_batches()
+        for batch in transform(selected).collect_batches():
+            if len(batch):
+                bad = result.bad_lines_before(int(batch["row"][-1]) + 1)
+                yield batch.filter(~pl.col("row").is_in(bad)) if bad else batch
         checker.join()
         if result.error is not None:
             raise result.error
