@@ -9,10 +9,12 @@ are turned into strings, as every other reader yields them, so one cleaning step
 from __future__ import annotations
 
 import hashlib
+import itertools
 import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import polars as pl
 
 from foodcls.errors import DataError, first_line
 from foodcls.offdata.columns import EXPORT_NAMES, REQUIRED, missing_required
+from foodcls.offdata.scan import BATCH_ROWS
 from foodcls.offdata.sniff import DAMAGED_STREAM_ERRORS, ExportFormat, decompressed
 
 # Our column → the nutriment's name in the `nutriments` list.
@@ -120,12 +123,24 @@ def parquet_batches(path: Path, fmt: ExportFormat, stats, transform: Callable[[p
         except DAMAGED_STREAM_ERRORS as error:
             reason = first_line(error)
             raise DataError(f"{path}: not a readable Parquet file ({reason[:200]})") from None
-        selected = frame.select(column_expressions(schema, path)).with_row_index("row")
-        total_rows = max(frame.select(pl.len()).collect().item(), 1)  # from the footer: for the progress bar's bytes
+        expressions = column_expressions(schema, path)
+        total_rows = frame.select(pl.len()).collect().item()  # from the footer
         size = path.stat().st_size
-        for batch in transform(selected).collect_batches():
-            stats.rows += len(batch)
-            stats.bytes_read = size * min(stats.rows, total_rows) // total_rows
-            yield batch
+        # A slice at a time, the next ones read in two threads while this one is used (polars releases the GIL): the
+        # streaming engine (collect_batches, or a sink) runs ahead of its reader and kept ~1.6 KB a row of the
+        # `nutriments` lookups (1.7 GB at 1M rows). A slice reads only the row groups it overlaps (a row group
+        # larger than a slice is decoded in part).
+        def read_slice(start: int) -> pl.DataFrame:
+            return transform(frame.slice(start, BATCH_ROWS).select(expressions).with_row_index("row", offset=start)).collect()
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            starts = iter(range(0, total_rows, BATCH_ROWS))
+            pending = [pool.submit(read_slice, start) for start in itertools.islice(starts, 3)]
+            while pending:
+                batch = pending.pop(0).result()
+                pending += [pool.submit(read_slice, start) for start in itertools.islice(starts, 1)]
+                stats.rows += len(batch)
+                stats.bytes_read = size * stats.rows // max(total_rows, 1)
+                yield batch
     hasher.join()
     stats.sha256 = digest[0] if digest else ""

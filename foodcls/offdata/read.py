@@ -1,14 +1,12 @@
 """Stream an export as batches of the columns we use, as strings; ragged rows are counted and skipped.
 
 OFF's own export, plain UTF-8 TSV, takes the fast path in scan.py. Other unquoted TSVs (gzip, UTF-16,
-cp1252) are decoded in large blocks and parsed by polars block by block, with bounded memory. Quoted
-spreadsheet re-saves go through Python's csv module (they are small: spreadsheets stop at about a
-million rows); JSONL through json.
+cp1252) are decoded in large blocks and parsed by polars block by block. Quoted spreadsheet re-saves
+go through Python's csv module, JSONL through json, both streamed. Memory stays bounded on every path.
 """
 
 from __future__ import annotations
 
-import codecs
 import csv
 import hashlib
 import io
@@ -17,7 +15,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,10 +27,10 @@ from foodcls.offdata.jsonl import product_row
 from foodcls.offdata.parquet import parquet_batches
 from foodcls.offdata.scan import LineCheck, line_problem, scan_tsv
 from foodcls.offdata.sniff import DAMAGED_STREAM_ERRORS, MAX_LINE_BYTES, ExportFormat, decompressed, line_too_long, sniff
+from foodcls.offdata.streams import BLOCK_BYTES, BlockStream, HashingReader, utf8_blocks
 
 Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
 Transform = Callable[[Frame], Frame]
-BLOCK_BYTES = 32 << 20
 # Ingredient lists can be long: a cell may hold up to 16 MiB (the csv module's default stops at 128 KiB).
 csv.field_size_limit(16 << 20)
 BATCH_ROWS = 50_000
@@ -53,38 +51,6 @@ class SourceStats:
 
     def bytes_so_far(self) -> int:
         return self.check.bytes_read if self.check is not None else self.bytes_read
-
-
-class _HashingReader(io.RawIOBase):
-    """Pass reads through, hashing the bytes as stored on disk (compressed or not)."""
-
-    def __init__(self, handle, digest, stats: SourceStats | None = None) -> None:
-        self.handle, self.digest, self.stats = handle, digest, stats
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        n = self.handle.readinto(buffer)
-        self.digest.update(memoryview(buffer)[:n])
-        if self.stats is not None:
-            self.stats.bytes_read += n
-        return n
-
-
-def _utf8_blocks(path: Path, fmt: ExportFormat, digest, stats: SourceStats) -> Iterator[bytes]:
-    """The file as UTF-8 bytes in large blocks, hashing the raw bytes on the way."""
-    with open(path, "rb", buffering=0) as raw:
-        stream = io.BufferedReader(_HashingReader(raw, digest, stats), buffer_size=BLOCK_BYTES)
-        handle = decompressed(stream, fmt.compression)
-        decoder = None if fmt.encoding == "utf-8" else codecs.getincrementaldecoder(fmt.encoding)(errors="replace")
-        while True:
-            block = handle.read(BLOCK_BYTES)
-            if decoder is not None:
-                block = decoder.decode(block, final=not block).lstrip("\ufeff").encode("utf-8")
-            if not block:
-                return
-            yield block
 
 
 def _header_indices(names: list[str], path: Path) -> dict[str, int]:
@@ -114,7 +80,7 @@ def _tsv_batches(path: Path, fmt: ExportFormat, stats: SourceStats, digest) -> I
     tail = b""
     indices: dict[str, int] | None = None
     width = 0
-    for block in _utf8_blocks(path, fmt, digest, stats):
+    for block in utf8_blocks(path, fmt, digest, stats):
         block = tail + block
         cut = block.rfind(b"\n") + 1
         block, tail = block[:cut], block[cut:]
@@ -167,7 +133,7 @@ def _rows(reader, path: Path) -> Iterator[list[str]]:
 
 
 def _quoted_batches(path: Path, fmt: ExportFormat, stats: SourceStats, digest) -> Iterator[pl.DataFrame]:
-    text = io.TextIOWrapper(io.BytesIO(b"".join(_utf8_blocks(path, fmt, digest, stats))), encoding="utf-8", newline="")
+    text = io.TextIOWrapper(io.BufferedReader(BlockStream(utf8_blocks(path, fmt, digest, stats))), encoding="utf-8", newline="")
     rows = _rows(csv.reader(text, delimiter=fmt.separator), path)
     names = next(rows, None)
     if names is None:
@@ -193,7 +159,7 @@ def _quoted_batches(path: Path, fmt: ExportFormat, stats: SourceStats, digest) -
 def _jsonl_batches(path: Path, fmt: ExportFormat, stats: SourceStats, digest) -> Iterator[pl.DataFrame]:
     columns: dict[str, list] = {k: [] for k in COLUMNS}
     tail = b""
-    for block in _utf8_blocks(path, fmt, digest, stats):
+    for block in utf8_blocks(path, fmt, digest, stats):
         lines = (tail + block).split(b"\n")
         tail = lines.pop()
         line_too_long(path, len(tail))
@@ -255,7 +221,7 @@ def _decompressed_chunks(path: Path, fmt: ExportFormat, digest, chunks: queue.Qu
 
     try:
         with open(path, "rb", buffering=0) as raw:
-            hashed = io.BufferedReader(_HashingReader(raw, digest, stats), buffer_size=BLOCK_BYTES)
+            hashed = io.BufferedReader(HashingReader(raw, digest, stats), buffer_size=BLOCK_BYTES)
             if fmt.compression == "gzip":
                 from isal import igzip_threaded
 

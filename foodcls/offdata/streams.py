@@ -1,0 +1,71 @@
+"""Byte streams under the readers: hashing what is read (as stored on disk), blocks of UTF-8, a block
+iterator read as a stream."""
+
+from __future__ import annotations
+
+import codecs
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+from foodcls.offdata.sniff import ExportFormat, decompressed
+
+BLOCK_BYTES = 32 << 20
+
+
+class ReadCounter(Protocol):
+    bytes_read: int  # of the file as stored, so far (a source's stats: for the progress bar)
+
+
+class HashingReader(io.RawIOBase):
+    """Pass reads through, hashing the bytes as stored on disk (compressed or not)."""
+
+    def __init__(self, handle, digest, stats: ReadCounter | None = None) -> None:
+        self.handle, self.digest, self.stats = handle, digest, stats
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self.handle.readinto(buffer)
+        self.digest.update(memoryview(buffer)[:n])
+        if self.stats is not None:
+            self.stats.bytes_read += n
+        return n
+
+
+class BlockStream(io.RawIOBase):
+    """An iterator of byte blocks as a readable stream, one block in memory at a time."""
+
+    def __init__(self, blocks: Iterator[bytes]) -> None:
+        self.blocks, self.pending = blocks, memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not len(self.pending):
+            block = next(self.blocks, None)
+            if block is None:
+                return 0
+            self.pending = memoryview(block)
+        n = min(len(buffer), len(self.pending))
+        buffer[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
+
+
+def utf8_blocks(path: Path, fmt: ExportFormat, digest, stats: ReadCounter) -> Iterator[bytes]:
+    """The file as UTF-8 bytes in large blocks, hashing the raw bytes on the way."""
+    with open(path, "rb", buffering=0) as raw:
+        stream = io.BufferedReader(HashingReader(raw, digest, stats), buffer_size=BLOCK_BYTES)
+        handle = decompressed(stream, fmt.compression)
+        decoder = None if fmt.encoding == "utf-8" else codecs.getincrementaldecoder(fmt.encoding)(errors="replace")
+        while True:
+            block = handle.read(BLOCK_BYTES)
+            if decoder is not None:
+                block = decoder.decode(block, final=not block).lstrip("\ufeff").encode("utf-8")
+            if not block:
+                return
+            yield block
