@@ -11,7 +11,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -210,12 +212,40 @@ def read_labelled_csv(
     of a bad file, the csv module reads it row by row. Both give the same arrays, bit for bit."""
     from foodcls.columnar import read_labelled_columns  # polars: not on the predict path
 
+    key = _cache_key(path, (tuple(features), weight, train_only, tuple(classes), tuple(ignore)))
+    if key is not None and key in _READ_CACHE:
+        _READ_CACHE.move_to_end(key)
+        return _READ_CACHE[key]
     fast = read_labelled_columns(path, features, classes, ignore, LABEL_COLUMNS)
     if fast is None:
-        return read_labelled_rows(path, features, weight, train_only, classes, ignore)
-    n = len(fast.labels)
-    return LabelledData(fast.features, fast.labels, tuple(features), str(path), np.full(n, weight, dtype=np.float32),
-                        np.full(n, train_only), fast.text, tuple(classes))
+        data = read_labelled_rows(path, features, weight, train_only, classes, ignore)
+    else:
+        n = len(fast.labels)
+        data = LabelledData(fast.features, fast.labels, tuple(features), str(path), np.full(n, weight, dtype=np.float32),
+                            np.full(n, train_only), fast.text, tuple(classes))
+    if key is not None:
+        for array in (data.features, data.labels, data.weights, data.train_only, *data.columns.values()):
+            array.flags.writeable = False  # shared by every run of this process that reads the file
+        _READ_CACHE[key] = data
+        while len(_READ_CACHE) > READ_CACHE_FILES:
+            _READ_CACHE.popitem(last=False)
+    return data
+
+
+# The sets read in this process, by file (path, size, mtime, inode) and how it was read: the runs of a
+# sweep, the trials of a tune and the folds of a cv in one worker process read each file once.
+READ_CACHE_FILES = 8
+_READ_CACHE: OrderedDict[tuple, LabelledData] = OrderedDict()
+
+
+def _cache_key(path: str | Path, how: tuple) -> tuple | None:
+    if str(path) == "-":
+        return None
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, how)
 
 
 def read_labelled_rows(

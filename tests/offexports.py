@@ -68,12 +68,12 @@ def _rows(decimal_comma: bool = False, mangle_barcodes: bool = False) -> list[li
     return rows
 
 
-def off_tsv(path: Path, gz: bool = False) -> Path:
+def off_tsv(path: Path, gz: bool = False, zst: bool = False) -> Path:
     """OFF's own export: tab-separated, no quoting (a quote inside a name is literal)."""
     lines = ["\t".join(HEADER)] + ["\t".join(r) for r in _rows()] + ["\t".join(RAGGED)]
     lines[1] = lines[1].replace("Pâte à tartiner", 'Pâte "à" tartiner')
     data = ("\n".join(lines) + "\n").encode("utf-8")
-    path.write_bytes(gzip.compress(data) if gz else data)
+    path.write_bytes(_compress(data, gz, zst))
     return path
 
 

@@ -17,6 +17,7 @@ from tests.conftest import REPO
 WRITERS = {
     "off.tsv": off.off_tsv,
     "off.tsv.gz": lambda p: off.off_tsv(p, gz=True),
+    "off.tsv.zst": lambda p: off.off_tsv(p, zst=True),  # regression: the chunked path called readline on zstd's reader
     "comma-bom.csv": off.spreadsheet_csv,
     "semicolon-cp1252-decimal-comma.csv": lambda p: off.spreadsheet_csv(p, ";", "cp1252", decimal_comma=True),
     "utf16.tsv": off.utf16_tsv,

@@ -226,8 +226,8 @@ def _decompressed_chunks(path: Path, fmt: ExportFormat, digest, chunks: queue.Qu
                 from isal import igzip_threaded
 
                 source = igzip_threaded.open(hashed, "rb", threads=1)
-            else:
-                source = decompressed(hashed, fmt.compression)
+            else:  # zstd's reader has no readline: buffered, it does
+                source = io.BufferedReader(decompressed(hashed, fmt.compression), buffer_size=BLOCK_BYTES)
             with source:
                 header = source.readline(MAX_LINE_BYTES + 1)
                 line_too_long(path, len(header) if not header.endswith(b"\n") else 0)
