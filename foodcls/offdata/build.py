@@ -201,7 +201,7 @@ def _classified_batches(source, stats: SourceStats, rules, on_batch) -> Iterator
                 raise DataError(f"{source}: internal error: batches arrived out of order")
             next_row = int(batch["row"][-1]) + 1
         if on_batch is not None:
-            on_batch(stats.path, max(stats.rows, next_row), stats.bytes_so_far())
+            on_batch(stats.path, max(stats.rows, next_row), stats.bytes_read)
         yield batch
 
 

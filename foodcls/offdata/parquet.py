@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import shutil
 import tempfile
 import threading
@@ -22,9 +23,10 @@ import polars as pl
 
 from foodcls.errors import DataError, first_line
 from foodcls.offdata.columns import EXPORT_NAMES, REQUIRED, missing_required
-from foodcls.offdata.scan import BATCH_ROWS
 from foodcls.offdata.sniff import DAMAGED_STREAM_ERRORS, ExportFormat, decompressed
 
+# Rows per batch handed to Python (each batch costs a fixed few ms); the environment variable is for tests.
+BATCH_ROWS = int(os.environ.get("FOODCLS_READ_BATCH_ROWS", 50_000))
 # Our column → the nutriment's name in the `nutriments` list.
 NUTRIMENT_NAMES = {
     "protein": "proteins",

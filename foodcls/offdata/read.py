@@ -1,8 +1,9 @@
 """Stream an export as batches of the columns we use, as strings; ragged rows are counted and skipped.
 
-OFF's own export, plain UTF-8 TSV, takes the fast path in scan.py. Other unquoted TSVs (gzip, UTF-16,
-cp1252) are decoded in large blocks and parsed by polars block by block. Quoted spreadsheet re-saves
-go through Python's csv module, JSONL through json, both streamed. Memory stays bounded on every path.
+Unquoted TSVs (OFF's own export, plain, gzip or zstd; UTF-16, cp1252) are read in 32 MB blocks (decoded
+to UTF-8 where they are not) and parsed by polars block by block; quoted spreadsheet re-saves go through
+Python's csv module, JSONL through json; Parquet in slices (parquet.py). Each path is pulled a batch at
+a time, produced in a thread a batch or two ahead: memory stays bounded whatever the file's size.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -24,16 +24,15 @@ import polars as pl
 from foodcls.errors import DataError, first_line
 from foodcls.offdata.columns import COLUMNS, EXPORT_NAMES, missing_required
 from foodcls.offdata.jsonl import product_row
-from foodcls.offdata.parquet import parquet_batches
-from foodcls.offdata.scan import LineCheck, line_problem, scan_tsv
-from foodcls.offdata.sniff import DAMAGED_STREAM_ERRORS, MAX_LINE_BYTES, ExportFormat, decompressed, line_too_long, sniff
-from foodcls.offdata.streams import BLOCK_BYTES, BlockStream, HashingReader, utf8_blocks
+from foodcls.offdata.parquet import BATCH_ROWS, parquet_batches
+from foodcls.offdata.sniff import DAMAGED_STREAM_ERRORS, ExportFormat, line_too_long, sniff
+from foodcls.offdata.streams import BlockStream, utf8_blocks
 
 Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
+T = TypeVar("T")
 Transform = Callable[[Frame], Frame]
 # Ingredient lists can be long: a cell may hold up to 16 MiB (the csv module's default stops at 128 KiB).
 csv.field_size_limit(16 << 20)
-BATCH_ROWS = 50_000
 
 
 @dataclass
@@ -47,10 +46,6 @@ class SourceStats:
     ragged: int = 0
     lines: int = 0  # data lines, blank ones included (the fast path's row numbering)
     bytes_read: int = 0  # of the file as stored, so far: for a progress bar
-    check: LineCheck | None = None  # the fast path's line check, while it runs (bytes_read follows it)
-
-    def bytes_so_far(self) -> int:
-        return self.check.bytes_read if self.check is not None else self.bytes_read
 
 
 def _header_indices(names: list[str], path: Path) -> dict[str, int]:
@@ -80,24 +75,38 @@ def _tsv_batches(path: Path, fmt: ExportFormat, stats: SourceStats, digest) -> I
     tail = b""
     indices: dict[str, int] | None = None
     width = 0
-    for block in utf8_blocks(path, fmt, digest, stats):
-        block = tail + block
+    # Reading, decompressing and hashing in a thread of their own, a block ahead of the parsing.
+    for block in _prefetched(utf8_blocks(path, fmt, digest, stats), depth=1):
         cut = block.rfind(b"\n") + 1
-        block, tail = block[:cut], block[cut:]
+        if cut == 0:  # no line end in this block: a line longer than a block
+            tail += block
+            line_too_long(path, len(tail))
+            continue
+        lines, tail = b"".join((tail, memoryview(block)[:cut])), block[cut:]  # one copy of the block
         line_too_long(path, len(tail))
         if indices is None:
-            header, _, block = block.partition(b"\n")
+            header, _, lines = lines.partition(b"\n")
             names = header.decode("utf-8", errors="replace").rstrip("\r").split("\t")
             indices, width = _header_indices(names, path), len(names)
-        yield from _parse_tsv_block(block, indices, width, stats)
-    if tail.strip():
-        yield from _parse_tsv_block(tail + b"\n", indices or {}, width, stats)
+        yield from _parse_tsv_block(lines, indices, width, stats)
+    if indices is None and tail and not tail.isspace():  # a header without a line end, and nothing else
+        _header_indices(tail.decode("utf-8", errors="replace").rstrip("\r").split("\t"), path)
+        return
     if indices is None:
         raise DataError(f"{path}: file is empty")
+    if tail and not tail.isspace():
+        yield from _parse_tsv_block(tail + b"\n", indices, width, stats)
+
+
+def line_problem(line: bytes, width: int) -> str | None:
+    """'blank', 'ragged' (wrong number of tab-separated fields) or None for a well-formed line."""
+    if not line.strip():
+        return "blank"
+    return "ragged" if line.count(b"\t") != width - 1 else None
 
 
 def _parse_tsv_block(block: bytes, indices: dict[str, int], width: int, stats: SourceStats) -> Iterator[pl.DataFrame]:
-    if not block.strip():
+    if not block or block.isspace():  # (isspace stops at the first other byte; strip would copy the block)
         return
     lines = block.count(b"\n")
     if block.count(b"\t") != lines * (width - 1):
@@ -109,12 +118,12 @@ def _parse_tsv_block(block: bytes, indices: dict[str, int], width: int, stats: S
         lines -= blank
         block = b"\n".join(kept) + b"\n"
     stats.rows += lines
-    if not block.strip():
+    if not block or block.isspace():
         return
     order = sorted(indices.items(), key=lambda item: item[1])
     frame = pl.read_csv(
-        io.BytesIO(block), separator="\t", quote_char=None, has_header=False, columns=[i for _, i in order],
-        infer_schema=False, truncate_ragged_lines=True,
+        block, separator="\t", quote_char=None, has_header=False, columns=[i for _, i in order],
+        infer_schema=False, truncate_ragged_lines=True, encoding="utf8-lossy",
     )
     yield frame.rename(dict(zip(frame.columns, (name for name, _ in order))))
 
@@ -189,109 +198,50 @@ def _json_lines(lines: list[bytes], columns: dict[str, list], stats: SourceStats
         yield _frame(columns)
 
 
-def _fast_batches(path: Path, stats: SourceStats, transform: Transform, named: Path | None = None) -> Iterator[pl.DataFrame]:
-    """OFF's own TSV through scan.py; `named` is the file errors name (the export, when path is its
-    decompressed copy)."""
-    with open(path, "rb") as handle:
-        header = handle.readline()
-    names = header.decode("utf-8", errors="replace").rstrip("\r\n").split("\t")
-    columns = _header_indices(names, named or path)
-    batches, check = scan_tsv(path, len(header), columns, len(names), lambda frame: transform(_complete(frame)))
-    stats.check = check
-    yield from batches
-    stats.check = None
-    stats.sha256 = check.sha256
-    stats.lines = check.lines
-    stats.rows = check.lines - check.blank
-    stats.ragged = check.ragged
-    stats.bytes_read += check.bytes_read
+_DONE = object()
 
 
-# A compressed export is decompressed in a thread of its own into temporary chunk files of about this
-# size, each scanned by the fast path while the next is decompressed; at most two chunks exist at once.
-CHUNK_BYTES = 64 << 20
-# In memory (tmpfs) where the system has one: a disk write of every chunk would cost more than inflating it.
-CHUNK_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+def _prefetched(batches: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """The batches, produced in a thread at most `depth` ahead: reading, decompressing, hashing, parsing
+    and classifying (which release the GIL) overlap with the caller's work on the previous batch, and,
+    unlike polars' streaming engine, which runs ahead of its reader, memory stays bounded."""
+    results: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
 
-
-def _decompressed_chunks(path: Path, fmt: ExportFormat, digest, chunks: queue.Queue, stats: SourceStats) -> None:
-    """In a thread: decompress the export (ISA-L for gzip), hashing the compressed bytes, into chunk files
-    that each start with the header and end at a line end; puts (path, None), then (None, error or None)."""
-    import tempfile
-
-    try:
-        with open(path, "rb", buffering=0) as raw:
-            hashed = io.BufferedReader(HashingReader(raw, digest, stats), buffer_size=BLOCK_BYTES)
-            if fmt.compression == "gzip":
-                from isal import igzip_threaded
-
-                source = igzip_threaded.open(hashed, "rb", threads=1)
-            else:  # zstd's reader has no readline: buffered, it does
-                source = io.BufferedReader(decompressed(hashed, fmt.compression), buffer_size=BLOCK_BYTES)
-            with source:
-                header = source.readline(MAX_LINE_BYTES + 1)
-                line_too_long(path, len(header) if not header.endswith(b"\n") else 0)
-                carry = b""
-                block = bytearray(CHUNK_BYTES)
-                while True:
-                    n = source.readinto(block)
-                    view = memoryview(block)[:n]
-                    cut = block.rfind(b"\n", 0, n) + 1 if n else 0
-                    if n and cut == 0:
-                        carry += bytes(view)  # a line longer than a chunk: keep reading
-                        line_too_long(path, len(carry))
-                        continue
-                    body = view[:cut] if n else memoryview(b"")
-                    if carry or len(body):
-                        fd, name = tempfile.mkstemp(prefix="foodcls-chunk-", suffix=".tsv", dir=CHUNK_DIR)
-                        with open(fd, "wb") as target:  # written from views: no copy of the 64 MB block
-                            target.write(header)
-                            target.write(carry)
-                            target.write(body)
-                            if not n and not carry.endswith(b"\n"):
-                                target.write(b"\n")
-                        chunks.put((Path(name), None))
-                    if not n:
+    def produce() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        results.put((batch, None), timeout=0.05)
                         break
-                    carry = bytes(view[cut:])
-        chunks.put((None, None))
-    except BaseException as error:  # reported by the reader, in the main thread
-        chunks.put((None, error))
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            results.put((_DONE, None))
+        except BaseException as error:  # reported by the reader, in the caller's thread
+            results.put((_DONE, error))
+        finally:
+            batches.close()  # type: ignore[attr-defined]
 
-
-def _chunked_batches(path: Path, fmt: ExportFormat, stats: SourceStats, transform: Transform, digest) -> Iterator[pl.DataFrame]:
-    """A compressed OFF TSV: decompression in its own thread, each chunk through the fast path, rows
-    numbered across chunks."""
-    chunks: queue.Queue = queue.Queue(maxsize=1)
-    worker = threading.Thread(target=_decompressed_chunks, args=(path, fmt, digest, chunks, stats), daemon=True)
-    worker.start()
-    offset, rows, ragged = 0, 0, 0
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
     try:
         while True:
-            chunk, error = chunks.get()
+            batch, error = results.get()
             if error is not None:
                 raise error
-            if chunk is None:
-                break
-            try:
-                part = SourceStats(chunk)
-                for batch in _fast_batches(chunk, part, transform, named=path):
-                    yield batch.with_columns(pl.col("row") + offset)
-                rows += part.rows
-                ragged += part.ragged
-                offset += part.lines
-            finally:
-                chunk.unlink(missing_ok=True)
+            if batch is _DONE:
+                return
+            yield batch
     finally:
-        while worker.is_alive():  # let the thread finish (or fail) so no chunk file is left behind
+        stop.set()
+        while producer.is_alive():  # let it see `stop` (its put would wait on a full queue)
             try:
-                leftover, _ = chunks.get(timeout=0.1)
-                if leftover is not None:
-                    leftover.unlink(missing_ok=True)
+                results.get(timeout=0.05)
             except queue.Empty:
                 pass
-    stats.rows, stats.ragged = rows, ragged
-    stats.sha256 = digest.hexdigest()  # of the export as stored, compressed
 
 
 def _numbered(batches: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
@@ -330,12 +280,6 @@ def read_export(path: str | Path, stats: SourceStats, transform: Transform = lam
 
 def _read_export(path: Path, fmt: ExportFormat, stats: SourceStats, transform: Transform) -> Iterator[pl.DataFrame]:
     digest = hashlib.sha256()
-    if fmt.kind == "csv" and not fmt.quoted and fmt.compression is None and fmt.encoding == "utf-8":
-        yield from _fast_batches(path, stats, transform)
-        return
-    if fmt.kind == "csv" and not fmt.quoted and fmt.encoding == "utf-8":
-        yield from _chunked_batches(path, fmt, stats, transform, digest)
-        return
     if fmt.kind == "parquet":
         yield from parquet_batches(path, fmt, stats, lambda frame: transform(_complete(frame)))
         return
@@ -343,9 +287,8 @@ def _read_export(path: Path, fmt: ExportFormat, stats: SourceStats, transform: T
         batches = _numbered(_jsonl_batches(path, fmt, stats, digest))
     elif fmt.quoted:
         batches = _numbered(_quoted_batches(path, fmt, stats, digest))
-    else:
+    else:  # OFF's own export (plain, gzip or zstd) and other unquoted TSVs
         batches = _numbered(_tsv_batches(path, fmt, stats, digest))
-    for batch in batches:
-        yield transform(_complete(batch))
-    if not stats.sha256:
-        stats.sha256 = digest.hexdigest()
+    # Lazily: polars' optimiser shares the sub-expressions of classify (half the time of running it eagerly).
+    yield from _prefetched(transform(_complete(batch.lazy())).collect() for batch in batches)
+    stats.sha256 = digest.hexdigest()

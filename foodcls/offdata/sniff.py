@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import codecs
-import gzip
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 import zstandard
+from isal import igzip, isal_zlib
 
 from foodcls.errors import DataError
 
@@ -29,7 +29,7 @@ def line_too_long(path: Path, carried: int) -> None:
         raise DataError(f"{path}: a line longer than {MAX_LINE_BYTES >> 20} MB (no newline): not an export, or a damaged one")
 
 
-DAMAGED_STREAM_ERRORS = (OSError, EOFError, ValueError, zlib.error, zstandard.ZstdError, pl.exceptions.PolarsError)
+DAMAGED_STREAM_ERRORS = (OSError, EOFError, ValueError, zlib.error, isal_zlib.error, zstandard.ZstdError, pl.exceptions.PolarsError)
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def compression_of(path: Path) -> str | None:
 def decompressed(handle, compression: str | None):
     """A binary file object reading the decompressed bytes of `handle` (which the caller closes)."""
     if compression == "gzip":
-        return gzip.GzipFile(fileobj=handle)
+        return igzip.IGzipFile(fileobj=handle)  # ISA-L: the gzip module's interface, 3-4x its speed
     if compression == "zstd":
         return zstandard.ZstdDecompressor().stream_reader(handle, read_across_frames=True)
     return handle

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import codecs
 import io
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
 from foodcls.offdata.sniff import ExportFormat, decompressed
 
-BLOCK_BYTES = 32 << 20
+# Bytes read, decoded and parsed at a time. The environment variable is for tests, which show memory
+# flat in the rows with small blocks instead of GBs of export.
+BLOCK_BYTES = int(os.environ.get("FOODCLS_READ_BLOCK_BYTES", 32 << 20))
 
 
 class ReadCounter(Protocol):
