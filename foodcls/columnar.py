@@ -120,7 +120,10 @@ def read_labelled_columns(
         return None  # a cell that is not a number, a row longer than the first, bad UTF-8: reported row by row
     if not len(frame) or not _rows_match_lines(raw, frame, width, header, read):
         return None
-    label_cells = frame[f"c{label_at}"].str.strip_chars(ASCII_SPACE)
+    del raw  # peak memory: the file's bytes are no longer needed
+    label_cells = frame[f"c{label_at}"]
+    if label_cells.str.contains(r"^\s|\s$").any():  # (stripped only where needed: a copy of a million labels)
+        label_cells = label_cells.str.strip_chars(ASCII_SPACE)
     if ignore:
         keep = ~label_cells.is_in(list(ignore))
         frame, label_cells = frame.filter(keep), label_cells.filter(keep)
@@ -136,10 +139,11 @@ def read_labelled_columns(
         cells = frame[f"c{column}"]
         if feature in REQUIRED_FEATURES and cells.null_count():
             return None
-        column_values = cells.to_numpy()  # an empty cell (null) → NaN
-        if (~np.isfinite(column_values) & cells.is_not_null().to_numpy()).any() or invalid_mask(feature, column_values).any():
+        if not cells.drop_nulls().is_finite().all():
             return None
         with np.errstate(over="ignore"):
-            values[:, j] = column_values
+            values[:, j] = cells.to_numpy()  # an empty cell (null) → NaN
+        if invalid_mask(feature, cells.to_numpy()).any():
+            return None
     text = {name: frame[f"c{i}"].to_numpy().astype(object) for name, i in text_columns.items()}
     return LabelledColumns(values, labels, text)

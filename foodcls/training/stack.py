@@ -26,6 +26,7 @@ from foodcls.training.run import SPLIT_NAMES, Run, finish
 # threads then slow every process down.
 TORCH_THREADS = 1
 EVAL_THREADS = min(2, os.cpu_count() or 1)
+EVAL_CHUNK_ROWS = 1 << 16  # rows evaluated at once (sets up to this size are one chunk: summed as they always were)
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -131,7 +132,8 @@ class Stack:
         runs_index = torch.arange(len(self.members), device=self.device).unsqueeze(1)
         xs = self.x_train[runs_index, index]
         ys = self.y_train[runs_index, index]
-        one_hot = torch.nn.functional.one_hot(ys, self.n_classes).to(xs.dtype)
+        # Made in the inputs' dtype directly: F.one_hot's int64 copy was the peak of a million-row run (32 MB).
+        one_hot = torch.zeros(*ys.shape, self.n_classes, dtype=xs.dtype, device=xs.device).scatter_(2, ys.unsqueeze(2), 1.0)
         if self.ragged:
             one_hot.mul_((index < self.n_rows.unsqueeze(1)).unsqueeze(2))  # padding rows have no target
         for i, member in enumerate(self.members):
@@ -184,10 +186,16 @@ class Stack:
         """Loss and accuracy of every run on each of its splits, from one forward pass and one host sync."""
         torch.set_num_threads(self.eval_threads)
         try:
-            z = logits(self.weights, self.biases, self.activation, self.eval_x)
-            nll = torch.logsumexp(z, dim=2).sub_(z.gather(2, self.eval_y.unsqueeze(2)).squeeze(2))
-            correct = (z.argmax(dim=2) == self.eval_y).to(z.dtype)
-            sums = torch.bmm(torch.stack([nll, correct], dim=1), self.eval_seg)  # (k, 2, splits)
+            sums = 0
+            # In chunks of rows: the hidden activations of a million rows at once would take ~128 MB a layer.
+            # A set of up to EVAL_CHUNK_ROWS rows is one chunk, summed as before.
+            for start in range(0, self.eval_x.shape[1], EVAL_CHUNK_ROWS):
+                rows = slice(start, start + EVAL_CHUNK_ROWS)
+                z = logits(self.weights, self.biases, self.activation, self.eval_x[:, rows])
+                y = self.eval_y[:, rows]
+                nll = torch.logsumexp(z, dim=2).sub_(z.gather(2, y.unsqueeze(2)).squeeze(2))
+                correct = (z.argmax(dim=2) == y).to(z.dtype)
+                sums = sums + torch.bmm(torch.stack([nll, correct], dim=1), self.eval_seg[:, rows])  # (k, 2, splits)
         finally:
             torch.set_num_threads(TORCH_THREADS)
         means = (sums / self.eval_counts.unsqueeze(1)).tolist()
