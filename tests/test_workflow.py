@@ -148,8 +148,10 @@ def test_runs_list_fits_an_80_column_terminal_keeping_whole_run_names(config_fil
     for _ in range(2):
         train(load_config(config_file, ["train.epochs=1"]), runs_root=root, name="a-rather-long-config-name")
     env = {**os.environ, "COLUMNS": "80"}
-    narrow = subprocess.run([sys.executable, "-m", "foodcls", "runs", "list", "--runs-root", str(root)], capture_output=True,
-                            text=True, env=env).stdout
+    # The runs root given relative (the first line names it): pytest's own tmp path grows with its run count
+    # (pytest-of-root/pytest-105/…) and once made that line 81 characters.
+    narrow = subprocess.run([sys.executable, "-m", "foodcls", "runs", "list", "--runs-root", "runs"], capture_output=True,
+                            text=True, env=env, cwd=tmp_path).stdout
     assert max(len(line) for line in narrow.splitlines()) <= 80
     assert all(p.name in narrow for p in root.iterdir()) and "…" not in narrow  # whole names, no squeezed cells
     header = narrow.splitlines()[2]
