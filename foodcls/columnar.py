@@ -1,9 +1,9 @@
 """Labelled CSVs read at column speed: polars parses the file and the checks run on whole columns.
 
 This path takes only files it reads exactly as the csv module would (one row per line, as wide as the
-first, quoted lines checked against the csv module; no NUL, lone CR or blank line; every value a plain
-decimal number) and gives bit-identical arrays:
-Python's float() and polars both round a decimal to the nearest double. Anything else, a bad value
+first, quoted lines checked against the csv module; no NUL, lone CR or blank line; every number one
+polars parses to a finite double) and gives bit-identical arrays: Python's float() and polars both round
+a decimal to the nearest double, and both cast it to float32 the same way. Anything else, a bad value
 included, returns None, and data.py reads the file row by row, which names the culprit (file:line).
 """
 
