@@ -44,7 +44,6 @@ class SourceStats:
     sha256: str = ""
     rows: int = 0
     ragged: int = 0
-    lines: int = 0  # data lines, blank ones included (the fast path's row numbering)
     bytes_read: int = 0  # of the file as stored, so far: for a progress bar
 
 
