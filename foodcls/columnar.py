@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 
 from foodcls.features import NUTRIENTS, REQUIRED_FEATURES, SEED_FEATURES, invalid_mask
+from foodcls.labels import names_a_class
 
 ASCII_SPACE = " \t\n\r\x0b\x0c"
 BOM = b"\xef\xbb\xbf"
@@ -74,10 +75,6 @@ def _first_row(raw: bytes) -> list[str] | None:
         return None
 
 
-def _has_header(first_cell: str, classes: tuple[str, ...]) -> bool:
-    return first_cell not in classes and first_cell not in {str(i) for i in range(len(classes))}
-
-
 def read_labelled_columns(
     path: str | Path, features: tuple[str, ...], classes: tuple[str, ...], ignore: tuple[str, ...],
     label_columns: tuple[str, ...],
@@ -98,7 +95,8 @@ def read_labelled_columns(
         return None
     first = [cell.strip() for cell in cells]
     width = len(first)
-    if _has_header(first[0], classes):
+    header = int(not names_a_class(first[0], classes))  # lines before the data: the header, or none
+    if header:
         lowered = [c.lower() for c in first]
         label_at = next((lowered.index(label) for label in label_columns if label in lowered), None)
         if label_at is None or any(f not in lowered for f in features) or b'"' in raw.split(b"\n", 1)[0]:
@@ -110,7 +108,6 @@ def read_labelled_columns(
             return None
         label_at, text_columns = 0, {}
         columns = [1 + SEED_FEATURES.index(f) for f in features]
-    header = int(_has_header(first[0], classes))
     read = sorted({label_at, *columns, *text_columns.values()})
     schema = {f"c{i}": pl.Float64 if i in columns else pl.String for i in range(width)}
     try:

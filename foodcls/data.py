@@ -23,7 +23,7 @@ import numpy as np
 from foodcls.errors import DataError
 from foodcls.features import NUTRIENTS, REQUIRED_FEATURES, SEED_FEATURES, invalid_mask, value_problem
 from foodcls.fileio import atomic_write_text
-from foodcls.labels import DEFAULT_CLASSES
+from foodcls.labels import DEFAULT_CLASSES, names_a_class
 
 if TYPE_CHECKING:  # only for annotations: the predict path must not load the config schema
     from foodcls.config import Config
@@ -295,9 +295,7 @@ def read_labelled_csvs(paths: list[str | Path], features: tuple[str, ...] = SEED
 
 def _looks_like_header(row: list[str], classes: tuple[str, ...] = DEFAULT_CLASSES) -> bool:
     """The seed's headerless rows start with a class (name or index); anything else is a header."""
-    # Not str.isdigit(): it accepts '¹', which int() refuses (found by the long fuzzing profile).
-    first = row[0].strip() if row else ""
-    return first not in classes and first not in {str(i) for i in range(len(classes))}
+    return not names_a_class(row[0].strip() if row else "", classes)
 
 
 def read_feature_table(path: str | Path, features: tuple[str, ...] = SEED_FEATURES) -> FeatureTable:

@@ -13,6 +13,13 @@ OTHER = "other"  # products in none of the named classes, learnt as a class of t
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 
 
+def names_a_class(cell: str, classes: tuple[str, ...]) -> bool:
+    """Whether a label cell (stripped) names one of the classes or gives its index. The seed's headerless
+    rows start with one; a header does not."""
+    # Not str.isdigit(): it accepts '¹', which int() refuses (found by the long fuzzing profile).
+    return cell in classes or cell in {str(i) for i in range(len(classes))}
+
+
 def class_problem(names: object) -> str | None:
     """Why a class list is unusable (None when it is fine): at least two names, each a short lowercase
     word (it becomes a CSV label, a `p_<class>` column and a JSON key), none twice."""

@@ -191,7 +191,7 @@ class BuildProgress:
             TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, transient=True, disable=not stderr.is_terminal,
         )
         self.task = None
-        self.done_bytes, self.done_rows, self.current = 0, 0, None
+        self.done_bytes, self.done_rows = 0, 0
         self.last = (None, 0, 0)  # the previous batch's (source, rows, bytes)
 
     def update(self, path: Path, rows: int, bytes_read: int) -> None:

@@ -138,7 +138,7 @@ def _split_data(rows: pl.DataFrame, classes: tuple[str, ...]) -> LabelledData:
         empty = np.zeros(0, dtype=object)
         return LabelledData(np.zeros((0, len(NUMERIC)), dtype=np.float32), np.zeros(0, dtype=np.int64), ALL_FEATURES, "",
                             columns={"source": empty, "code": empty}, classes=classes)
-    values = rows.select(NUMERIC).to_numpy().astype(np.float64)  # null → NaN
+    values = rows.select(NUMERIC).to_numpy()  # float64, null → NaN
     columns = {"source": rows["source"].to_numpy().astype(object),
                "code": np.array([(code or "").strip() for code in rows["code"].to_list()], dtype=object)}
     return LabelledData(values.astype(np.float32), rows["label"].to_numpy().astype(np.int64), ALL_FEATURES, "",
