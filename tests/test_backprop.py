@@ -10,8 +10,13 @@ from foodcls.training.model import build_model, linear_layers
 def stacked(models):
     layers = [linear_layers(m) for m in models]
     weights = [torch.stack([ls[i].weight.detach() for ls in layers]) for i in range(len(layers[0]))]
-    biases = [torch.stack([ls[i].bias.detach() for ls in layers]).unsqueeze(1) for i in range(len(layers[0]))]
+    biases = [torch.stack([ls[i].bias.detach() for ls in layers]).unsqueeze(2) for i in range(len(layers[0]))]
     return weights, biases
+
+
+def columns(t):
+    """(k, rows, n) → (k, n, rows): backprop.py's layout, a column per product."""
+    return t.transpose(1, 2)
 
 
 @pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
@@ -24,7 +29,7 @@ def test_gradients_of_each_stacked_model_match_autograd(activation, weighted):
     weight = torch.tensor([0.5, 2.0, 1.0, 3.0], dtype=torch.float64) if weighted else None
 
     weights, biases = stacked(models)
-    actual = loss_gradients(weights, biases, activation, x, F.one_hot(y, 4).double(), weight[y] if weighted else None)
+    actual = loss_gradients(weights, biases, activation, columns(x), columns(F.one_hot(y, 4).double()), weight[y] if weighted else None)
     for k, model in enumerate(models):
         F.cross_entropy(model(x[k]), y[k], weight=weight).backward()
         expected = [p.grad for layer in linear_layers(model) for p in (layer.weight, layer.bias)]
@@ -40,10 +45,13 @@ def test_gradients_with_smoothed_targets_match_autograd_of_label_smoothed_cross_
     x = torch.rand(2, 40, 4, dtype=torch.float64)
     y = torch.randint(0, 4, (2, 40))
     class_weight = torch.tensor([0.5, 2.0, 1.0, 3.0], dtype=torch.float64)
-    targets = smooth_targets(F.one_hot(y, 4).double(), 0.1)
-    torch.testing.assert_close(targets.sum(dim=2), torch.ones(2, 40, dtype=torch.float64))
+    targets = columns(F.one_hot(y, 4).double()).contiguous()
+    for k in range(2):
+        smooth_targets(targets[k], 0.1)
+    torch.testing.assert_close(targets.sum(dim=1), torch.ones(2, 40, dtype=torch.float64))
     weights, biases = stacked(models)
-    actual = loss_gradients(weights, biases, "relu", x, targets, class_weight[y] if weighted else None)
+    actual = loss_gradients(weights, biases, "relu", columns(x), targets, class_weight[y] if weighted else None)
+    targets = columns(targets)
     for k, model in enumerate(models):
         if weighted:  # each row's smoothed cross-entropy, weighted by its true class: sum(w·l) / sum(w)
             w = class_weight[y[k]]
@@ -57,10 +65,10 @@ def test_gradients_with_smoothed_targets_match_autograd_of_label_smoothed_cross_
 
 
 def test_smoothing_leaves_padding_rows_without_a_target():
-    one_hot = F.one_hot(torch.tensor([[2, 0, 1]]), 4).double()
-    one_hot[0, 2] = 0  # padding
+    one_hot = F.one_hot(torch.tensor([2, 0, 1]), 4).double().t().contiguous()  # (classes, products)
+    one_hot[:, 2] = 0  # padding
     smoothed = smooth_targets(one_hot, 0.2)
-    assert smoothed[0, 0].tolist() == pytest.approx([0.05, 0.05, 0.85, 0.05]) and smoothed[0, 2].sum() == 0
+    assert smoothed[:, 0].tolist() == pytest.approx([0.05, 0.05, 0.85, 0.05]) and smoothed[:, 2].sum() == 0
 
 
 def test_padding_rows_change_nothing():
@@ -71,8 +79,8 @@ def test_padding_rows_change_nothing():
     one_hot = F.one_hot(torch.randint(0, 4, (2, 10)), 4).double()
     real = torch.tensor([10, 6], dtype=torch.float64).view(2, 1, 1)
     one_hot[1, 6:] = 0  # the second model has 6 real rows and 4 of padding
-    padded = loss_gradients(weights, biases, "relu", x, one_hot, None, real)
-    alone = loss_gradients([w[1:] for w in weights], [b[1:] for b in biases], "relu", x[1:, :6], one_hot[1:, :6], None)
+    padded = loss_gradients(weights, biases, "relu", columns(x), columns(one_hot), None, real)
+    alone = loss_gradients([w[1:] for w in weights], [b[1:] for b in biases], "relu", columns(x[1:, :6]), columns(one_hot[1:, :6]), None)
     for got, want in zip(padded, alone):
         torch.testing.assert_close(got[1:], want, rtol=1e-12, atol=1e-14)
 
@@ -82,9 +90,9 @@ def test_logits_match_the_torch_model_for_shared_and_per_model_inputs():
     models = [build_model(ModelConfig(hidden=(8, 8), activation="tanh"), 4, 4) for _ in range(2)]
     weights, biases = stacked(models)
     x = torch.rand(7, 4)
-    shared = logits(weights, biases, "tanh", x)
-    own = logits(weights, biases, "tanh", torch.stack([x, x]))
+    shared = logits(weights, biases, "tanh", x.t())
+    own = logits(weights, biases, "tanh", torch.stack([x.t(), x.t()]))
     for k, model in enumerate(models):
         with torch.no_grad():
-            torch.testing.assert_close(shared[k], model(x))
-            torch.testing.assert_close(own[k], model(x))
+            torch.testing.assert_close(shared[k], model(x).t())
+            torch.testing.assert_close(own[k], model(x).t())
