@@ -11,8 +11,8 @@ import numpy as np
 def fit_scale(features: np.ndarray) -> np.ndarray:
     """Per-feature divisor: the maximum over the training set (every minimum is 0); 1 where the max is 0
     or unknown."""
-    # Unknown cells count as -inf, so a column with no known value gets scale 1.
-    maxima = np.where(np.isnan(features), -np.inf, features).max(axis=0) if len(features) else np.zeros(features.shape[1])
+    # (fmax skips NaN without a copy of the features; a column with no known value comes out NaN, and scale 1.)
+    maxima = np.fmax.reduce(features, axis=0) if len(features) else np.zeros(features.shape[1])
     maxima = maxima.astype(np.float32)
     return np.where(np.isfinite(maxima) & (maxima > 0), maxima, np.float32(1.0)).astype(np.float32)
 
@@ -69,6 +69,9 @@ class Preprocessing:
         """Whether a checkpoint's stored preprocessing (as far as it has one) is this."""
         return all(np.array_equal(arrays[name], value) for name, value in self.arrays().items() if name in arrays)
 
-    def apply(self, features: np.ndarray) -> np.ndarray:
+    def apply(self, features: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """(filled - shift) / scale in float32, into `out` (float32, the features' shape) if given: no
+        temporary copies, the same numbers."""
         filled = fill_missing(np.asarray(features, dtype=np.float32), self.fill)
-        return ((filled - self.shift) / self.scale).astype(np.float32)
+        out = np.subtract(filled, self.shift, out=out, dtype=np.float32)
+        return np.divide(out, self.scale, out=out)

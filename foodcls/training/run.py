@@ -114,7 +114,6 @@ class Run:
         if spec.checkpoint is not None:
             self.progress, schedule_state, self.optimizer_state = spec.restored or restore_state(spec.checkpoint)
             self.schedule.load_state_dict(schedule_state)
-        self.x = {s: self.prep.apply(d.features) for s, d in zip(SPLIT_NAMES, (splits.train, splits.val, splits.test)) if d is not None}
         self.y = {s: d.labels for s, d in zip(SPLIT_NAMES, (splits.train, splits.val, splits.test)) if d is not None}
         self.row_weight = row_weights(self.config, splits.train)
         # What feature dropout puts in place of a value: its fill value as the network sees it.
@@ -139,6 +138,17 @@ class Run:
         model = build_model(self.config.model, len(self.config.data.features), len(self.config.data.classes))
         layers = linear_layers(model)
         return [layer.weight.detach().numpy().copy() for layer in layers], [layer.bias.detach().numpy().copy() for layer in layers]
+
+    def has_split(self, split: str) -> bool:
+        return split in self.y
+
+    def split_rows(self, split: str) -> int:
+        return len(self.y[split])
+
+    def inputs(self, split: str, out: np.ndarray | None = None) -> np.ndarray:
+        """A split's rows as the network sees them (filled, scaled), into `out` if given: made when the stack
+        is built, not kept (a million rows are 16 MB a copy)."""
+        return self.prep.apply(getattr(self.splits, split).features, out=out)
 
     @property
     def n_train(self) -> int:

@@ -41,15 +41,6 @@ def dropout_mask(seed: int, epoch: int, shape: tuple[int, int], rate: float) -> 
 
 
 
-def _pad_rows(arrays: list[np.ndarray], fill: float = 0.0) -> np.ndarray:
-    """Stack arrays of different lengths along a new first axis, padded at the end with `fill`."""
-    longest = max(len(a) for a in arrays)
-    out = np.full((len(arrays), longest, *arrays[0].shape[1:]), fill, dtype=arrays[0].dtype)
-    for i, a in enumerate(arrays):
-        out[i, : len(a)] = a
-    return out
-
-
 class _GradientNorms:
     """Each step's gradient norm per layer and run, taken a few dozen steps at a time: one norm of the
     stacked gradients per layer instead of three ops a step (the same values, bit for bit: the norm of each
@@ -114,38 +105,52 @@ class Stack:
         return [p for pair in zip(self.weights, self.biases) for p in pair]
 
     def _build_data(self) -> None:
+        """Each run's rows as tensors, made once: every array below is written in place, not concatenated and
+        padded in copies (at a million rows each copy is 16 MB, and they were the bulk of a training's peak)."""
         members = self.members
         n = [m.n_train for m in members]
         # Runs with the same number of rows step in step: no padding, each batch exactly as a solo run sees it.
         self.ragged = len(set(n)) > 1
-        pad = 1 if self.ragged else 0  # one all-zero row that padding indices point at
-        self.x_train = torch.from_numpy(_pad_rows([np.vstack([m.x["train"], np.zeros((pad, m.x["train"].shape[1]), np.float32)]) for m in members])).to(self.device)
-        self.y_train = torch.from_numpy(_pad_rows([np.concatenate([m.y["train"], np.zeros(pad, np.int64)]) for m in members])).to(self.device)
-        weights = [m.row_weight for m in members]
+        # Evaluation: every split of every run, one after another, in one forward pass; eval_ranges says
+        # which rows of a run are which split.
+        self.eval_splits = [[s for s in SPLIT_NAMES if m.has_split(s)] for m in members]
+        lengths = [[m.split_rows(s) for s in splits] for m, splits in zip(members, self.eval_splits)]
+        width = max(sum(row) for row in lengths)
+        n_features = len(members[0].config.data.features)
+        eval_x = np.zeros((len(members), width, n_features), np.float32)
+        eval_y = np.zeros((len(members), width), np.int64)
+        self.eval_ranges: list[list[tuple[int, int, int]]] = []  # per run: (split index, first row, end row)
+        for i, (m, splits) in enumerate(zip(members, self.eval_splits)):
+            ranges, start = [], 0
+            for s, rows in zip(splits, lengths[i]):
+                m.inputs(s, out=eval_x[i, start : start + rows])
+                eval_y[i, start : start + rows] = m.y[s]
+                ranges.append((SPLIT_NAMES.index(s), start, start + rows))
+                start += rows
+            self.eval_ranges.append(ranges)
+        self.eval_x = torch.from_numpy(eval_x).to(self.device)
+        self.eval_y = torch.from_numpy(eval_y).to(self.device)
+        if self.ragged:  # each run's rows, then one all-zero row that padding indices point at
+            x_train = np.zeros((len(members), max(n) + 1, n_features), np.float32)
+            y_train = np.zeros((len(members), max(n) + 1), np.int64)
+            for i, m in enumerate(members):
+                x_train[i, : n[i]], y_train[i, : n[i]] = eval_x[i, : n[i]], m.y["train"]
+            self.x_train, self.y_train = torch.from_numpy(x_train).to(self.device), torch.from_numpy(y_train).to(self.device)
+        else:  # the training rows come first in the evaluation rows: a view, not a copy
+            self.x_train, self.y_train = self.eval_x[:, : n[0]], self.eval_y[:, : n[0]]
         self.w_train = None
-        if any(w is not None for w in weights):
-            full = [np.concatenate([w if w is not None else np.ones(m.n_train, np.float32), np.zeros(pad, np.float32)]) for w, m in zip(weights, members)]
-            self.w_train = torch.from_numpy(_pad_rows(full)).to(self.device)
+        if any(m.row_weight is not None for m in members):
+            w_train = np.zeros((len(members), max(n) + int(self.ragged)), np.float32)
+            for i, m in enumerate(members):
+                w_train[i, : n[i]] = m.row_weight if m.row_weight is not None else 1.0
+            self.w_train = torch.from_numpy(w_train).to(self.device)
         self.n_rows = torch.tensor(n, device=self.device)
-        # Evaluation: every split of every run in one forward pass; seg[k, row, s] = 1 if the row is in split s.
-        eval_x, eval_y, seg = [], [], []
-        for m in members:
-            parts = [s for s in SPLIT_NAMES if s in m.x]
-            eval_x.append(np.vstack([m.x[s] for s in parts]))
-            eval_y.append(np.concatenate([m.y[s] for s in parts]))
-            marks = np.zeros((len(eval_y[-1]), len(SPLIT_NAMES)), np.float32)
-            start = 0
-            for s in parts:
-                marks[start : start + len(m.y[s]), SPLIT_NAMES.index(s)] = 1
-                start += len(m.y[s])
-            seg.append(marks)
-        self.eval_x = torch.from_numpy(_pad_rows(eval_x)).to(self.device)
-        self.eval_y = torch.from_numpy(_pad_rows(eval_y)).to(self.device)
-        self.eval_seg = torch.from_numpy(_pad_rows(seg)).to(self.device)
-        self.eval_counts = self.eval_seg.sum(dim=1).clamp(min=1)
-        self.eval_splits = [[s for s in SPLIT_NAMES if s in m.x] for m in members]
+        self.eval_counts = torch.ones(len(members), len(SPLIT_NAMES), device=self.device)
+        for i, ranges in enumerate(self.eval_ranges):
+            for split, first, end in ranges:
+                self.eval_counts[i, split] = max(end - first, 1)
         # Each layer's outputs of an evaluation chunk, kept from epoch to epoch (backprop.logits says why).
-        chunk = min(EVAL_CHUNK_ROWS, self.eval_x.shape[1])
+        chunk = min(EVAL_CHUNK_ROWS, width)
         self.eval_buffers = [torch.empty(len(members) * w.shape[1] * chunk, dtype=self.eval_x.dtype, device=self.device)
                              for w in self.weights]
 
@@ -153,7 +158,8 @@ class Stack:
         """Continue with the listed runs only (the others finished or stopped early)."""
         index = torch.tensor(indices, dtype=torch.long, device=self.device)
         self.members = [self.members[i] for i in indices]
-        if not self.members:
+        if not self.members:  # let the data go before the last runs draw their plots
+            self.x_train = self.y_train = self.w_train = self.eval_x = self.eval_y = self.eval_buffers = None
             return
         self.weights = [w.index_select(0, index) for w in self.weights]
         self.biases = [b.index_select(0, index) for b in self.biases]
@@ -169,11 +175,14 @@ class Stack:
             pad_index = self.x_train.shape[1] - 1
             orders = [np.concatenate([o, np.full(width - len(o), pad_index)]) for o in orders]
         index = torch.from_numpy(np.stack(orders)).to(self.device)
-        runs_index = torch.arange(len(self.members), device=self.device).unsqueeze(1)
         # Inputs keep a row per product: a batch's slice transposed is then a column per product that BLAS
         # reads as it is (a slice of columns is strided, and bmm copied it element by element: 57 µs).
-        xs = self.x_train[runs_index, index]
-        ys = self.y_train[runs_index, index]
+        # index_select per run and gather, not x_train[runs, index]: advanced indexing took 140 µs + 53 µs of the
+        # demo epoch, these 28 µs + 7 µs.
+        xs = torch.empty(index.shape[0], index.shape[1], self.x_train.shape[2], dtype=self.x_train.dtype, device=self.device)
+        for i in range(len(self.members)):
+            torch.index_select(self.x_train[i], 0, index[i], out=xs[i])
+        ys = torch.gather(self.y_train, 1, index)
         # Made in the inputs' dtype directly: F.one_hot's int64 copy was the peak of a million-row run (32 MB).
         one_hot = torch.zeros(ys.shape[0], self.n_classes, ys.shape[1], dtype=xs.dtype, device=xs.device).scatter_(1, ys.unsqueeze(1), 1.0)
         if self.ragged:
@@ -186,7 +195,7 @@ class Stack:
                 rows.copy_(torch.where(torch.from_numpy(mask).to(self.device), torch.from_numpy(member.fill_input).to(self.device), rows))
             if t.label_smoothing > 0:
                 smooth_targets(one_hot[i], t.label_smoothing)
-        weights = self.w_train[runs_index, index] if self.w_train is not None else None
+        weights = torch.gather(self.w_train, 1, index) if self.w_train is not None else None
         return xs, one_hot, weights, steps
 
     @torch.no_grad()
@@ -229,9 +238,8 @@ class Stack:
         """Loss and accuracy of every run on each of its splits, from one forward pass and one host sync."""
         torch.set_num_threads(self.eval_threads)
         try:
-            sums = 0
+            sums = torch.zeros(len(self.members), 2, len(SPLIT_NAMES), device=self.device)
             # In chunks of rows: the hidden activations of a million rows at once would take ~128 MB a layer.
-            # A set of up to EVAL_CHUNK_ROWS rows is one chunk, summed as before.
             for start in range(0, self.eval_x.shape[1], EVAL_CHUNK_ROWS):
                 rows = slice(start, start + EVAL_CHUNK_ROWS)
                 x = self.eval_x[:, rows].transpose(1, 2)
@@ -243,7 +251,11 @@ class Stack:
                 # max(dim).indices, not argmax: the same first maximal index, but argmax over a first axis of 4
                 # took 0.9 ms on 10,000 products, max 0.05 ms.
                 correct = (z.max(dim=1).indices == y).to(z.dtype)
-                sums = sums + torch.bmm(torch.stack([nll, correct], dim=1), self.eval_seg[:, rows])  # (k, 2, splits)
+                scores = torch.stack([nll, correct], dim=1)  # (k, 2, rows)
+                for i, ranges in enumerate(self.eval_ranges):  # each run's splits are runs of rows: summed as slices
+                    for split, first, end in ranges:
+                        if first < start + n and end > start:
+                            sums[i, :, split] += scores[i, :, max(first - start, 0) : end - start].sum(dim=1)
         finally:
             torch.set_num_threads(TORCH_THREADS)
         means = (sums / self.eval_counts.unsqueeze(1)).tolist()
