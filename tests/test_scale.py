@@ -220,3 +220,34 @@ def test_a_file_read_twice_in_a_process_is_read_once_and_not_writable(tmp_path):
     path.write_text("label,protein,carbs,fat,additives\nsnacks,1,2,3,1\n", encoding="utf-8")
     os.utime(path, ns=(0, 0))  # a new mtime (and size): the file is read again
     assert len(read_labelled_csv(path, SEED_FEATURES)) == 1
+
+
+@pytest.mark.parametrize("block_rows", [64, 300])  # a step per block; blocks that end inside a step's rows
+def test_an_epoch_gathered_a_block_at_a_time_trains_bit_for_bit_as_one_block(tmp_path, demo_dir, monkeypatch, block_rows):
+    """Training gathers an epoch's rows a block at a time (memory): the same weights, optimizer state and
+    metrics as the whole epoch at once, with feature dropout, label smoothing, row weights and a ragged stack."""
+    from foodcls import runs
+    from foodcls.config import load_config
+    from foodcls.inference.checkpoint import load_checkpoint
+    from foodcls.training import stack
+    from foodcls.training.fit import train_many
+    from tests.conftest import write_config
+
+    rows = (demo_dir / "train.csv").read_text().splitlines()
+    (tmp_path / "short.csv").write_text("\n".join(rows[:451]) + "\n")  # 450 rows: a different number of batches
+    common = ["train.feature_dropout=0.2", "train.label_smoothing=0.1", "train.class_weights=balanced", "train.epochs=3",
+              "train.optimizer=adam", "train.lr=0.01"]
+    configs = [load_config(write_config(tmp_path / "c.yaml", demo_dir), common),
+               load_config(write_config(tmp_path / "c.yaml", demo_dir), [*common, f"data.train={tmp_path / 'short.csv'}", "train.seed=3"])]
+
+    def trained(root):
+        results = train_many([(c, f"r{i}") for i, c in enumerate(configs)], tmp_path / root)
+        return [(load_checkpoint(r.last_checkpoint).arrays, [dict(m, seconds=0) for m in runs.read_metrics(r.run_dir)])
+                for r in results]
+
+    whole = trained("whole")
+    monkeypatch.setattr(stack, "EPOCH_BLOCK_ROWS", block_rows)
+    for (arrays, metrics), (block_arrays, block_metrics) in zip(whole, trained("blocks")):
+        assert arrays.keys() == block_arrays.keys()
+        assert all(np.array_equal(arrays[k], block_arrays[k]) for k in arrays)
+        assert metrics == block_metrics

@@ -26,7 +26,8 @@ from foodcls.training.run import SPLIT_NAMES, Run, finish
 # threads then slow every process down.
 TORCH_THREADS = 1
 EVAL_THREADS = min(2, os.cpu_count() or 1)
-EVAL_CHUNK_ROWS = 1 << 16  # rows evaluated at once (sets up to this size are one chunk: summed as they always were)
+EVAL_CHUNK_ROWS = 1 << 16
+EPOCH_BLOCK_ROWS = 1 << 16  # rows of an epoch gathered at a time (_Epoch)  # rows evaluated at once (sets up to this size are one chunk: summed as they always were)
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -34,10 +35,11 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def dropout_mask(seed: int, epoch: int, shape: tuple[int, int], rate: float) -> np.ndarray:
-    """Which input values of an epoch's rows (in that epoch's order) feature dropout replaces: like the
-    order, a function of (seed, epoch) alone, from a stream of its own."""
-    return np.random.default_rng([seed, epoch, 1]).random(shape) < rate
+def dropout_stream(seed: int, epoch: int) -> np.random.Generator:
+    """Where feature dropout's draws come from: like the order, a function of (seed, epoch) alone, a stream
+    of its own. An input value (row by row in the epoch's order, then feature by feature) is replaced when
+    its draw is below the rate; drawn a block of rows at a time, the values are those of one draw for all."""
+    return np.random.default_rng([seed, epoch, 1])
 
 
 
@@ -75,6 +77,53 @@ class _GradientNorms:
         """(layers, k, steps), contiguous."""
         self._flush()
         return torch.cat(self.chunks, dim=2)
+
+
+class _Epoch:
+    """One epoch of every run of a stack: each run's rows in its own order, gathered into inputs, one-hot
+    targets and row weights a block of rows at a time (a million rows at once were ~56 MB of copies, the
+    peak of such a training; the demo set's epoch is one block)."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        members = stack.members
+        orders = [epoch_order(m.config.train.seed, m.progress.epoch + 1, m.n_train) for m in members]
+        self.steps = max(m.steps(stack.batch_size) for m in members)
+        if stack.ragged:
+            width = self.steps * stack.batch_size
+            pad_index = stack.x_train.shape[1] - 1
+            orders = [np.concatenate([o, np.full(width - len(o), pad_index)]) for o in orders]
+        self.index = torch.from_numpy(orders[0][None] if len(orders) == 1 else np.stack(orders)).to(stack.device)
+        self.dropout = [dropout_stream(m.config.train.seed, m.progress.epoch + 1) if m.config.train.feature_dropout > 0 else None
+                        for m in members]
+
+    def block(self, first: int, end: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Inputs (k, rows, F), one-hot targets (k, C, rows) and row weights (k, rows) of the epoch's rows
+        first..end; blocks must be asked for in order (feature dropout draws as it goes)."""
+        stack, index = self.stack, self.index[:, first:end]
+        # Inputs keep a row per product: a batch's slice transposed is then a column per product that BLAS
+        # reads as it is (a slice of columns is strided, and bmm copied it element by element: 57 µs).
+        # index_select per run and gather, not x_train[runs, index]: advanced indexing took 140 µs + 53 µs of the
+        # demo epoch, these 28 µs + 7 µs.
+        xs = torch.empty(index.shape[0], index.shape[1], stack.x_train.shape[2], dtype=stack.x_train.dtype, device=stack.device)
+        for i in range(len(stack.members)):
+            torch.index_select(stack.x_train[i], 0, index[i], out=xs[i])
+        ys = torch.gather(stack.y_train, 1, index)
+        # Made in the inputs' dtype directly: F.one_hot's int64 copy was the peak of a million-row run (32 MB).
+        one_hot = torch.zeros(ys.shape[0], stack.n_classes, ys.shape[1], dtype=xs.dtype, device=xs.device).scatter_(1, ys.unsqueeze(1), 1.0)
+        if stack.ragged:
+            one_hot.mul_((index < stack.n_rows.unsqueeze(1)).unsqueeze(1))  # padding rows have no target
+        for i, member in enumerate(stack.members):
+            t = member.config.train
+            real = max(0, min(end, member.n_train) - first)  # the run's rows in this block (the rest is padding)
+            if self.dropout[i] is not None and real:
+                mask = self.dropout[i].random((real, xs.shape[2])) < t.feature_dropout
+                rows = xs[i, :real]
+                rows.copy_(torch.where(torch.from_numpy(mask).to(stack.device), torch.from_numpy(member.fill_input).to(stack.device), rows))
+            if t.label_smoothing > 0:
+                smooth_targets(one_hot[i], t.label_smoothing)
+        weights = torch.gather(stack.w_train, 1, index) if stack.w_train is not None else None
+        return xs, one_hot, weights
 
 
 class Stack:
@@ -167,66 +216,44 @@ class Stack:
         self._build_data()
 
     def epoch_batches(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
-        """Every run's rows for its next epoch in its own order: inputs, one-hot targets, row weights, steps."""
-        orders = [epoch_order(m.config.train.seed, m.progress.epoch + 1, m.n_train) for m in self.members]
-        steps = max(m.steps(self.batch_size) for m in self.members)
-        if self.ragged:
-            width = steps * self.batch_size
-            pad_index = self.x_train.shape[1] - 1
-            orders = [np.concatenate([o, np.full(width - len(o), pad_index)]) for o in orders]
-        index = torch.from_numpy(np.stack(orders)).to(self.device)
-        # Inputs keep a row per product: a batch's slice transposed is then a column per product that BLAS
-        # reads as it is (a slice of columns is strided, and bmm copied it element by element: 57 µs).
-        # index_select per run and gather, not x_train[runs, index]: advanced indexing took 140 µs + 53 µs of the
-        # demo epoch, these 28 µs + 7 µs.
-        xs = torch.empty(index.shape[0], index.shape[1], self.x_train.shape[2], dtype=self.x_train.dtype, device=self.device)
-        for i in range(len(self.members)):
-            torch.index_select(self.x_train[i], 0, index[i], out=xs[i])
-        ys = torch.gather(self.y_train, 1, index)
-        # Made in the inputs' dtype directly: F.one_hot's int64 copy was the peak of a million-row run (32 MB).
-        one_hot = torch.zeros(ys.shape[0], self.n_classes, ys.shape[1], dtype=xs.dtype, device=xs.device).scatter_(1, ys.unsqueeze(1), 1.0)
-        if self.ragged:
-            one_hot.mul_((index < self.n_rows.unsqueeze(1)).unsqueeze(1))  # padding rows have no target
-        for i, member in enumerate(self.members):
-            t = member.config.train
-            if t.feature_dropout > 0:
-                mask = dropout_mask(t.seed, member.progress.epoch + 1, (member.n_train, xs.shape[2]), t.feature_dropout)
-                rows = xs[i, : member.n_train]
-                rows.copy_(torch.where(torch.from_numpy(mask).to(self.device), torch.from_numpy(member.fill_input).to(self.device), rows))
-            if t.label_smoothing > 0:
-                smooth_targets(one_hot[i], t.label_smoothing)
-        weights = torch.gather(self.w_train, 1, index) if self.w_train is not None else None
-        return xs, one_hot, weights, steps
+        """Every run's rows for its next epoch in its own order, all at once: inputs, one-hot targets, row
+        weights, steps (training takes them a block at a time, _Epoch.block)."""
+        epoch = _Epoch(self)
+        return (*epoch.block(0, epoch.index.shape[1]), epoch.steps)
 
     @torch.no_grad()
     def train_epoch(self) -> list[list[float]]:
         """One pass over every run's data; each run's mean gradient norm per layer."""
-        xs, one_hot, weights, steps = self.epoch_batches()
-        b = self.batch_size
+        epoch = _Epoch(self)
+        b, steps = self.batch_size, epoch.steps
         per_run_steps = [m.steps(b) for m in self.members]
         all_active = min(per_run_steps)
         weights_t = [w.transpose(1, 2) for w in self.weights]  # views: they follow the in-place updates
-        # Every step's slices at once (one op, not three a step); inputs transposed to a column per product.
-        x_batches = [x.transpose(1, 2) for x in xs.split(b, dim=1)]
-        target_batches = one_hot.split(b, dim=2)
-        weight_batches = weights.split(b, dim=1) if weights is not None else [None] * steps
         norms = _GradientNorms(self.weights)
-        for step in range(steps):
-            rows = (self.n_rows - step * b).clamp(0, b).view(-1, 1, 1).to(xs.dtype) if self.ragged else None
-            if step < all_active:
-                grads = loss_gradients(self.weights, self.biases, self.activation, x_batches[step], target_batches[step],
-                                       weight_batches[step], rows, weights_t)
-                norms.add(grads[0::2])
-                self.optimizer.step(grads)
-            else:
-                # Runs with fewer rows are done with this epoch: step only the others.
-                active = torch.tensor([i for i, n in enumerate(per_run_steps) if n > step], dtype=torch.long, device=self.device)
-                pick = lambda t: t.index_select(0, active)  # noqa: E731
-                grads = loss_gradients([pick(w) for w in self.weights], [pick(x) for x in self.biases], self.activation,
-                                       pick(x_batches[step]), pick(target_batches[step]),
-                                       pick(weight_batches[step]) if weights is not None else None, pick(rows))
-                norms.add_some(grads[0::2], active, len(self.members))
-                self.optimizer.step(grads, active)
+        block_steps = max(1, EPOCH_BLOCK_ROWS // b)
+        for first_step in range(0, steps, block_steps):
+            block = range(first_step, min(first_step + block_steps, steps))
+            xs, one_hot, weights = epoch.block(block.start * b, block.stop * b)
+            # Every step's slices at once (one op, not three a step); inputs transposed to a column per product.
+            x_batches = [x.transpose(1, 2) for x in xs.split(b, dim=1)]
+            target_batches = one_hot.split(b, dim=2)
+            weight_batches = weights.split(b, dim=1) if weights is not None else [None] * len(block)
+            for j, step in enumerate(block):
+                rows = (self.n_rows - step * b).clamp(0, b).view(-1, 1, 1).to(xs.dtype) if self.ragged else None
+                if step < all_active:
+                    grads = loss_gradients(self.weights, self.biases, self.activation, x_batches[j], target_batches[j],
+                                           weight_batches[j], rows, weights_t)
+                    norms.add(grads[0::2])
+                    self.optimizer.step(grads)
+                else:
+                    # Runs with fewer rows are done with this epoch: step only the others.
+                    active = torch.tensor([i for i, n in enumerate(per_run_steps) if n > step], dtype=torch.long, device=self.device)
+                    pick = lambda t: t.index_select(0, active)  # noqa: E731
+                    grads = loss_gradients([pick(w) for w in self.weights], [pick(x) for x in self.biases], self.activation,
+                                           pick(x_batches[j]), pick(target_batches[j]),
+                                           pick(weight_batches[j]) if weights is not None else None, pick(rows))
+                    norms.add_some(grads[0::2], active, len(self.members))
+                    self.optimizer.step(grads, active)
         counts = torch.tensor(per_run_steps, dtype=torch.float32, device=self.device)
         # Summed over a contiguous last axis of steps: each run's sum then takes the same order however many
         # runs share the stack (summing over the first axis vectorises across runs, and a solo run's last bit
@@ -296,6 +323,7 @@ def fit_stack(members: list[Run], device: torch.device, eval_threads: int = EVAL
     """Train a stack of runs to their ends; each run writes its own files as it goes and when it stops."""
     stack = Stack(members, device, eval_threads)
     optimizer_kind = stack.optimizer.kind
+    leaving: list[Run] = []  # runs out of the stack whose files are being finished
     try:
         while stack.members:
             started = time.perf_counter()
@@ -314,15 +342,18 @@ def fit_stack(members: list[Run], device: torch.device, eval_threads: int = EVAL
                     member.write_checkpoints(optimizer_kind)
             stack.set_lrs()
             if stopping:
-                for i in stopping:
-                    member = stack.members[i]
+                leaving = [stack.members[i] for i in stopping]
+                for member in leaving:
                     member.write_checkpoints(optimizer_kind)
-                    finish(member)
+                # The stack shrinks first: when the last runs leave, its data go before their plots are drawn.
                 stack.keep([i for i in range(len(stack.members)) if i not in stopping])
+                for member in leaving:
+                    finish(member)
+                leaving = []
     except KeyboardInterrupt:
         # The live weights may be halfway through an epoch: each run saves the state kept at its last epoch's end.
         failure = None
-        for member in stack.members:
+        for member in [*stack.members, *leaving]:
             if member.done:
                 continue  # it had just finished when the interrupt came
             member.status, member.stop_reason = "interrupted", "interrupted"
@@ -340,7 +371,7 @@ def fit_stack(members: list[Run], device: torch.device, eval_threads: int = EVAL
             error = ResourceError(f"out of memory while training ({error.__class__.__name__}: {first_line(error)[:120]}); "
                                   "use a smaller model.hidden or fewer runs at once")
         reason = str(error) if isinstance(error, FoodclsError) else f"{type(error).__name__}: {error}"
-        for member in stack.members:
+        for member in [*stack.members, *leaving]:
             if not member.done:
                 member.fail(reason)
         if isinstance(error, ResourceError):
