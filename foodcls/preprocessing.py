@@ -19,7 +19,7 @@ def fit_scale(features: np.ndarray) -> np.ndarray:
 
 def fit_fill(features: np.ndarray) -> np.ndarray:
     """Per-feature fill value for unknown cells: the training median (0 where every value is unknown)."""
-    known = [column[~np.isnan(column)] for column in features.T]
+    known = (column[~np.isnan(column)] for column in features.T)  # a column at a time (memory)
     return np.array([np.median(k) if len(k) else 0.0 for k in known], dtype=np.float32)
 
 

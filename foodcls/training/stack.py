@@ -26,8 +26,9 @@ from foodcls.training.run import SPLIT_NAMES, Run, finish
 # threads then slow every process down.
 TORCH_THREADS = 1
 EVAL_THREADS = min(2, os.cpu_count() or 1)
-EVAL_CHUNK_ROWS = 1 << 16
-EPOCH_BLOCK_ROWS = 1 << 16  # rows of an epoch gathered at a time (_Epoch)  # rows evaluated at once (sets up to this size are one chunk: summed as they always were)
+# Rows evaluated at once: each layer's outputs for them are kept between epochs (2 MB for a 32-wide layer).
+EVAL_CHUNK_ROWS = 1 << 14
+EPOCH_BLOCK_ROWS = 1 << 16  # rows of an epoch gathered at a time (_Epoch)
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
