@@ -20,7 +20,7 @@ import numpy as np
 if "polars" not in sys.modules:
     # polars' allocator (its own jemalloc, configured by this variable when the library loads) keeps the pages
     # it frees for ~10 s; a training reads its files once and then allocates its own data, so the parser's
-    # freed memory sat on top of the run's peak: 417 MB for a 1M-row train.csv, 399 MB with pages given back at
+    # freed memory sat on top of the run's peak: 437 MB for a 1M-row train.csv, 418 MB with pages given back at
     # once, the read as fast (0.54-0.63 s against 0.58 s). Not where polars is already loaded (`data build`
     # loads it first): there the default was 20-35 % faster.
     os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
