@@ -139,12 +139,6 @@ class Run:
         layers = linear_layers(model)
         return [layer.weight.detach().numpy().copy() for layer in layers], [layer.bias.detach().numpy().copy() for layer in layers]
 
-    def has_split(self, split: str) -> bool:
-        return split in self.y
-
-    def split_rows(self, split: str) -> int:
-        return len(self.y[split])
-
     def inputs(self, split: str, out: np.ndarray | None = None) -> np.ndarray:
         """A split's rows as the network sees them (filled, scaled), into `out` if given: made when the stack
         is built, not kept (a million rows are 16 MB a copy)."""

@@ -44,12 +44,11 @@ def dropout_stream(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, 1])
 
 
-
 def _return_freed_memory() -> None:
     """Give the pages freed by the stack's data back to the system before the last runs finish (their plots
     load matplotlib, ~36 MB). glibc keeps freed heap pages, and its threshold for giving arrays their own
     mappings grows to the largest block freed (the data file's bytes), so a million rows' arrays come from
-    the heap. Measured on a 1M-row training: peak RSS 418 → 393 MB. Nothing happens where the C library
+    the heap. Measured on a 1M-row training: peak RSS 418 → 395 MB. Nothing happens where the C library
     has no malloc_trim (macOS, musl)."""
     try:
         ctypes.CDLL(None).malloc_trim(0)
@@ -176,8 +175,8 @@ class Stack:
         self.ragged = len(set(n)) > 1
         # Evaluation: every split of every run, one after another, in one forward pass; eval_ranges says
         # which rows of a run are which split.
-        self.eval_splits = [[s for s in SPLIT_NAMES if m.has_split(s)] for m in members]
-        lengths = [[m.split_rows(s) for s in splits] for m, splits in zip(members, self.eval_splits)]
+        self.eval_splits = [[s for s in SPLIT_NAMES if s in m.y] for m in members]
+        lengths = [[len(m.y[s]) for s in splits] for m, splits in zip(members, self.eval_splits)]
         width = max(sum(row) for row in lengths)
         n_features = len(members[0].config.data.features)
         eval_x = np.zeros((len(members), width, n_features), np.float32)
