@@ -8,15 +8,25 @@ from foodcls.training.model import build_model, linear_layers
 
 
 def stacked(models):
+    """backprop.py's layers: each model's [W | b] (out, in + 1), stacked."""
     layers = [linear_layers(m) for m in models]
-    weights = [torch.stack([ls[i].weight.detach() for ls in layers]) for i in range(len(layers[0]))]
-    biases = [torch.stack([ls[i].bias.detach() for ls in layers]).unsqueeze(2) for i in range(len(layers[0]))]
-    return weights, biases
+    return [torch.stack([torch.cat([ls[i].weight, ls[i].bias.unsqueeze(1)], dim=1).detach() for ls in layers])
+            for i in range(len(layers[0]))]
+
+
+def with_ones(x):
+    """(..., rows, F) → (..., rows, F + 1): the bias's column of ones."""
+    return torch.cat([x, torch.ones(*x.shape[:-1], 1, dtype=x.dtype)], dim=-1)
 
 
 def columns(t):
     """(k, rows, n) → (k, n, rows): backprop.py's layout, a column per product."""
     return t.transpose(1, 2)
+
+
+def as_parameters(grads):
+    """[W0 | b0, W1 | b1, ...] (k, out, in + 1) → [W0, b0, W1, b1, ...] as torch.nn.Linear holds them."""
+    return [part for g in grads for part in (g[:, :, :-1], g[:, :, -1])]
 
 
 @pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
@@ -28,8 +38,8 @@ def test_gradients_of_each_stacked_model_match_autograd(activation, weighted):
     y = torch.randint(0, 4, (3, 50))
     weight = torch.tensor([0.5, 2.0, 1.0, 3.0], dtype=torch.float64) if weighted else None
 
-    weights, biases = stacked(models)
-    actual = loss_gradients(weights, biases, activation, columns(x), columns(F.one_hot(y, 4).double()), weight[y] if weighted else None)
+    actual = as_parameters(loss_gradients(stacked(models), activation, with_ones(x), columns(F.one_hot(y, 4).double()),
+                                          weight[y] if weighted else None))
     for k, model in enumerate(models):
         F.cross_entropy(model(x[k]), y[k], weight=weight).backward()
         expected = [p.grad for layer in linear_layers(model) for p in (layer.weight, layer.bias)]
@@ -49,8 +59,7 @@ def test_gradients_with_smoothed_targets_match_autograd_of_label_smoothed_cross_
     for k in range(2):
         smooth_targets(targets[k], 0.1)
     torch.testing.assert_close(targets.sum(dim=1), torch.ones(2, 40, dtype=torch.float64))
-    weights, biases = stacked(models)
-    actual = loss_gradients(weights, biases, "relu", columns(x), targets, class_weight[y] if weighted else None)
+    actual = as_parameters(loss_gradients(stacked(models), "relu", with_ones(x), targets, class_weight[y] if weighted else None))
     targets = columns(targets)
     for k, model in enumerate(models):
         if weighted:  # each row's smoothed cross-entropy, weighted by its true class: sum(w·l) / sum(w)
@@ -74,13 +83,13 @@ def test_smoothing_leaves_padding_rows_without_a_target():
 def test_padding_rows_change_nothing():
     torch.manual_seed(2)
     models = [build_model(ModelConfig(hidden=(8,)), 4, 4).double() for _ in range(2)]
-    weights, biases = stacked(models)
-    x = torch.rand(2, 10, 4, dtype=torch.float64)
+    layers = stacked(models)
+    x = with_ones(torch.rand(2, 10, 4, dtype=torch.float64))
     one_hot = F.one_hot(torch.randint(0, 4, (2, 10)), 4).double()
     real = torch.tensor([10, 6], dtype=torch.float64).view(2, 1, 1)
     one_hot[1, 6:] = 0  # the second model has 6 real rows and 4 of padding
-    padded = loss_gradients(weights, biases, "relu", columns(x), columns(one_hot), None, real)
-    alone = loss_gradients([w[1:] for w in weights], [b[1:] for b in biases], "relu", columns(x[1:, :6]), columns(one_hot[1:, :6]), None)
+    padded = loss_gradients(layers, "relu", x, columns(one_hot), None, real)
+    alone = loss_gradients([layer[1:] for layer in layers], "relu", x[1:, :6], columns(one_hot[1:, :6]), None)
     for got, want in zip(padded, alone):
         torch.testing.assert_close(got[1:], want, rtol=1e-12, atol=1e-14)
 
@@ -88,10 +97,10 @@ def test_padding_rows_change_nothing():
 def test_logits_match_the_torch_model_for_shared_and_per_model_inputs():
     torch.manual_seed(3)
     models = [build_model(ModelConfig(hidden=(8, 8), activation="tanh"), 4, 4) for _ in range(2)]
-    weights, biases = stacked(models)
+    layers = stacked(models)
     x = torch.rand(7, 4)
-    shared = logits(weights, biases, "tanh", x.t())
-    own = logits(weights, biases, "tanh", torch.stack([x.t(), x.t()]))
+    shared = logits(layers, "tanh", with_ones(x).t())
+    own = logits(layers, "tanh", torch.stack([with_ones(x).t(), with_ones(x).t()]))
     for k, model in enumerate(models):
         with torch.no_grad():
             torch.testing.assert_close(shared[k], model(x).t())

@@ -118,11 +118,11 @@ def test_ctrl_c_in_the_middle_of_an_epoch_saves_the_last_completed_epoch(config_
     real = training.loss_gradients
     calls = {"n": 0}
 
-    def interrupt_in_epoch_8(*args):
+    def interrupt_in_epoch_8(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 7 * 8 + 3:  # 8 batches per epoch (480 rows, batch 64): 3 steps into epoch 8
             raise KeyboardInterrupt
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(training, "loss_gradients", interrupt_in_epoch_8)
     interrupted = train(load_config(config_file, overrides), runs_root=tmp_path / "a", name="i")

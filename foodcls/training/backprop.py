@@ -5,13 +5,17 @@ Autograd spends most of a step on bookkeeping when the layers are this small (4-
 chain rule below does the same arithmetic in a third of the time. tests/test_backprop.py checks every
 gradient against torch.autograd.
 
-Layout: one column per product (features × products), as the equations are written (z = W·x + b).
-Measured on a 4-32-32-4 step of 256 products: 76 µs against 110 µs with one row per product, because the
+Layout: one column per product (features × products), as the equations are written (z = W·x + b), the
 softmax and the loss then reduce over a short axis that is not the last one, which torch vectorises across
-the products (torch.softmax over a last axis of 4 took 22 µs of the step, over the first 4.7 µs), and no
-weight needs a transposed view on the way forward.
+the products (over a last axis of 4 it took 22 µs of a 4-32-32-4 step of 256 products, over the first 4.7).
 
-Shapes: inputs x (k, F, B); weights[i] (k, out, in); biases[i] (k, out, 1); targets (k, C, B).
+Each layer is one matrix [W | b] (k, out, in + 1), and every layer's input carries a row of ones under its
+values: the bias rides in the matrix product, forward (no separate add) and backward (its gradient is the
+last column of the product, not a sum of its own); the optimizer updates three tensors, not six. Measured
+on that step: 150 → 100 µs. The hidden activations go into buffers whose last row is ones, kept between
+steps (hidden_buffers).
+
+Shapes: inputs (k, F + 1, B) with ones in the last row; layers[i] (k, out, in + 1); targets (k, C, B).
 """
 
 from __future__ import annotations
@@ -21,31 +25,39 @@ from collections.abc import Callable
 import torch
 
 # The torch side of inference/network.py's ACTIVATIONS (same keys, checked by tests/test_layout.py):
-# forward, and dL/d(pre-activation) from dL/d(output), the pre-activation and the output; then the forward
-# in place (evaluation, where nothing needs the pre-activation).
+# forward; dL/d(pre-activation) from dL/d(output) and the output (grad may be overwritten); the forward in place.
 TORCH_ACTIVATIONS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor],
-                                   Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                                   Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                                    Callable[[torch.Tensor], torch.Tensor]]] = {
-    "relu": (torch.relu, lambda grad, pre, post: torch.ops.aten.threshold_backward(grad, pre, 0), torch.relu_),
-    "sigmoid": (torch.sigmoid, lambda grad, pre, post: torch.ops.aten.sigmoid_backward(grad, post), torch.sigmoid_),  # grad * s * (1 - s)
-    "tanh": (torch.tanh, lambda grad, pre, post: torch.ops.aten.tanh_backward(grad, post), torch.tanh_),  # grad * (1 - t²)
+    # relu'(pre) is 1 where the output is positive, else 0: the output's sign (threshold_backward took 5.3 µs
+    # on a 32×256 step, sign and mul_ 3.4; a zero keeps its sign from grad, -0.0 where grad < 0, which no sum sees).
+    "relu": (torch.relu, lambda grad, post: grad.mul_(post.sign()), torch.relu_),
+    "sigmoid": (torch.sigmoid, lambda grad, post: torch.ops.aten.sigmoid_backward(grad, post), torch.sigmoid_),  # grad * s * (1 - s)
+    "tanh": (torch.tanh, lambda grad, post: torch.ops.aten.tanh_backward(grad, post), torch.tanh_),  # grad * (1 - t²)
 }
 
 
+def hidden_buffers(layers: list[torch.Tensor], n: int, k: int | None = None) -> list[torch.Tensor]:
+    """A buffer per hidden layer for n products, (k, width + 1, n), its last row ones (the next layer's bias
+    input): activations are written into the rows above it."""
+    k = layers[0].shape[0] if k is None else k
+    return [torch.ones(k, layer.shape[1] + 1, n, dtype=layer.dtype, device=layer.device) for layer in layers[:-1]]
+
+
 @torch.no_grad()
-def logits(weights: list[torch.Tensor], biases: list[torch.Tensor], activation: str, x: torch.Tensor,
-           out: list[torch.Tensor] | None = None) -> torch.Tensor:
-    """The stacked networks' logits (k, C, N); x may be (F, N), shared by all k, or (k, F, N).
-    out: a buffer per layer (k, width, N) to compute into, activations in place: an evaluation every epoch
-    then reuses its memory rather than taking fresh pages from the system (measured: 554 page faults an
-    epoch on the demo set, 0.5-1 ms of its 2 ms evaluation)."""
+def logits(layers: list[torch.Tensor], activation: str, x: torch.Tensor, hidden: list[torch.Tensor] | None = None,
+           out: torch.Tensor | None = None) -> torch.Tensor:
+    """The stacked networks' logits (k, C, N); x (F + 1, N), shared by all k, or (k, F + 1, N), ones in its
+    last row. hidden (hidden_buffers) and out (k, C, N): where to compute, kept between calls by an
+    evaluation every epoch, which then reuses its memory rather than taking fresh pages from the system
+    (measured: 554 page faults an epoch on the demo set, 0.5-1 ms of its 2 ms evaluation)."""
     act_in_place = TORCH_ACTIVATIONS[activation][2]
-    h = x
-    for i, (weight, bias) in enumerate(zip(weights, biases)):
-        h = torch.matmul(weight, h, out=out[i] if out is not None else None).add_(bias)
-        if i < len(weights) - 1:
-            h = act_in_place(h)
-    return h
+    hidden = hidden if hidden is not None else hidden_buffers(layers, x.shape[-1])
+    h = x.expand(layers[0].shape[0], *x.shape[-2:])
+    for layer, buffer in zip(layers, hidden):
+        act_in_place(torch.bmm(layer, h, out=buffer[:, :-1]))
+        h = buffer
+    return torch.bmm(layers[-1], h, out=out)
 
 
 @torch.no_grad()
@@ -58,26 +70,30 @@ def smooth_targets(one_hot: torch.Tensor, smoothing: float) -> torch.Tensor:
 
 @torch.no_grad()
 def loss_gradients(
-    weights: list[torch.Tensor], biases: list[torch.Tensor], activation: str, x: torch.Tensor, one_hot: torch.Tensor,
+    layers: list[torch.Tensor], activation: str, x_rows: torch.Tensor, one_hot: torch.Tensor,
     row_weight: torch.Tensor | None, rows: torch.Tensor | None = None, weights_t: list[torch.Tensor] | None = None,
+    hidden: list[torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
-    """Gradients of the (weighted) mean cross-entropy of each model, [W0, b0, W1, b1, ...], each (k, ...).
-    weights_t: the weights' transposed views, if the caller keeps them (saves an op per layer and step).
-    x (k, F, B) and one_hot (k, C, B): a column per product.
+    """Gradients of the (weighted) mean cross-entropy of each model, one per layer (k, out, in + 1): the
+    weights' gradient, then the bias's in the last column.
+
+    x_rows (k, B, F + 1): a row per product, ones in the last column (read as its transpose, a column per
+    product, by BLAS as it is); one_hot (k, C, B). weights_t: each layer's weights without the bias column,
+    transposed (views the caller may keep: saves an op per layer and step). hidden: hidden_buffers for B
+    products, overwritten (the gradients returned are fresh tensors).
 
     row_weight (k, B): a weight per row (class weight × file weight, 0 for padding); the loss is then
     sum(w·l) / sum(w), as F.cross_entropy(weight=...) computes it. Without weights every row counts
     once; rows (k, 1, 1), when given, is the number of real rows per model (the rest is padding and
     one_hot is zero there), else all B rows are real."""
-    act = TORCH_ACTIVATIONS[activation][0]
-    inputs, pre_acts = [x], []
-    h = x
-    for i, (weight, bias) in enumerate(zip(weights, biases)):
-        z = torch.baddbmm(bias, weight, h)
-        if i < len(weights) - 1:
-            pre_acts.append(z)
-            h = act(z)
-            inputs.append(h)
+    act_in_place = TORCH_ACTIVATIONS[activation][2]
+    n = x_rows.shape[1]
+    hidden = hidden if hidden is not None else hidden_buffers(layers, n, x_rows.shape[0])
+    h = x_rows.transpose(1, 2)
+    for layer, buffer in zip(layers, hidden):
+        act_in_place(torch.bmm(layer, h, out=buffer[:, :-1]))
+        h = buffer
+    z = torch.bmm(layers[-1], h)
     # d(mean cross-entropy)/d(logits) = (softmax - targets), weighted per row by the true class's weight;
     # one_hot may hold smoothed targets (smooth_targets): each real column still sums to 1.
     grad = torch.softmax(z, dim=1).sub_(one_hot)
@@ -86,12 +102,17 @@ def loss_gradients(
     elif rows is not None:
         grad.mul_((one_hot.sum(dim=1, keepdim=True))).div_(rows)  # padding rows (one_hot 0) contribute nothing
     else:
-        grad.div_(x.shape[2])
-    transposed = weights_t or [w.transpose(1, 2) for w in weights]
-    grads: list[torch.Tensor] = [torch.empty(0)] * (2 * len(weights))
-    for i in range(len(weights) - 1, -1, -1):
-        grads[2 * i] = torch.bmm(grad, inputs[i].transpose(1, 2))
-        grads[2 * i + 1] = grad.sum(dim=2, keepdim=True)
+        grad.div_(n)
+    transposed = weights_t or [layer[:, :, :-1].transpose(1, 2) for layer in layers]
+    inputs_t = [x_rows, *(buffer.transpose(1, 2) for buffer in hidden)]  # (k, B, in + 1): each layer's input, a row per product
+    grads: list[torch.Tensor] = [torch.empty(0)] * len(layers)
+    for i in range(len(layers) - 1, -1, -1):
+        if 5 <= inputs_t[i].shape[2] < 12 <= grad.shape[1]:
+            # The same product computed transposed: MKL's sgemm took 13-38 µs for (32 or 64)×256 by 256×(5-10),
+            # the demo's first layer, and 6-13 µs for its transpose (both ways measured from 3 to 65 columns).
+            grads[i] = torch.bmm(inputs_t[i].transpose(1, 2), grad.transpose(1, 2)).transpose(1, 2)
+        else:
+            grads[i] = torch.bmm(grad, inputs_t[i])
         if i > 0:
-            grad = TORCH_ACTIVATIONS[activation][1](torch.bmm(transposed[i], grad), pre_acts[i - 1], inputs[i])
+            grad = TORCH_ACTIVATIONS[activation][1](torch.bmm(transposed[i], grad), hidden[i - 1][:, :-1])
     return grads
