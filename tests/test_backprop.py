@@ -99,8 +99,8 @@ def test_logits_match_the_torch_model_for_shared_and_per_model_inputs():
     models = [build_model(ModelConfig(hidden=(8, 8), activation="tanh"), 4, 4) for _ in range(2)]
     layers = stacked(models)
     x = torch.rand(7, 4)
-    shared = logits(layers, "tanh", with_ones(x).t())
-    own = logits(layers, "tanh", torch.stack([with_ones(x).t(), with_ones(x).t()]))
+    shared = logits(layers, "tanh", x.t())
+    own = logits(layers, "tanh", torch.stack([x.t(), x.t()]))
     for k, model in enumerate(models):
         with torch.no_grad():
             torch.testing.assert_close(shared[k], model(x).t())

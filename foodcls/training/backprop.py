@@ -15,12 +15,13 @@ last column of the product, not a sum of its own); the optimizer updates three t
 on that step: 150 → 100 µs. The hidden activations go into buffers whose last row is ones, kept between
 steps (hidden_buffers).
 
-Shapes: inputs (k, F + 1, B) with ones in the last row; layers[i] (k, out, in + 1); targets (k, C, B).
+Shapes: training inputs (k, F + 1, B) with ones in the last row; layers[i] (k, out, in + 1); targets (k, C, B).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -37,27 +38,41 @@ TORCH_ACTIVATIONS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor],
 }
 
 
-def hidden_buffers(layers: list[torch.Tensor], n: int, k: int | None = None) -> list[torch.Tensor]:
-    """A buffer per hidden layer for n products, (k, width + 1, n), its last row ones (the next layer's bias
-    input): activations are written into the rows above it."""
+@dataclass(frozen=True)
+class Hidden:
+    """A hidden layer's outputs for n products, (k, width + 1, n), its last row ones (the next layer's bias
+    input), with the two views a step reads made once (a view costs 1.5-2 µs; six a step were 7 % of it)."""
+
+    full: torch.Tensor
+    values: torch.Tensor  # full[:, :-1]: where the activations are written
+    rows: torch.Tensor  # full transposed, a row per product: the next layer's weight gradient reads it
+
+
+def hidden_buffers(layers: list[torch.Tensor], n: int, k: int | None = None) -> list[Hidden]:
+    """A buffer per hidden layer for n products, kept between steps by the caller."""
     k = layers[0].shape[0] if k is None else k
-    return [torch.ones(k, layer.shape[1] + 1, n, dtype=layer.dtype, device=layer.device) for layer in layers[:-1]]
+    buffers = [torch.ones(k, layer.shape[1] + 1, n, dtype=layer.dtype, device=layer.device) for layer in layers[:-1]]
+    return [Hidden(b, b[:, :-1], b.transpose(1, 2)) for b in buffers]
 
 
 @torch.no_grad()
-def logits(layers: list[torch.Tensor], activation: str, x: torch.Tensor, hidden: list[torch.Tensor] | None = None,
+def logits(layers: list[torch.Tensor], activation: str, x: torch.Tensor, hidden: list[Hidden] | None = None,
            out: torch.Tensor | None = None) -> torch.Tensor:
-    """The stacked networks' logits (k, C, N); x (F + 1, N), shared by all k, or (k, F + 1, N), ones in its
-    last row. hidden (hidden_buffers) and out (k, C, N): where to compute, kept between calls by an
-    evaluation every epoch, which then reuses its memory rather than taking fresh pages from the system
-    (measured: 554 page faults an epoch on the demo set, 0.5-1 ms of its 2 ms evaluation)."""
+    """The stacked networks' logits (k, C, N); x (F, N), shared by all k, or (k, F, N), without a row of
+    ones: the first layer adds its bias (the rows to score are kept without that column: 4 MB more per
+    million rows and feature). hidden (hidden_buffers) and out (k, C, N): where to compute, kept between
+    calls by an evaluation every epoch, which then reuses its memory rather than taking fresh pages from
+    the system (measured: 554 page faults an epoch on the demo set, 0.5-1 ms of its 2 ms evaluation)."""
     act_in_place = TORCH_ACTIVATIONS[activation][2]
     hidden = hidden if hidden is not None else hidden_buffers(layers, x.shape[-1])
     h = x.expand(layers[0].shape[0], *x.shape[-2:])
-    for layer, buffer in zip(layers, hidden):
-        act_in_place(torch.bmm(layer, h, out=buffer[:, :-1]))
-        h = buffer
-    return torch.bmm(layers[-1], h, out=out)
+    for i, layer in enumerate(layers):
+        target = hidden[i].values if i < len(hidden) else out
+        z = torch.baddbmm(layer[:, :, -1:], layer[:, :, :-1], h, out=target) if i == 0 else torch.bmm(layer, h, out=target)
+        if i < len(hidden):
+            act_in_place(z)
+            h = hidden[i].full
+    return z
 
 
 @torch.no_grad()
@@ -72,7 +87,7 @@ def smooth_targets(one_hot: torch.Tensor, smoothing: float) -> torch.Tensor:
 def loss_gradients(
     layers: list[torch.Tensor], activation: str, x_rows: torch.Tensor, one_hot: torch.Tensor,
     row_weight: torch.Tensor | None, rows: torch.Tensor | None = None, weights_t: list[torch.Tensor] | None = None,
-    hidden: list[torch.Tensor] | None = None,
+    hidden: list[Hidden] | None = None,
 ) -> list[torch.Tensor]:
     """Gradients of the (weighted) mean cross-entropy of each model, one per layer (k, out, in + 1): the
     weights' gradient, then the bias's in the last column.
@@ -89,10 +104,11 @@ def loss_gradients(
     act_in_place = TORCH_ACTIVATIONS[activation][2]
     n = x_rows.shape[1]
     hidden = hidden if hidden is not None else hidden_buffers(layers, n, x_rows.shape[0])
-    h = x_rows.transpose(1, 2)
+    x = x_rows.transpose(1, 2)
+    h = x
     for layer, buffer in zip(layers, hidden):
-        act_in_place(torch.bmm(layer, h, out=buffer[:, :-1]))
-        h = buffer
+        act_in_place(torch.bmm(layer, h, out=buffer.values))
+        h = buffer.full
     z = torch.bmm(layers[-1], h)
     # d(mean cross-entropy)/d(logits) = (softmax - targets), weighted per row by the true class's weight;
     # one_hot may hold smoothed targets (smooth_targets): each real column still sums to 1.
@@ -104,15 +120,15 @@ def loss_gradients(
     else:
         grad.div_(n)
     transposed = weights_t or [layer[:, :, :-1].transpose(1, 2) for layer in layers]
-    inputs_t = [x_rows, *(buffer.transpose(1, 2) for buffer in hidden)]  # (k, B, in + 1): each layer's input, a row per product
+    inputs_t = [x_rows, *(buffer.rows for buffer in hidden)]  # (k, B, in + 1): each layer's input, a row per product
     grads: list[torch.Tensor] = [torch.empty(0)] * len(layers)
     for i in range(len(layers) - 1, -1, -1):
-        if 5 <= inputs_t[i].shape[2] < 12 <= grad.shape[1]:
+        if i == 0 and 5 <= x.shape[1] < 12 <= grad.shape[1]:
             # The same product computed transposed: MKL's sgemm took 13-38 µs for (32 or 64)×256 by 256×(5-10),
             # the demo's first layer, and 6-13 µs for its transpose (both ways measured from 3 to 65 columns).
-            grads[i] = torch.bmm(inputs_t[i].transpose(1, 2), grad.transpose(1, 2)).transpose(1, 2)
+            grads[i] = torch.bmm(x, grad.transpose(1, 2)).transpose(1, 2)
         else:
             grads[i] = torch.bmm(grad, inputs_t[i])
         if i > 0:
-            grad = TORCH_ACTIVATIONS[activation][1](torch.bmm(transposed[i], grad), hidden[i - 1][:, :-1])
+            grad = TORCH_ACTIVATIONS[activation][1](torch.bmm(transposed[i], grad), hidden[i - 1].values)
     return grads

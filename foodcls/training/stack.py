@@ -16,7 +16,7 @@ import torch
 
 from foodcls.config import Config
 from foodcls.errors import FoodclsError, ResourceError, first_line
-from foodcls.training.backprop import hidden_buffers, logits, loss_gradients
+from foodcls.training.backprop import Hidden, hidden_buffers, logits, loss_gradients
 from foodcls.training.epoch import EpochRows, GradientNorms
 from foodcls.training.optim import make_optimizer
 from foodcls.training.run import SPLIT_NAMES, Run, finish
@@ -47,7 +47,7 @@ def _return_freed_memory() -> None:
 
 class Stack:
     """k runs of one model shape as stacked tensors: parameters, optimizer, training and evaluation data.
-    Each layer is one tensor [W | b] (k, out, in + 1), inputs carry a column of ones (backprop.py says why)."""
+    Each layer is one tensor [W | b] (k, out, in + 1), and a batch's inputs a column of ones (backprop.py)."""
 
     def __init__(self, members: list[Run], device: torch.device, eval_threads: int = EVAL_THREADS) -> None:
         self.members, self.device, self.eval_threads = members, device, eval_threads
@@ -84,13 +84,13 @@ class Stack:
         lengths = [[len(m.y[s]) for s in splits] for m, splits in zip(members, self.eval_splits)]
         width = max(sum(row) for row in lengths)
         n_features = len(members[0].config.data.features)
-        eval_x = np.ones((len(members), width, n_features + 1), np.float32)  # the last column: the bias's ones
+        eval_x = np.zeros((len(members), width, n_features), np.float32)
         eval_y = np.zeros((len(members), width), np.int64)
         self.eval_ranges: list[list[tuple[int, int, int]]] = []  # per run: (split index, first row, end row)
         for i, (m, splits) in enumerate(zip(members, self.eval_splits)):
             ranges, start = [], 0
             for s, rows in zip(splits, lengths[i]):
-                m.inputs(s, out=eval_x[i, start : start + rows, :-1])
+                m.inputs(s, out=eval_x[i, start : start + rows])
                 eval_y[i, start : start + rows] = m.y[s]
                 ranges.append((SPLIT_NAMES.index(s), start, start + rows))
                 start += rows
@@ -98,7 +98,7 @@ class Stack:
         self.eval_x = torch.from_numpy(eval_x).to(self.device)
         self.eval_y = torch.from_numpy(eval_y).to(self.device)
         if self.ragged:  # each run's rows, then one all-zero row that padding indices point at
-            x_train = np.zeros((len(members), max(n) + 1, n_features + 1), np.float32)
+            x_train = np.zeros((len(members), max(n) + 1, n_features), np.float32)
             y_train = np.zeros((len(members), max(n) + 1), np.int64)
             for i, m in enumerate(members):
                 x_train[i, : n[i]], y_train[i, : n[i]] = eval_x[i, : n[i]], m.y["train"]
@@ -118,13 +118,13 @@ class Stack:
                 self.eval_counts[i, split] = max(end - first, 1)
         # Each layer's outputs for a batch or an evaluation chunk, kept from epoch to epoch (backprop.py says
         # why), by number of products (at most four: a batch, the last batch, a chunk, the last chunk).
-        self.workspaces: dict[int, list[torch.Tensor]] = {}
+        self.workspaces: dict[int, tuple[list[Hidden], torch.Tensor]] = {}
 
-    def _workspace(self, n: int) -> list[torch.Tensor]:
-        """hidden_buffers for n products, then a (k, C, n) tensor for the logits."""
+    def _workspace(self, n: int) -> tuple[list[Hidden], torch.Tensor]:
+        """hidden_buffers for n products, and a (k, C, n) tensor for the logits."""
         if n not in self.workspaces:
-            self.workspaces[n] = [*hidden_buffers(self.layers, n),
-                                  torch.empty(len(self.members), self.n_classes, n, dtype=self.layers[0].dtype, device=self.device)]
+            self.workspaces[n] = (hidden_buffers(self.layers, n),
+                                  torch.empty(len(self.members), self.n_classes, n, dtype=self.layers[0].dtype, device=self.device))
         return self.workspaces[n]
 
     def keep(self, indices: list[int]) -> None:
@@ -166,7 +166,7 @@ class Stack:
                 rows = (self.n_rows - step * b).clamp(0, b).view(-1, 1, 1).to(xs.dtype) if self.ragged else None
                 if step < all_active:
                     grads = loss_gradients(self.layers, self.activation, x_batches[j], target_batches[j],
-                                           weight_batches[j], rows, weights_t, self._workspace(x_batches[j].shape[1])[:-1])
+                                           weight_batches[j], rows, weights_t, self._workspace(x_batches[j].shape[1])[0])
                     norms.add(grads)
                     self.optimizer.step(grads)
                 else:
@@ -195,7 +195,7 @@ class Stack:
                 rows = slice(start, start + EVAL_CHUNK_ROWS)
                 x = self.eval_x[:, rows].transpose(1, 2)
                 n = x.shape[2]
-                *hidden, out = self._workspace(n)
+                hidden, out = self._workspace(n)
                 z = logits(self.layers, self.activation, x, hidden, out)  # (k, C, rows)
                 y = self.eval_y[:, rows]
                 nll = torch.logsumexp(z, dim=1).sub_(z.gather(1, y.unsqueeze(1)).squeeze(1))
