@@ -49,9 +49,9 @@ class Hidden:
     rows: torch.Tensor  # full transposed, a row per product: the next layer's weight gradient reads it
 
 
-def hidden_buffers(layers: list[torch.Tensor], n: int, k: int | None = None) -> list[Hidden]:
-    """A buffer per hidden layer for n products, kept between steps by the caller."""
-    k = layers[0].shape[0] if k is None else k
+def hidden_buffers(layers: list[torch.Tensor], n: int) -> list[Hidden]:
+    """A buffer per hidden layer for n products and each of the layers' k models, kept between steps by the caller."""
+    k = layers[0].shape[0]
     buffers = [torch.ones(k, layer.shape[1] + 1, n, dtype=layer.dtype, device=layer.device) for layer in layers[:-1]]
     return [Hidden(b, b[:, :-1], b.transpose(1, 2)) for b in buffers]
 
@@ -104,7 +104,7 @@ def loss_gradients(
     one_hot is zero there), else all B rows are real."""
     act_in_place = TORCH_ACTIVATIONS[activation][2]
     n = x_rows.shape[1]
-    hidden = hidden if hidden is not None else hidden_buffers(layers, n, x_rows.shape[0])
+    hidden = hidden if hidden is not None else hidden_buffers(layers, n)
     x = x_rows.transpose(1, 2)
     h = x
     for layer, buffer in zip(layers, hidden):

@@ -223,17 +223,16 @@ class Stack:
         """Run i's weights and optimizer buffers as numpy copies (for its checkpoints): only the buffers its
         own optimizer has, so its files are those it would have written trained alone."""
         plain_sgd = self.optimizer.kind == "sgd" and self.members[i].config.train.momentum == 0
-        layers = [layer[i].cpu().numpy() for layer in self.layers]
+        weights, biases = zip(*(_split_bias(layer[i].cpu().numpy()) for layer in self.layers))
         optimizer = {}
         for name, tensors in self.optimizer.state.items():
             if plain_sgd and name == "momentum_buffer":
                 continue
             state = [t[i].cpu().numpy() for t in tensors]
             # Checkpoints hold a buffer per weight and per bias, the bias's as (1, out), as they always have.
-            optimizer[name] = ([part for s in state for part in (s[:, :-1].copy(), s[:, -1].reshape(1, -1).copy())]
+            optimizer[name] = ([part for w, b in map(_split_bias, state) for part in (w, b.reshape(1, -1))]
                                if name in self.optimizer.per_parameter_state else [s.copy() for s in state])
-        return {"weights": [layer[:, :-1].copy() for layer in layers], "biases": [layer[:, -1].copy() for layer in layers],
-                "optimizer": optimizer}
+        return {"weights": list(weights), "biases": list(biases), "optimizer": optimizer}
 
     def set_lrs(self) -> None:
         self.optimizer.set_lrs([m.schedule.lr for m in self.members])
@@ -242,6 +241,11 @@ class Stack:
 def _with_bias(weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """A layer's (or its optimizer buffer's) weights (out, in) and bias (out,) or (1, out) as one (out, in + 1)."""
     return np.concatenate([weight, bias.reshape(-1, 1)], axis=1)
+
+
+def _split_bias(layer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """_with_bias undone: copies of the weights (out, in) and the bias (out,)."""
+    return layer[:, :-1].copy(), layer[:, -1].copy()
 
 
 def group_key(config: Config) -> tuple:
