@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from foodcls.errors import RunError
+from foodcls.redact import redact_secrets
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -166,6 +167,18 @@ def run_overview(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def show_run(run_dir: Path) -> dict[str, Any]:
+    """One run as `runs show` prints it: its headline figures and its config, credentials redacted."""
+    import yaml
+
+    run_dir = resolve_run_dir(run_dir)
+    try:
+        config = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise RunError(f"{run_dir / CONFIG_FILE}: unreadable ({type(error).__name__})") from None
+    return {**run_overview(run_dir), "config": redact_secrets(config)}
+
+
 def compare_runs(run_dirs: list[Path]) -> dict[str, Any]:
     """The runs' figures side by side and only the config keys whose values differ."""
     import yaml
@@ -175,7 +188,7 @@ def compare_runs(run_dirs: list[Path]) -> dict[str, Any]:
     overviews = [run_overview(resolve_run_dir(d)) for d in run_dirs]
     configs = [flatten(yaml.safe_load((Path(d) / CONFIG_FILE).read_text(encoding="utf-8")) or {}) for d in run_dirs]
     keys = sorted({k for c in configs for k in c})
-    diff = {k: [c.get(k) for c in configs] for k in keys if len({repr(c.get(k)) for c in configs}) > 1}
+    diff = {k: redact_secrets([c.get(k) for c in configs]) for k in keys if len({repr(c.get(k)) for c in configs}) > 1}
     metric_names = ("status", "epochs", "best_epoch", "best_val_accuracy", "val_accuracy", "test_accuracy",
                     "test_macro_f1", "final_train_loss", "train_seconds")
     return {

@@ -13,6 +13,7 @@ from typing import Any
 from foodcls import runs
 from foodcls.config import flatten
 from foodcls.errors import ConfigError, first_line
+from foodcls.redact import redact, redact_secrets
 
 EXPERIMENT = "foodcls"
 _BATCH = 1000  # MLflow's limit of metrics per log_batch call
@@ -30,7 +31,7 @@ def _client(uri: str):
         experiment = client.get_experiment_by_name(EXPERIMENT)
         experiment_id = experiment.experiment_id if experiment is not None else client.create_experiment(EXPERIMENT)
     except Exception as error:  # an unusable URI: SQLAlchemy, OSError, MlflowException…
-        raise ConfigError(f"--mlflow {uri}: cannot open the tracking store ({type(error).__name__}: {first_line(error)[:160]})") from None
+        raise ConfigError(redact(f"--mlflow {uri}: cannot open the tracking store ({type(error).__name__}: {first_line(error)[:160]})")) from None
     return client, experiment_id
 
 
@@ -43,7 +44,7 @@ def start_parent(uri: str, name: str, params: dict[str, Any]) -> str:
     client, experiment_id = _client(uri)
     run = client.create_run(experiment_id, run_name=name, tags={"foodcls.kind": name.split("-")[0]})
     for key, value in params.items():
-        client.log_param(run.info.run_id, key, _value(value))
+        client.log_param(run.info.run_id, key, _value(redact_secrets(value)))
     return run.info.run_id
 
 
@@ -70,7 +71,7 @@ def log_run(uri: str, run_dir: str | Path, parent_id: str | None = None) -> str:
     import yaml
 
     config = yaml.safe_load((run_dir / runs.CONFIG_FILE).read_text(encoding="utf-8"))
-    params = [Param(key, _value(value)) for key, value in flatten(config).items()]
+    params = [Param(key, _value(value)) for key, value in flatten(redact_secrets(config)).items()]
     for start in range(0, len(params), 100):  # MLflow's limit of params per batch
         client.log_batch(run_id, params=params[start : start + 100])
     metrics = []

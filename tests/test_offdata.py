@@ -4,6 +4,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from foodcls.errors import ConfigError, DataError
@@ -321,3 +322,52 @@ def test_the_shared_jsonl_samples_schema_1003_products_keep_their_nutrients(tmp_
     # 11 products were dropped as missing_protein when only `nutriments` was read; now only those that
     # have no protein figure in either schema, and the 1003 products without an additive count say so.
     assert card["dropped"]["missing_protein"] == 5 and card["dropped"]["missing_additives"] == 5
+
+
+def test_compensating_tab_errors_in_one_block_are_both_ragged_never_shifted(tmp_path):
+    # Reliability row 2: one line with a tab too many and one with a tab too few gave the block the right
+    # total, and both products were kept with shifted columns (protein read from the next field).
+    rows = off._rows()
+    extra = list(rows[3])  # the ham: protein 20
+    extra.insert(2, "a stray field")
+    short = list(rows[0])
+    del short[7]  # the spread loses its -lactose_100g cell: everything after it moves left
+    path = tmp_path / "shifted.tsv"
+    lines = ["\t".join(off.HEADER), "\t".join(rows[1]), "\t".join(extra), "\t".join(short), "\t".join(rows[4])]
+    path.write_text("\n".join(lines) + "\n")
+    stats = SourceStats(path)
+    frame = pl.concat(list(read_export(path, stats)))
+    assert stats.ragged == 2 and stats.rows == 4
+    assert frame["code"].to_list() == [rows[1][0], rows[4][0]]
+    # With keep_invalid the two lines stay in their places, as rows that say which line and why.
+    kept = pl.concat(list(read_export(path, SourceStats(path), keep_invalid=True)))
+    assert kept["code"].to_list() == [rows[1][0], None, None, rows[4][0]]
+    assert kept["invalid_line"].to_list() == [None, f"ragged line 3: {len(off.HEADER) + 1} fields, expected {len(off.HEADER)}",
+                                              f"ragged line 4: {len(off.HEADER) - 1} fields, expected {len(off.HEADER)}", None]
+    assert kept["row"].to_list() == [0, 1, 2, 3]
+
+
+def test_the_build_keeps_no_product_of_a_line_with_shifted_fields(tmp_path):
+    rows = off._rows()
+    extra, short = list(rows[3]), list(rows[0])
+    extra.insert(2, "x")
+    del short[7]
+    path = tmp_path / "shifted.tsv"
+    path.write_text("\n".join(["\t".join(off.HEADER), "\t".join(extra), "\t".join(short), "\t".join(rows[1])]) + "\n")
+    card = build_dataset([path], tmp_path / "out")
+    assert card["dropped"]["ragged_row"] == 2 and card["rows_kept"] == 1
+    assert card["per_class"] == {"beverages": 1, "meats": 0, "snacks": 0, "desserts": 0}
+
+
+def test_ragged_quoted_csv_and_json_lines_are_kept_as_invalid_rows_when_asked(tmp_path):
+    csv_path = off.spreadsheet_csv(tmp_path / "a.csv")  # its last row is ragged (off.RAGGED)
+    frame = pl.concat(list(read_export(csv_path, SourceStats(csv_path), keep_invalid=True)))
+    assert frame["invalid_line"].to_list()[-1] == f"ragged line {len(off.PRODUCTS) + 3}: 3 fields, expected {len(off.HEADER)}"
+    assert frame["invalid_line"].null_count() == len(off.PRODUCTS) and frame["code"][-1] is None
+    jsonl = tmp_path / "a.jsonl"
+    jsonl.write_text('{"code": "1", "categories_tags": ["en:meats"]}\n\nnot json\n{"code": "2"}\n')
+    stats = SourceStats(jsonl)
+    frame = pl.concat(list(read_export(jsonl, stats, keep_invalid=True)))
+    assert frame["code"].to_list() == ["1", None, "2"]
+    assert frame["invalid_line"].to_list() == [None, "line 3: not a product's JSON object", None]
+    assert stats.ragged == 1 and stats.rows == 3

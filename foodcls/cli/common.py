@@ -80,8 +80,9 @@ MlflowOption = Annotated[Optional[str], typer.Option("--mlflow", help="Log the r
 
 
 def with_mlflow(overrides: list[str] | None, uri: str | None) -> list[str]:
-    """The --set overrides, plus tracking.mlflow when --mlflow was given."""
-    return [*(overrides or []), *([f"tracking.mlflow={uri}"] if uri else [])]
+    """The --set overrides, plus tracking.mlflow when --mlflow was given: quoted (a JSON string is a YAML
+    scalar taken verbatim), so a URI is never read as YAML (` #1` a comment, `null` no tracking)."""
+    return [*(overrides or []), *([f"tracking.mlflow={json.dumps(uri)}"] if uri else [])]
 CheckpointOption = Annotated[
     Optional[Path], typer.Option("--checkpoint", help="Checkpoint file or run directory [default: best of the newest run in ./runs].")
 ]

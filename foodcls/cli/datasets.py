@@ -1,4 +1,4 @@
-"""Commands about data and run directories: data synth / build / download, runs list / compare."""
+"""Commands about data and run directories: data synth / build / download, runs list / show / compare."""
 
 from __future__ import annotations
 
@@ -105,6 +105,27 @@ def runs_list(runs_root: RunsRootOption = Path("runs"), as_json: JsonOption = Fa
     for o in overviews:
         if o["status"] == "failed" and o.get("error"):
             stderr.print(f"[red]failed:[/red] {escape(str(Path(o['run_dir']).relative_to(runs_root)))}: {escape(o['error'])}", highlight=False)
+
+
+@runs_app.command("show")
+def runs_show(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
+    as_json: JsonOption = False,
+) -> None:
+    """One run: status and figures, and its config (passwords and tokens in URIs shown as ***)."""
+    with reported_errors():
+        from foodcls.runs import show_run
+
+        shown = show_run(run_dir)
+    if as_json:
+        print_json(shown)
+        return
+    import yaml
+
+    for key in ("run", "status", "epochs", "best_epoch", "val_accuracy", "test_accuracy", "started_at", "error"):
+        if shown.get(key) is not None:
+            stdout.print(f"{key}: {shown[key]}", highlight=False)
+    stdout.print(yaml.safe_dump(shown["config"], sort_keys=False).rstrip(), highlight=False, markup=False)
 
 
 @runs_app.command("compare")

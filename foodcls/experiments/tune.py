@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from foodcls.redact import redact
 from foodcls.config import Config, config_to_dict, config_to_yaml, derive, key_lines_of, load_config, read_yaml, valid_keys
 from foodcls.errors import ConfigError, FoodclsError, first_line
 from foodcls.fileio import atomic_write_json, atomic_write_text
@@ -133,20 +134,7 @@ def storage_url(storage: str | None, study_dir: Path) -> str:
 def redacted(url: str) -> str:
     """A storage URL as it may be shown or stored: the password replaced by ***
     (postgresql://user:secret@host/db → postgresql://user:***@host/db)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # a malformed URL: hide everything between :// and @
-        return re.sub(r"(://[^/@]*?:)[^/@]*@", r"\1***@", url)
-    if not password:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return redact(url)
 
 
 def _password(url: str) -> str | None:

@@ -13,6 +13,7 @@ from typing import Any
 from foodcls import runs
 from foodcls.errors import RunError
 from foodcls.fileio import atomic_write_text
+from foodcls.redact import redact
 
 CARD_FILE = "MODEL_CARD.md"
 
@@ -171,5 +172,5 @@ def write_model_card(run_dir: str | Path, summary: dict[str, Any] | None = None)
     """Write (or rewrite) the run's MODEL_CARD.md; returns its path."""
     run_dir = runs.resolve_run_dir(run_dir)
     path = run_dir / CARD_FILE
-    atomic_write_text(path, model_card(run_dir, summary))
+    atomic_write_text(path, redact(model_card(run_dir, summary)))
     return path

@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from foodcls.features import NUTRIENTS, invalid_mask, value_problem
 from foodcls.errors import DataError
+from foodcls.redact import redact_secrets
 from foodcls.inference.predict import Predictor, Verdict, check_trust_options, load_predictor, review_product, verdicts
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
@@ -169,7 +170,8 @@ def create_app(checkpoint: str | Path | None = None, *, expose_paths: bool | Non
     expose = os.environ.get(EXPOSE_PATHS_ENV) == "1" if expose_paths is None else expose_paths
     model_info = {
         "classes": list(predictor.classes), "features": list(predictor.features), "activation": predictor.activation,
-        "config": predictor.config if expose else _hidden_paths(predictor.config), "metrics": predictor.metrics,
+        # A credential in a URI of the config (tracking.mlflow) is never served, --expose-paths or not.
+        "config": redact_secrets(predictor.config if expose else _hidden_paths(predictor.config)), "metrics": predictor.metrics,
         "checkpoint": str(path) if expose else path.name, "temperature": predictor.temperature,
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "fill_values": predictor.fill_values,
     }

@@ -14,6 +14,7 @@ from foodcls import __version__
 from foodcls.inference.checkpoint import WEIGHT_PREFIX, Checkpoint
 from foodcls.config import Config, config_to_dict
 from foodcls.preprocessing import Preprocessing
+from foodcls.redact import redact_secrets
 from foodcls.errors import RunError
 
 # Bumped when the resumable state changes shape: an older run cannot be resumed (its checkpoints still load).
@@ -47,11 +48,11 @@ def model_arrays(weights: list[np.ndarray], biases: list[np.ndarray], prep: Prep
 
 def model_meta(config: Config, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
     as_dict = config_to_dict(config)
-    return {
+    return {  # the config as a shared file may carry it: no credential of a URI (tracking.mlflow)
         "classes": list(config.data.classes),
         "features": list(config.data.features),
         "model": as_dict["model"],
-        "config": as_dict,
+        "config": redact_secrets(as_dict),
         "epoch": epoch,
         "metrics": metrics,
         "foodcls_version": __version__,
