@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
-from foodcls.errors import ConfigError, first_line
+from foodcls.errors import ConfigError
 from foodcls.features import SEED_FEATURES, check_features
 from foodcls.labels import DEFAULT_CLASSES, class_problem
+from foodcls.yamlfile import YamlLoader, key_lines_of, parse_yaml_value, read_yaml  # noqa: F401 - re-exported
 
 StrictInt = Annotated[int, Strict()]
 # Finite only: `lr: .inf` passes `lr > 0`, then every weight becomes NaN.
@@ -86,6 +86,9 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     hidden: tuple[Annotated[StrictInt, Field(ge=1)], ...] = (32, 32)
     activation: Literal["relu", "sigmoid", "tanh"] = "relu"
+    # K networks (seeds train.seed … train.seed + K − 1) trained side by side in one lockstep stack; the
+    # checkpoint holds them all and predicts the mean of their probabilities.
+    ensemble: Annotated[StrictInt, Field(ge=1, le=64)] = 1
 
 
 class EarlyStoppingConfig(_Section):
@@ -128,11 +131,20 @@ class TrainConfig(_Section):
     checkpoint_every: Annotated[StrictInt, Field(ge=1)] | None = None
     # Start from this checkpoint's weights, feature scaling and fill values (fine-tuning), not at random.
     init_from: StrictStr | None = None
-    # After training, fit one temperature on the validation rows (and keep their conformal scores) so the
-    # probabilities mean what they say; auto: temperature when there is validation data, else none.
-    calibration: Literal["auto", "temperature", "none"] = "auto"
+    # After training, fit one temperature (and keep the rows' conformal scores, the suggestion thresholds) so
+    # the probabilities mean what they say: on the validation rows (temperature; auto: when there is
+    # validation data, else none), or on out-of-source predictions (sources: a model per source of the data,
+    # trained on the others, predicts it; the final model is trained on all rows as ever and carries what
+    # those predictions fitted): what holds on a source the model never saw.
+    calibration: Literal["auto", "temperature", "sources", "none"] = "auto"
     # Below this top probability, predict's decision is `unsure` (abstention); null: never abstain.
     min_confidence: Annotated[StrictFloat, Field(ge=0, le=1)] | None = None
+    # The operating point of `suggest`: per-class thresholds on the open-set score, the lowest that keep the
+    # suggestions' precision at this on the calibration rows (products of no class count as errors).
+    suggest_precision: Annotated[StrictFloat, Field(gt=0, le=1)] | None = None
+    # Which score says "in one of the named classes" (suggest, the open-set figures): probability,
+    # not_other (1 − p(other)), max_logit, energy, knn; null: not_other with an `other` class, else probability.
+    open_set_score: Literal["probability", "not_other", "max_logit", "energy", "knn"] | None = None
 
 
 class TrackingConfig(_Section):
@@ -164,56 +176,39 @@ class Config(_Section):
             raise ValueError("train.calibration: temperature needs validation rows (data.val or data.val_fraction)")
         return self
 
+    @model_validator(mode="after")
+    def _trust_settings_fit_the_classes(self) -> Config:
+        from foodcls.labels import OTHER
+
+        if self.train.open_set_score == "not_other" and OTHER not in self.data.classes:
+            raise ValueError(f"train.open_set_score: not_other needs an `{OTHER}` class in data.classes")
+        if self.train.suggest_precision is not None and self.train.calibration == "none":
+            raise ValueError("train.suggest_precision needs calibration rows: train.calibration temperature, sources or auto "
+                             "(with validation data)")
+        if self.train.suggest_precision is not None and not self.calibrates:
+            raise ValueError("train.suggest_precision needs validation rows (data.val or data.val_fraction) or train.calibration: sources")
+        return self
+
+    @model_validator(mode="after")
+    def _one_start_per_member(self) -> Config:
+        if self.model.ensemble > 1 and self.train.init_from is not None:
+            raise ValueError("train.init_from: an ensemble's members would all start from the same weights; "
+                             "fine-tune one network (model.ensemble: 1)")
+        return self
+
+    @property
+    def composite(self) -> bool:
+        """Whether a run of this config is made of several networks: an ensemble, or a model per source for calibration."""
+        return self.model.ensemble > 1 or self.train.calibration == "sources"
+
     @property
     def has_validation(self) -> bool:
         return self.data.val is not None or self.data.val_fraction is not None
 
     @property
     def calibrates(self) -> bool:
-        """Whether training ends by fitting a temperature on the validation rows."""
-        return self.train.calibration == "temperature" or (self.train.calibration == "auto" and self.has_validation)
-
-
-class YamlLoader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-3` and `5E+2` as floats (YAML 1.1 wants a dot)."""
-
-
-_FLOAT = re.compile(
-    r"""^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-    |[0-9][0-9_]*[eE][-+]?[0-9]+|\.(?:inf|Inf|INF)|[-+]\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""",
-    re.X,
-)
-YamlLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-for _first in "-+0123456789.":
-    YamlLoader.yaml_implicit_resolvers[_first] = [
-        (tag, rx) for tag, rx in YamlLoader.yaml_implicit_resolvers.get(_first, []) if tag != "tag:yaml.org,2002:float"
-    ]
-    YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, [_first])
-
-
-def parse_yaml_value(text: str) -> Any:
-    """Parse a scalar or flow value the way the config file would (`1e-3` → 0.001, `[64,64]` → list)."""
-    return yaml.load(text, Loader=YamlLoader)
-
-
-def key_lines_of(text: str) -> dict[str, int]:
-    """Map dotted key paths to their 1-based line in the YAML text, for error messages."""
-    lines: dict[str, int] = {}
-
-    seen: set[int] = set()
-
-    def walk(node: yaml.Node, prefix: str) -> None:
-        if isinstance(node, yaml.MappingNode) and id(node) not in seen:
-            seen.add(id(node))  # an alias may point back at a mapping that holds it
-            for key_node, value_node in node.value:
-                path = f"{prefix}{key_node.value}"
-                lines[path] = key_node.start_mark.line + 1
-                walk(value_node, path + ".")
-
-    root = yaml.compose(text, Loader=YamlLoader)
-    if root is not None:
-        walk(root, "")
-    return lines
+        """Whether training ends by fitting a temperature (on the validation rows, or out of source)."""
+        return self.train.calibration in ("temperature", "sources") or (self.train.calibration == "auto" and self.has_validation)
 
 
 def valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -285,47 +280,6 @@ def validate_config(raw: Any, origin: str = "", key_lines: dict[str, int] | None
         return Config.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(_describe(error, key_lines or {}, origin, overrides)) from None
-
-
-def read_yaml(path: str | Path, what: str) -> tuple[Any, str]:
-    """(the parsed YAML, its text) of a file we read (a config, a search space, rules): a missing or
-    unreadable file and a syntax error are one line naming the file (and line)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read {what} ({error})") from None
-    try:
-        _refuse_duplicate_keys(path, yaml.compose(text, Loader=YamlLoader))
-        return yaml.load(text, Loader=YamlLoader), text
-    except RecursionError:  # an alias that contains itself
-        raise ConfigError(f"{path}: a YAML alias refers to itself (recursive structure)") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or first_line(error)
-        raise ConfigError(f"{path}{line}: YAML syntax error: {problem}") from None
-
-
-def _refuse_duplicate_keys(path: Path, node: yaml.Node | None, seen: set[int] | None = None) -> None:
-    """YAML keeps the last of two equal keys without a word; a key named twice is a mistake we name."""
-    seen = set() if seen is None else seen
-    if node is None or id(node) in seen:
-        return
-    seen.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        keys: set[str] = set()
-        for key_node, value_node in node.value:
-            if isinstance(key_node, yaml.ScalarNode):
-                if key_node.value in keys:
-                    raise ConfigError(f"{path}:{key_node.start_mark.line + 1}: {key_node.value}: named twice")
-                keys.add(key_node.value)
-            _refuse_duplicate_keys(path, value_node, seen)
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _refuse_duplicate_keys(path, item, seen)
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:

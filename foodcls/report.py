@@ -37,7 +37,34 @@ def metrics_tables(report: dict[str, Any]) -> list[Table]:
         tables.append(_trust_table(report))
     if report.get("open_set"):
         tables.append(open_set_table(report["open_set"]))
+    if report.get("suggestions"):
+        tables.append(suggestions_table(report["suggestions"], report.get("calibration")))
+    if report.get("precision_recall"):
+        tables.append(precision_recall_table(report["precision_recall"]))
     return tables
+
+
+def suggestions_table(figures: dict[str, Any], calibration: dict[str, Any] | None) -> Table:
+    point = (calibration or {}).get("operating_point") or {}
+    where = f"{calibration['method']}, {calibration['rows']} rows" if calibration and calibration.get("rows") else "?"
+    table = Table(title=f"suggestions at the checkpoint's operating point (precision {fmt(point.get('precision'), 2)} on its "
+                        f"calibration rows: {where}): {figures['suggested']} made, precision {fmt(figures['precision'], 3)}, "
+                        f"share of the products of the classes suggested correctly {fmt(figures['recall'], 3)}")
+    for column in ("class", "threshold", "suggested", "precision", "recall", "products"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, m in figures["per_class"].items():
+        table.add_row(name, fmt(point.get("thresholds", {}).get(name), 3), str(m["suggested"]), fmt(m["precision"], 3),
+                      fmt(m["recall"], 3), str(m["support"]))
+    return table
+
+
+def precision_recall_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="suggestions at other precisions (`predict --precision P`: thresholds fitted on the calibration rows)")
+    for column in ("asked precision", "precision here", "recall here", "suggested"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(f"{row['target']:.2f}", fmt(row["precision"], 3), fmt(row["recall"], 3), str(row["suggested"]))
+    return table
 
 
 def _trust_table(report: dict[str, Any]) -> Table:

@@ -19,6 +19,10 @@ BEST_CHECKPOINT = "best.safetensors"
 LAST_CHECKPOINT = "last.safetensors"
 NO_RUN_HINT = "run `foodcls train --config configs/mlp.yaml` first"
 CV_DIR_PREFIX = "cv-"  # runs/cv-<config stem>-<timestamp>/ holds one cv's folds
+# A composite run (an ensemble, or calibration across sources) trains its networks as runs of their own:
+# RUN/members/m<i>/ (the model's members), RUN/sources/<source>/m<i>/ (a model per source, without it).
+MEMBERS_DIR = "members"
+SOURCES_DIR = "sources"
 
 
 def unique_dir(root: str | Path, stem: str) -> Path:
@@ -72,12 +76,29 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
+def is_part(run_dir: Path) -> bool:
+    """Whether a run directory is a part of a composite run (a member, a model per source): not a run of its own."""
+    parent = run_dir.parent
+    if parent.name == MEMBERS_DIR and (parent.parent / CONFIG_FILE).is_file():
+        return True
+    return parent.parent.name == SOURCES_DIR and (parent.parent.parent / CONFIG_FILE).is_file()
+
+
+def member_dirs(run_dir: Path) -> list[Path]:
+    """A composite run's members (its model's networks), in order; [] for a run of one network."""
+    folder = run_dir / MEMBERS_DIR
+    if not folder.is_dir():
+        return []
+    return sorted((d for d in folder.iterdir() if (d / CONFIG_FILE).is_file()), key=lambda d: (len(d.name), d.name))
+
+
 def find_runs(runs_root: str | Path) -> list[Path]:
-    """Run directories under runs_root (those with a config.yaml), oldest first."""
+    """Run directories under runs_root (those with a config.yaml; a composite run's parts are not runs of
+    their own), oldest first."""
     root = Path(runs_root)
     if not root.is_dir():
         return []
-    runs = [p for p in root.rglob(CONFIG_FILE) if (p.parent / CHECKPOINT_DIR).is_dir()]
+    runs = [p for p in root.rglob(CONFIG_FILE) if (p.parent / CHECKPOINT_DIR).is_dir() and not is_part(p.parent)]
     return sorted((p.parent for p in runs), key=lambda d: (read_summary(d).get("started_at", ""), os.path.getmtime(d)))
 
 
@@ -154,9 +175,9 @@ def run_overview(run_dir: Path) -> dict[str, Any]:
         "run": run_dir.name,
         "config": summary.get("name", ""),
         "status": run_status(run_dir, summary),
-        "epochs": records[-1]["epoch"] if records else 0,
+        "epochs": records[-1]["epoch"] if records else summary.get("epochs_run") or 0,  # a composite: its members' most
         "best_epoch": summary.get("best_epoch"),
-        "best_val_accuracy": max(val) if val else None,
+        "best_val_accuracy": max(val) if val else summary.get("val_accuracy"),
         "val_accuracy": summary.get("val_accuracy"),
         "test_accuracy": summary.get("test_accuracy"),
         "test_macro_f1": summary.get("evaluation", {}).get("test", {}).get("macro_f1"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,23 @@ settings.register_profile("long", max_examples=4000, deadline=10_000)
 settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parent.parent
+# The real Open Food Facts samples beside the repository (never copied into it). Tests that need them skip
+# where they are absent, but fail where FOODCLS_REQUIRE_SAMPLES=1 (CI sets it: a silent skip there would
+# hide every real-data check).
+SAMPLES = Path(os.environ.get("FOODCLS_OFF_SAMPLES", REPO.parent / "shared" / "data" / "off-exports"))
+
+
+@pytest.fixture
+def samples() -> Path:
+    if not SAMPLES.is_dir():
+        message = f"real OFF samples not found at {SAMPLES} (set FOODCLS_OFF_SAMPLES)"
+        if os.environ.get("FOODCLS_REQUIRE_SAMPLES") == "1":
+            pytest.fail(message + "; FOODCLS_REQUIRE_SAMPLES=1 asks for them")
+        pytest.skip(message)
+    return SAMPLES
+
+
+needs_samples = pytest.mark.usefixtures("samples")
 
 
 def write_config(path: Path, data_dir: Path, **train_overrides) -> Path:

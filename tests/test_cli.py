@@ -44,7 +44,7 @@ def test_train_eval_predict_end_to_end(config_file, tmp_path):
     out = tmp_path / "out.csv"
     assert invoke("predict", "--checkpoint", trained["run_dir"], "--input", batch_in, "--output", out).exit_code == 0
     lines = out.read_text().splitlines()
-    assert lines[0] == "name,protein,carbs,fat,additives,predicted,p_beverages,p_meats,p_snacks,p_desserts,decision"
+    assert lines[0] == "name,protein,carbs,fat,additives,predicted,p_beverages,p_meats,p_snacks,p_desserts,decision,suggest"
     assert lines[1].startswith("ham,20,1,12,2," + predicted["class"])
 
 

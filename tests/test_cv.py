@@ -12,7 +12,7 @@ from foodcls.cli import app
 from foodcls.experiments.cv import run_cv
 from foodcls.data import read_labelled_csv
 from foodcls.errors import DataError
-from tests.conftest import REPO
+from tests.conftest import REPO, SAMPLES, needs_samples
 
 runner = CliRunner()
 
@@ -94,12 +94,12 @@ def test_a_missing_group_column_is_one_line_naming_it_and_writes_nothing(config_
     assert result.exit_code == 1 and "no 'brand' column" in result.output
 
 
-@pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "off-exports").is_dir(), reason="real OFF samples not found in ../shared")
+@needs_samples
 @pytest.mark.parametrize("recipe", ["off", "off_rich", "off_open"])
 def test_the_shipped_real_data_recipes_cross_validate_by_source_on_the_shared_exports(recipe, tmp_path, monkeypatch):
     from foodcls.offdata.build import build_dataset
 
-    samples = sorted((REPO.parent / "shared" / "data" / "off-exports").glob("off-*"))
+    samples = sorted(SAMPLES.glob("off-*"))
     build_dataset(samples, tmp_path / "data" / "off", other=True)  # the build every shipped recipe reads
     (tmp_path / "data" / "synth-off").symlink_to(REPO / "data" / "synth-off")
     monkeypatch.chdir(tmp_path)  # the configs name data/off and data/synth-off relative to where they run

@@ -186,8 +186,7 @@ def test_a_kj_figure_copied_into_the_kcal_field_is_converted_where_the_macros_sa
     assert "energy_kj_as_kcal | 1" in (tmp_path / "out" / "README.md").read_text()
 
 
-SAMPLES = Path(os.environ.get("FOODCLS_OFF_SAMPLES", REPO.parent / "shared" / "data" / "off-exports"))
-needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"real OFF samples not found at {SAMPLES} (set FOODCLS_OFF_SAMPLES)")
+from tests.conftest import SAMPLES, needs_samples  # noqa: E402
 
 
 @needs_samples

@@ -119,29 +119,38 @@ def predict(
     explain: Annotated[bool, typer.Option("--explain", help="Show each feature's contribution to the predicted class (integrated gradients).")] = False,
     min_confidence: Annotated[Optional[float], typer.Option("--min-confidence", help="Decide `unsure` below this top probability [default: the checkpoint's train.min_confidence].", show_default=False)] = None,
     coverage: Annotated[Optional[float], typer.Option("--coverage", help="Add a conformal set of classes that holds the true class this often, e.g. 0.9.", show_default=False)] = None,
-    input_path: Annotated[Optional[str], typer.Option("--input", help="Batch: CSV whose header names the model's features, or - for stdin.")] = None,
+    precision: Annotated[Optional[float], typer.Option("--precision", help="Suggest at this precision (thresholds fitted on the checkpoint's calibration rows) [default: the checkpoint's train.suggest_precision].", show_default=False)] = None,
+    input_path: Annotated[Optional[str], typer.Option("--input", help="Batch: an Open Food Facts export (any format `data build` reads), or a CSV whose header names the model's features, or - for stdin.")] = None,
     output_path: Annotated[Optional[str], typer.Option("--output", help="Batch output CSV, or - for stdout [default: -].")] = None,
+    uncategorised: Annotated[bool, typer.Option("--uncategorised", help="Export input: write only the products that have no categories.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Predict the class of one product, or of every row of a CSV (--input)."""
     values = {"protein": protein, "carbs": carbs, "fat": fat, "additives": additives, "sugars": sugars,
               "saturated_fat": saturated_fat, "salt": salt, "fiber": fiber, "energy": energy}
     with reported_errors():
-        from foodcls.inference.predict import check_product, check_trust_options, load_predictor, verdicts
+        from foodcls.inference.judge import TrustOptions, check_trust_options, judge
+        from foodcls.inference.predict import check_product, load_predictor
 
+        options = TrustOptions(min_confidence, coverage, precision)
         if input_path is not None:
             if any(v is not None for v in values.values()):
                 raise FoodclsError("give either --input or single-product values such as --protein, not both")
-            _predict_batch(default_checkpoint(checkpoint), input_path, output_path or "-", explain,
-                           min_confidence=min_confidence, coverage=coverage)
+            if _is_export(input_path):
+                _predict_export(default_checkpoint(checkpoint), input_path, output_path or "-", options,
+                                uncategorised=uncategorised, allow_missing=allow_missing, as_json=as_json)
+                return
+            if uncategorised:
+                raise FoodclsError(f"--uncategorised: {input_path} is not an Open Food Facts export (it has no categories to go by)")
+            _predict_batch(default_checkpoint(checkpoint), input_path, output_path or "-", explain, options)
             return
         if all(v is None for v in values.values()):
             raise FoodclsError("give the product's values (--protein, --carbs, --fat, --additives, …) or --input CSV for a batch")
         predictor = load_predictor(default_checkpoint(checkpoint))
-        check_trust_options(predictor, min_confidence, coverage)
+        check_trust_options(predictor, options)
         checked = check_product(values, predictor.features, predictor.fill_values, allow_missing)
-        probabilities = predictor.probabilities([checked.values])[0]
-        verdict = verdicts(predictor, probabilities[None, :], min_confidence=min_confidence, coverage=coverage)[0]
+        judged = judge(predictor, [checked.values], options)
+        probabilities = judged.probabilities[0]
         explanation = None
         if explain:
             import numpy as np
@@ -152,30 +161,82 @@ def predict(
     print_warnings(checked.warnings)
     best = predictor.classes[int(probabilities.argmax())]
     by_class = {name: float(p) for name, p in zip(predictor.classes, probabilities)}
+    fields = judged.fields(0)
     if as_json:
-        out: dict[str, Any] = {"class": best, "probabilities": by_class, "decision": verdict.decision, "warnings": checked.warnings}
-        if verdict.set is not None:
-            out["set"] = verdict.set
+        out: dict[str, Any] = {"class": best, "probabilities": by_class, **fields, "warnings": checked.warnings}
         if explanation is not None:
             out["contributions"] = dict(zip(predictor.features, explanation.contributions.tolist()))
             out["baseline_probability"] = explanation.baseline_probability
         print_json(out)
         return
-    stdout.print(f"[bold]{best}[/bold]" + (f" (decision: {verdict.decision})" if verdict.decision != best else ""))
+    decision = fields["decision"]
+    stdout.print(f"[bold]{best}[/bold]" + (f" (decision: {decision})" if decision != best else "")
+                 + (" — suggested" if fields["suggest"] else ""))
     for name, p in by_class.items():
         stdout.print(f"  {name:<10} {p:.4f}", highlight=False)
-    if verdict.set is not None:
-        stdout.print(f"  {coverage:.0%} set: {{{', '.join(verdict.set)}}}", highlight=False)
+    if "set" in fields:
+        stdout.print(f"  {coverage:.0%} set: {{{', '.join(fields['set'])}}}", highlight=False)
     if explanation is not None:
         stdout.print(report_tables.explanation_table(predictor, checked.values, explanation, best))
 
 
-def _predict_batch(checkpoint: Path, input_path: str, output_path: str, explain: bool = False, *,
-                   min_confidence: float | None = None, coverage: float | None = None) -> None:
+def _is_export(input_path: str) -> bool:
+    if input_path == "-":
+        return False
+    from foodcls.inference.exports import refuse_bad_export
+    from foodcls.offdata.read import looks_like_export
+
+    refuse_bad_export(input_path)
+    return looks_like_export(Path(input_path))
+
+
+def _predict_export(checkpoint: Path, export: str, output_path: str, options, *, uncategorised: bool, allow_missing: bool,
+                    as_json: bool) -> None:
+    """predict over an export, streamed; a file output is written whole or not at all."""
+    from foodcls.cli.common import BuildProgress
+    from foodcls.fileio import atomic_write
+    from foodcls.inference.exports import predict_export
+    from foodcls.inference.judge import check_trust_options
+    from foodcls.inference.predict import load_predictor
+
+    if as_json and output_path == "-":
+        raise FoodclsError("--json prints the summary on stdout: give --output FILE for the predictions")
+    predictor = load_predictor(checkpoint)
+    check_trust_options(predictor, options)
+    with BuildProgress([Path(export)]) as progress:
+        def run(handle) -> Any:
+            return predict_export(predictor, export, handle, options, uncategorised=uncategorised, allow_missing=allow_missing,
+                                  on_batch=progress.update)
+
+        if output_path == "-":
+            summary = run(sys.stdout)
+        else:
+            outcome = []
+            atomic_write(output_path, lambda tmp: outcome.append(_write_with(tmp, run)))
+            summary = outcome[0]
+    if as_json:
+        print_json(summary.to_json())
+        return
+    facts = summary.to_json()
+    suggested = ", ".join(f"{c} {n:,}" for c, n in summary.suggested.items())
+    stderr.print(f"{facts['rows']:,} rows ({summary.format}): scored {summary.scored:,}, missing {summary.missing:,}, "
+                 f"invalid {summary.invalid:,}; suggested {facts['suggested_total']:,} ({suggested}); "
+                 f"wrote {summary.written:,} rows{'' if output_path == '-' else ' to ' + output_path} in {summary.seconds:.1f} s", highlight=False)
+    if not predictor.operating_point and options.precision is None:
+        stderr.print("note: this checkpoint has no operating point: nothing is suggested (train.suggest_precision, "
+                     "or --precision P)", highlight=False)
+
+
+def _write_with(path: str, run) -> Any:
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        return run(handle)
+
+
+def _predict_batch(checkpoint: Path, input_path: str, output_path: str, explain: bool, options) -> None:
     from foodcls.fileio import atomic_write_text
     from foodcls.inference.predict import predict_csv
 
-    text = predict_csv(checkpoint, input_path, explain, min_confidence=min_confidence, coverage=coverage)  # everything is read and checked before anything is written
+    text = predict_csv(checkpoint, input_path, explain, options)  # everything is read and checked before anything is written
     if output_path == "-":
         sys.stdout.write(text)
     else:

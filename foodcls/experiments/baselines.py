@@ -32,12 +32,15 @@ def _models(seed: int) -> dict[str, Any]:
 
 
 def baseline_predictions(train: LabelledData, evaluation: np.ndarray, prep: Preprocessing, seed: int) -> dict[str, np.ndarray]:
-    """Each baseline fitted on the training rows and its predicted class for every evaluation row."""
+    """Each baseline fitted on the training rows and its probabilities (n, classes) for every evaluation row
+    (a class its training rows lack gets 0); the predicted class is their argmax."""
     x_train, x_eval = prep.apply(train.features), prep.apply(evaluation)
     predictions = {}
     for name, model in _models(seed).items():
         model.fit(x_train, train.labels, sample_weight=train.weights)
-        predictions[name] = model.predict(x_eval)
+        probabilities = np.zeros((len(x_eval), len(train.classes)))
+        probabilities[:, model.classes_] = model.predict_proba(x_eval)
+        predictions[name] = probabilities
     return predictions
 
 
@@ -48,7 +51,7 @@ def baseline_scores(checkpoint_path: str | Path, data_files: list[str]) -> tuple
     train, _ = split_training_file(config)
     evaluation = read_labelled_csvs(data_files, predictor.features, predictor.classes, predictor.ignored_labels)
     details = {}
-    for name, predicted in baseline_predictions(train, evaluation.features, predictor.prep, config.train.seed).items():
-        report = classification_report(evaluation.labels, predicted, predictor.classes)
+    for name, probabilities in baseline_predictions(train, evaluation.features, predictor.prep, config.train.seed).items():
+        report = classification_report(evaluation.labels, probabilities.argmax(axis=1), predictor.classes)
         details[name] = {k: report[k] for k in ("accuracy", "macro_f1", "balanced_accuracy")}
     return {name: d["accuracy"] for name, d in details.items()}, details

@@ -10,7 +10,7 @@ out-of-fold predictions are the ones to trust when folds are small and skewed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from foodcls.experiments.folds import Fold, assign_folds, plan_folds
 from foodcls.experiments.jobs import RunOutcome, train_runs
 from foodcls.fileio import atomic_write_json, atomic_write_text
 from foodcls.inference.evaluate import classification_report, mean_std
+from foodcls.inference.suggest import OPEN_SET_SCORES
 from foodcls.labels import OTHER
 from foodcls.runs import CV_DIR_PREFIX, unique_dir
 
@@ -32,12 +33,17 @@ FoldCallback = Callable[[dict[str, Any]], None]
 
 @dataclass(frozen=True)
 class FoldPredictions:
-    """A trained fold's held-out rows (read once) and the predictions for them: the network's and, when
-    asked, each baseline's (trained on the fold's training rows)."""
+    """A trained fold's held-out rows (read once) and what its model says of them: probabilities, every
+    open-set score, suggestions at its operating point, whether the 90 % conformal set held the true class;
+    and, when asked, each baseline's probabilities (trained on the fold's training rows)."""
 
     held_out: LabelledData
     probabilities: np.ndarray
     baselines: dict[str, np.ndarray]
+    open_set: dict[str, np.ndarray] = field(default_factory=dict)  # score kind → (n,)
+    suggest: np.ndarray | None = None  # None: the fold's model has no operating point
+    set_held: np.ndarray | None = None  # None: it has no conformal scores
+    set_size: np.ndarray | None = None
 
     @property
     def predicted(self) -> np.ndarray:
@@ -48,12 +54,28 @@ class FoldPredictions:
         return self.held_out.labels
 
 
+SET_COVERAGE = 0.9
+
+
 def predict_fold(fold: Fold, run: RunOutcome, baselines: bool) -> FoldPredictions:
     """The best checkpoint's predictions for the held-out rows of a trained fold (and the baselines')."""
+    from foodcls.inference.calibration import conformal_threshold, prediction_sets
+    from foodcls.inference.judge import judge_outputs
     from foodcls.inference.predict import load_predictor
+    from foodcls.inference.suggest import open_set_scores
 
     predictor = load_predictor(run.best_checkpoint)
     held_out = read_eval_file(fold.config, fold.config.data.test)
+    outputs = predictor.outputs(held_out.features, keep_hidden=predictor.knn_reference is not None)
+    judged = judge_outputs(predictor, outputs)
+    kinds = [k for k in OPEN_SET_SCORES if (k != "not_other" or predictor.has_other) and (k != "knn" or predictor.knn_reference is not None)]
+    scores = {k: open_set_scores(k, outputs.probabilities, outputs.logits, predictor.classes, outputs.hidden, predictor.knn_reference)
+              for k in kinds}
+    held = size = None
+    if predictor.conformal_scores is not None:
+        sets = prediction_sets(outputs.probabilities, conformal_threshold(predictor.conformal_scores, SET_COVERAGE))
+        held = np.array([int(label) in members for label, members in zip(held_out.labels.tolist(), sets)])
+        size = np.array([len(members) for members in sets])
     predicted: dict[str, np.ndarray] = {}
     if baselines:
         from foodcls.data import load_splits
@@ -61,7 +83,8 @@ def predict_fold(fold: Fold, run: RunOutcome, baselines: bool) -> FoldPrediction
 
         train_rows = load_splits(fold.config).train
         predicted = baseline_predictions(train_rows, held_out.features, predictor.prep, fold.config.train.seed)
-    return FoldPredictions(held_out, predictor.probabilities(held_out.features), predicted)
+    return FoldPredictions(held_out, outputs.probabilities, predicted, scores,
+                           judged.suggest if judged.thresholds is not None else None, held, size)
 
 
 def fold_scores(labels: np.ndarray, predicted: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
@@ -171,14 +194,34 @@ def _write_predictions(path: Path, plan: list[Fold], predictions: list[FoldPredi
     atomic_write_text(path, buffer.getvalue())
 
 
-def _pooled_trust(probabilities: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
-    """Calibration of the pooled out-of-fold probabilities; with an `other` class, how well the folds'
-    models told the held-out `other` products from those of the named classes (open_set, as eval's)."""
+def _pooled_trust(predictions: list[FoldPredictions], classes: tuple[str, ...]) -> dict[str, Any]:
+    """What the folds' models' confidence was worth on the rows they never saw: ECE (all rows, and the rows of
+    the named classes), the 90 % sets' coverage and size, every open-set score's AUROC and rejection (with an
+    `other` class; `open_set` is the checkpoints' own score), and the suggestions' precision and recall."""
     from foodcls.inference.calibration import expected_calibration_error, labelled_open_set
+    from foodcls.inference.suggest import named_classes, suggestion_figures
 
-    out: dict[str, Any] = {"ece": expected_calibration_error(probabilities, labels)}
+    probabilities = np.concatenate([p.probabilities for p in predictions])
+    labels = np.concatenate([p.labels for p in predictions]).astype(np.int64)
+    in_class = np.isin(labels, named_classes(classes))
+    out: dict[str, Any] = {"ece": expected_calibration_error(probabilities, labels),
+                           "ece_in_class": expected_calibration_error(probabilities[in_class], labels[in_class]) if in_class.any() else None}
+    if all(p.set_held is not None for p in predictions):
+        held = np.concatenate([p.set_held for p in predictions])
+        out["conformal"] = {"coverage_target": SET_COVERAGE, "empirical_coverage": float(held.mean()),
+                            "in_class_coverage": float(held[in_class].mean()) if in_class.any() else None,
+                            "mean_size": float(np.concatenate([p.set_size for p in predictions]).mean())}
     if OTHER in classes:
         out["open_set"] = labelled_open_set(probabilities, labels, classes)
+        kinds = set.intersection(*(set(p.open_set) for p in predictions))
+        out["open_set_scores"] = {}
+        for kind in (k for k in OPEN_SET_SCORES if k in kinds):
+            figures = labelled_open_set(probabilities, labels, classes, np.concatenate([p.open_set[kind] for p in predictions]))
+            out["open_set_scores"][kind] = {"auroc": figures["auroc"], "rejected_at_coverage": figures["rejected_at_coverage"]}
+    if all(p.suggest is not None for p in predictions):
+        out["suggestions"] = suggestion_figures(probabilities, labels, np.concatenate([p.suggest for p in predictions]), classes)
+        out["suggestions"]["per_fold_precision"] = [
+            suggestion_figures(p.probabilities, p.labels, p.suggest, classes)["precision"] for p in predictions]
     return out
 
 
@@ -196,12 +239,18 @@ def aggregate(results: list[dict[str, Any]], predictions: list[FoldPredictions],
         labels = np.concatenate([p.labels for p in predictions]).astype(np.int64)
         predicted = np.concatenate([p.predicted for p in predictions]).astype(np.int64)
         report["pooled"] = _pooled(labels, predicted, classes)
-        report["pooled"].update(_pooled_trust(np.concatenate([p.probabilities for p in predictions]), labels, classes))
+        report["pooled"].update(_pooled_trust(predictions, classes))
         if baselines:
+            from foodcls.inference.calibration import expected_calibration_error, labelled_open_set
+
             report["baselines"] = {}
             for name in predictions[0].baselines:
-                per_fold = [fold_scores(p.labels, p.baselines[name], classes) for p in predictions]
+                per_fold = [fold_scores(p.labels, p.baselines[name].argmax(axis=1), classes) for p in predictions]
                 b_mean, b_std = _mean_std(per_fold)
-                pooled = _pooled(labels, np.concatenate([p.baselines[name] for p in predictions]).astype(np.int64), classes)
+                probabilities = np.concatenate([p.baselines[name] for p in predictions])
+                pooled = _pooled(labels, probabilities.argmax(axis=1).astype(np.int64), classes)
+                pooled["ece"] = expected_calibration_error(probabilities, labels)
+                if OTHER in classes:
+                    pooled["open_set"] = labelled_open_set(probabilities, labels, classes)
                 report["baselines"][name] = {"mean": b_mean, "std": b_std, "pooled": pooled}
     return report

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 import os
 import socket
 from dataclasses import dataclass, field

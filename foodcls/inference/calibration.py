@@ -19,10 +19,12 @@ OPEN_SET_COVERAGES = (0.90, 0.95)
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """softmax(logits / T) in float64; for an ensemble's (K, n, C) logits, the members' softmax averaged."""
     z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=1, keepdims=True)
+    z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    p = e / e.sum(axis=-1, keepdims=True)
+    return p.mean(axis=0) if p.ndim == 3 else p
 
 
 def nll(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -33,7 +35,8 @@ def nll(probabilities: np.ndarray, labels: np.ndarray) -> float:
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The T > 0 that minimises the NLL of softmax(logits / T) on these rows (Guo et al., 2017): a
-    golden-section search over log T in [1/20, 20]; the NLL is convex in 1/T, so the search finds it."""
+    golden-section search over log T in [1/20, 20]; the NLL is convex in 1/T for one network, so the search
+    finds it. For an ensemble's (K, n, C) logits, one T for every member, on the NLL of their mean."""
     if len(labels) == 0:
         return 1.0
     low, high = math.log(0.05), math.log(20.0)
@@ -165,13 +168,16 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
 
 
 def open_set(in_class: np.ndarray, out_of_class: np.ndarray, classes: tuple[str, ...],
-             in_class_labels: np.ndarray | None = None) -> dict:
+             in_class_labels: np.ndarray | None = None, inside: np.ndarray | None = None,
+             outside: np.ndarray | None = None) -> dict:
     """How well the model tells products of its named classes (probabilities `in_class`) from products in
-    none of them (`out_of_class`): AUROC of the in-class score, the share of out-of-class rejected by the
-    threshold that keeps 90 % / 95 % of the in-class, and the share given ≥ 0.9 for one named class.
-    With the in-class products' labels, also the accuracy on those kept (their most probable named class)."""
+    none of them (`out_of_class`): AUROC of the open-set score (inside / outside: the checkpoint's; default
+    in_class_score), the share of out-of-class rejected by the threshold that keeps 90 % / 95 % of the
+    in-class, and the share given ≥ 0.9 for one named class. With the in-class products' labels, also the
+    accuracy on those kept (their most probable named class)."""
     named = [i for i, c in enumerate(classes) if c != OTHER]
-    inside, outside = in_class_score(in_class, classes), in_class_score(out_of_class, classes)
+    inside = in_class_score(in_class, classes) if inside is None else inside
+    outside = in_class_score(out_of_class, classes) if outside is None else outside
     rejected, kept_accuracy = {}, {}
     for coverage in OPEN_SET_COVERAGES:
         threshold = np.quantile(inside, 1.0 - coverage, method="lower") if len(inside) else math.inf
@@ -189,7 +195,10 @@ def open_set(in_class: np.ndarray, out_of_class: np.ndarray, classes: tuple[str,
     return figures
 
 
-def labelled_open_set(probabilities: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> dict:
-    """open_set within one labelled set of a model with an `other` class: its `other` rows against the rest."""
+def labelled_open_set(probabilities: np.ndarray, labels: np.ndarray, classes: tuple[str, ...],
+                      scores: np.ndarray | None = None) -> dict:
+    """open_set within one labelled set of a model with an `other` class: its `other` rows against the rest
+    (scores: each row's open-set score; default in_class_score)."""
     is_other = labels == classes.index(OTHER)
-    return open_set(probabilities[~is_other], probabilities[is_other], classes, labels[~is_other])
+    inside, outside = (None, None) if scores is None else (scores[~is_other], scores[is_other])
+    return open_set(probabilities[~is_other], probabilities[is_other], classes, labels[~is_other], inside, outside)

@@ -68,8 +68,8 @@ def model_card(run_dir: str | Path, summary: dict[str, Any] | None = None) -> st
     split = "test" if "test" in evaluation else "val" if "val" in evaluation else None
     report = evaluation.get(split, {}) if split else {}
     model, train = config.get("model", {}), config.get("train", {})
-    sizes = [len(predictor.features), *[w.shape[0] for w, _ in predictor.layers]]
-    parameters = sum(w.size + b.size for w, b in predictor.layers)
+    sizes = [len(predictor.features), *[w.shape[1] for w, _ in predictor.layers]]
+    parameters = sum(w.size + b.size for w, b in predictor.layers)  # every member's
     lines = [
         f"# Model card: {summary.get('name', run_dir.name)} ({run_dir.name})",
         "",

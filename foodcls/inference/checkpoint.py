@@ -100,7 +100,8 @@ def _check_meta(path: Path, meta: dict[str, Any]) -> None:
 
 
 def weight_arrays(checkpoint: Checkpoint) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(weight, bias) of each Linear layer, first to last: float matrices and vectors, all finite."""
+    """(weight, bias) of each Linear layer, first to last: float matrices and vectors, all finite; for an
+    ensemble (metadata `ensemble`: K), (K, out, in) and (K, out), a member per first index."""
     names = [n.split(".") for n in checkpoint.arrays if n.startswith(WEIGHT_PREFIX)]
     if any(len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit()) or parts[2] not in ("weight", "bias") for parts in names):
         raise CheckpointError(f"{checkpoint.path}: checkpoint has weights under unexpected names")
@@ -112,9 +113,23 @@ def weight_arrays(checkpoint: Checkpoint) -> list[tuple[np.ndarray, np.ndarray]]
         ]
     except KeyError as missing:
         raise CheckpointError(f"{checkpoint.path}: checkpoint lacks {missing}") from None
+    members = ensemble_size(checkpoint)
+    extra = 0 if members is None else 1
     for weight, bias in layers:
-        if weight.ndim != 2 or bias.ndim != 1 or weight.dtype.kind != "f" or bias.dtype.kind != "f":
+        if weight.ndim != 2 + extra or bias.ndim != 1 + extra or weight.dtype.kind != "f" or bias.dtype.kind != "f":
             raise CheckpointError(f"{checkpoint.path}: checkpoint weights have the wrong shape or type")
+        if members is not None and (weight.shape[0] != members or bias.shape[0] != members):
+            raise CheckpointError(f"{checkpoint.path}: checkpoint weights do not hold its {members} ensemble members")
         if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
             raise CheckpointError(f"{checkpoint.path}: checkpoint holds weights that are not finite numbers (damaged file?)")
     return layers
+
+
+def ensemble_size(checkpoint: Checkpoint) -> int | None:
+    """K for an ensemble's checkpoint (its weights carry a first axis of K members), None for one network."""
+    members = checkpoint.meta.get("ensemble")
+    if members is None:
+        return None
+    if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+        raise CheckpointError(f"{checkpoint.path}: checkpoint metadata: ensemble must be a count of members, got {members!r}")
+    return members

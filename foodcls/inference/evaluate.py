@@ -101,14 +101,39 @@ def probability_report(probabilities: np.ndarray, labels: np.ndarray, temperatur
     }
 
 
+def split_report(predictor, data) -> dict[str, Any]:
+    """Everything a run's summary says of one labelled split (LabelledData): classification_report,
+    probability_report, with an `other` class the open-set figures (the checkpoint's score), and with an
+    operating point the suggestions' precision and recall."""
+    from foodcls.inference.calibration import open_set
+    from foodcls.inference.judge import judge
+    from foodcls.inference.suggest import suggestion_figures
+    from foodcls.labels import OTHER
+
+    judged = judge(predictor, data.features)
+    probabilities = judged.probabilities
+    report = classification_report(data.labels, probabilities.argmax(axis=1), predictor.classes)
+    report.update(probability_report(probabilities, data.labels, predictor.temperature, predictor.conformal_scores))
+    if predictor.has_other and (data.labels == predictor.classes.index(OTHER)).any():
+        named = data.labels != predictor.classes.index(OTHER)
+        report["open_set"] = open_set(probabilities[named], probabilities[~named], predictor.classes, data.labels[named],
+                                      judged.open_set[named], judged.open_set[~named])
+    if judged.thresholds is not None:
+        report["suggestions"] = suggestion_figures(probabilities, data.labels, judged.suggest, predictor.classes)
+    return report
+
+
 def evaluate_checkpoint(checkpoint_path: str | Path, data_paths: list[str | Path] | None = None,
                         out_of_class: str | Path | None = None) -> dict[str, Any]:
     """Score a checkpoint on labelled CSVs taken together (default: the test file in its config), in numpy;
-    with out_of_class (a CSV of products in none of the classes), also how well it tells them apart."""
+    with out_of_class (a CSV of products in none of the classes), also how well it tells them apart, and the
+    suggestions' precision and recall with those products counted (a suggestion for one is an error)."""
     from foodcls.data import read_feature_table, read_labelled_csvs
     from foodcls.errors import DataError
     from foodcls.inference.calibration import open_set
+    from foodcls.inference.judge import judge
     from foodcls.inference.predict import load_predictor
+    from foodcls.inference.suggest import precision_recall_table, suggestion_figures
     from foodcls.labels import OTHER
 
     predictor = load_predictor(checkpoint_path)
@@ -119,18 +144,47 @@ def evaluate_checkpoint(checkpoint_path: str | Path, data_paths: list[str | Path
             raise DataError(f"{checkpoint_path}: its config names no test or val file; pass --data")
         data_paths = [default]
     data = read_labelled_csvs(data_paths, predictor.features, predictor.classes, predictor.ignored_labels)
-    probabilities = predictor.probabilities(data.features)
+    judged = judge(predictor, data.features)
+    probabilities = judged.probabilities
     report = classification_report(data.labels, probabilities.argmax(axis=1), predictor.classes)
     report.update(probability_report(probabilities, data.labels, predictor.temperature, predictor.conformal_scores))
+    report["calibration"] = calibration_facts(predictor)
     unknown = int(np.isnan(data.features).sum())
     if unknown:
         report["warnings"].append(f"{unknown} unknown values filled with the training medians")
+    labels, scores, suggested = data.labels, judged.open_set, judged.suggest
     if out_of_class is not None:
         outside = read_feature_table(out_of_class, predictor.features)
+        outside_judged = judge(predictor, outside.features)
         named = data.labels != predictor.classes.index(OTHER) if predictor.has_other else np.ones(len(data), bool)
-        report["open_set"] = open_set(probabilities[named], predictor.probabilities(outside.features), predictor.classes,
-                                      data.labels[named])
+        report["open_set"] = open_set(probabilities[named], outside_judged.probabilities, predictor.classes, data.labels[named],
+                                      judged.open_set[named], outside_judged.open_set)
         report["open_set"]["data"] = str(out_of_class)
+        # The out-of-class products join the evaluation of suggestions as `other` (or as no class at all).
+        none = predictor.classes.index(OTHER) if predictor.has_other else len(predictor.classes)
+        probabilities = np.concatenate([probabilities, outside_judged.probabilities])
+        labels = np.concatenate([labels, np.full(len(outside.features), none)])
+        scores = np.concatenate([scores, outside_judged.open_set])
+        suggested = np.concatenate([suggested, outside_judged.suggest])
+    if judged.thresholds is not None:
+        report["suggestions"] = suggestion_figures(probabilities, labels, suggested, predictor.classes)
+    if predictor.calibration is not None:
+        c = predictor.calibration
+        report["precision_recall"] = precision_recall_table(probabilities, labels, scores, predictor.classes,
+                                                            c.probabilities, c.labels, c.open_set_scores)
     report["data"] = ", ".join(str(p) for p in data_paths)
     report["data_files"] = [str(p) for p in data_paths]
     return report
+
+
+def calibration_facts(predictor) -> dict[str, Any] | None:
+    """Which calibration a checkpoint carries: fitted on what (validation rows, or out of source), how many rows,
+    the temperature, the open-set score, the operating point of suggestions."""
+    if predictor.calibration is None and predictor.temperature == 1.0 and predictor.conformal_scores is None:
+        return None
+    c = predictor.calibration
+    point = predictor.operating_point
+    return {"method": c.method if c is not None else "temperature", "rows": int(len(c.labels)) if c is not None else None,
+            "sources": list(c.sources) if c is not None else [], "temperature": predictor.temperature,
+            "members": predictor.members, "open_set_score": predictor.open_set_score,
+            "operating_point": {"precision": point.precision, "thresholds": point.thresholds} if point is not None else None}

@@ -25,12 +25,23 @@ class Explanation:
 
 def probability_gradients(predictor: Predictor, features: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
     """(p_target, ∂p_target/∂features) for raw label values (n, F), by backpropagation through the network
-    and its input scaling, in float64 so the path integral is accurate."""
+    and its input scaling, in float64 so the path integral is accurate. An ensemble's probability is the mean
+    of its members', and so is its gradient."""
     prep = predictor.prep
     x = (features.astype(np.float64) - prep.shift) / prep.scale
+    total_p, total_grad = np.zeros(len(x)), np.zeros_like(x)
+    for member in range(predictor.members):
+        p, grad = _member_gradients(predictor, x, target, member)
+        total_p += p
+        total_grad += grad
+    return total_p / predictor.members, total_grad / predictor.members / prep.scale
+
+
+def _member_gradients(predictor: Predictor, x: np.ndarray, target: int, member: int) -> tuple[np.ndarray, np.ndarray]:
+    """One member's p_target and its gradient with respect to the scaled inputs x."""
     pres, posts = [], [x]
     h = x
-    layers = [(w.astype(np.float64), b.astype(np.float64)) for w, b in predictor.layers]
+    layers = [(w[member].astype(np.float64), b[member].astype(np.float64)) for w, b in predictor.layers]
     activation = predictor.activation
     for i, (weight, bias) in enumerate(layers):
         z = h @ weight.T + bias
@@ -52,7 +63,7 @@ def probability_gradients(predictor: Predictor, features: np.ndarray, target: in
         grad = grad @ layers[i][0]
         if i > 0:
             grad = grad * ACTIVATIONS[activation].derivative(pres[i - 1], posts[i])
-    return p_target, grad / prep.scale
+    return p_target, grad
 
 
 def integrated_gradients(predictor: Predictor, product: np.ndarray, steps: int = STEPS, target: int | None = None) -> Explanation:

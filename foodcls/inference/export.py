@@ -3,7 +3,8 @@ values filled with the training medians, the feature scaling, the network, the s
 runtime gives foodcls's probabilities for raw label values.
 
 Input `features` float32 [N, features] in the checkpoint's feature order (NaN: unknown); outputs
-`probabilities` float32 [N, classes] and `label` int64 [N]. Classes and features are in metadata_props.
+`probabilities` float32 [N, classes] and `label` int64 [N]. Classes and features are in metadata_props. An
+ensemble's members run side by side in the graph (batched MatMul) and their probabilities are averaged in it.
 """
 
 from __future__ import annotations
@@ -42,20 +43,32 @@ def onnx_model(checkpoint_path: str | Path):
         helper.make_node("Div", ["shifted", "scale"], ["h0"]),
     ]
     current = "h0"
+    members = predictor.members
     for i, (weight, bias) in enumerate(predictor.layers):
-        constants += [numpy_helper.from_array(weight.astype(np.float32), f"W{i}"), numpy_helper.from_array(bias.astype(np.float32), f"b{i}")]
-        nodes.append(helper.make_node("Gemm", [current, f"W{i}", f"b{i}"], [f"z{i}"], transB=1))
+        if members == 1:
+            constants += [numpy_helper.from_array(weight[0].astype(np.float32), f"W{i}"),
+                          numpy_helper.from_array(bias[0].astype(np.float32), f"b{i}")]
+            nodes.append(helper.make_node("Gemm", [current, f"W{i}", f"b{i}"], [f"z{i}"], transB=1))
+        else:
+            # An ensemble: every member at once, (N, in) or (K, N, in) × (K, in, out) → (K, N, out).
+            constants += [numpy_helper.from_array(weight.transpose(0, 2, 1).astype(np.float32), f"W{i}"),
+                          numpy_helper.from_array(bias[:, None, :].astype(np.float32), f"b{i}")]
+            nodes += [helper.make_node("MatMul", [current, f"W{i}"], [f"m{i}"]),
+                      helper.make_node("Add", [f"m{i}", f"b{i}"], [f"z{i}"])]
         current = f"z{i}"
         if i < len(predictor.layers) - 1:
             nodes.append(helper.make_node(ACTIVATIONS[predictor.activation].onnx_op, [current], [f"h{i + 1}"]))
             current = f"h{i + 1}"
     # The calibration temperature is part of the graph: any runtime gives the calibrated probabilities.
     constants.append(numpy_helper.from_array(np.array([predictor.temperature], dtype=np.float32), "temperature"))
-    nodes += [
-        helper.make_node("Div", [current, "temperature"], ["calibrated"]),
-        helper.make_node("Softmax", ["calibrated"], ["probabilities"], axis=1),
-        helper.make_node("ArgMax", [current], ["label"], axis=1, keepdims=0),
-    ]
+    nodes.append(helper.make_node("Div", [current, "temperature"], ["calibrated"]))
+    if members == 1:
+        nodes += [helper.make_node("Softmax", ["calibrated"], ["probabilities"], axis=1),
+                  helper.make_node("ArgMax", [current], ["label"], axis=1, keepdims=0)]
+    else:  # the members' probabilities averaged, inside the graph
+        nodes += [helper.make_node("Softmax", ["calibrated"], ["member_probabilities"], axis=2),
+                  helper.make_node("ReduceMean", ["member_probabilities"], ["probabilities"], axes=[0], keepdims=0),  # opset 17: axes an attribute
+                  helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0)]
     graph = helper.make_graph(
         nodes, "foodcls",
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", n_features])],
@@ -70,6 +83,7 @@ def onnx_model(checkpoint_path: str | Path):
         "features": json.dumps(list(predictor.features)),
         "activation": predictor.activation,
         "temperature": repr(predictor.temperature),
+        "members": str(predictor.members),
     })
     onnx.checker.check_model(model)
     return model

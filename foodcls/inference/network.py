@@ -1,11 +1,14 @@
 """The network in numpy, from a checkpoint alone (no torch import, so `foodcls predict` answers at once),
 and the one table of activations every path uses: this numpy forward and its derivative, the ONNX
-operator, and by name the torch modules of training (tests tie the keys to the config's choices)."""
+operator, and by name the torch modules of training (tests tie the keys to the config's choices).
+
+A checkpoint holds one network or an ensemble of K members of one shape (`model.ensemble`): each layer's
+weights are then (K, out, in), and the probabilities are the mean of the members' (calibrated) softmax."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,8 +32,40 @@ ACTIVATIONS: dict[str, Activation] = {
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """What the checkpoint's trust figures were fitted on (validation rows, or out-of-source predictions of
+    leave-one-source-out models): their calibrated probabilities, labels and open-set scores. `predict
+    --precision` fits the suggestion thresholds anew from these."""
+
+    method: str  # "temperature" (validation rows) or "sources" (out-of-source predictions)
+    probabilities: np.ndarray  # (n, classes)
+    labels: np.ndarray  # (n,)
+    open_set_scores: np.ndarray  # (n,), the checkpoint's open-set score of each row
+    sources: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """When `suggest` is true: the predicted class is a named one and its open-set score reaches that class's
+    threshold (None: never), the lowest that kept precision ≥ `precision` on the calibration rows."""
+
+    precision: float
+    thresholds: dict[str, float | None]
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What the network says of some products: calibrated probabilities (members averaged), each member's
+    logits before the temperature, and (when asked) each member's last hidden layer."""
+
+    probabilities: np.ndarray  # (n, C)
+    logits: np.ndarray  # (K, n, C)
+    hidden: np.ndarray | None = None  # (K, n, D)
+
+
+@dataclass(frozen=True)
 class Predictor:
-    layers: list[tuple[np.ndarray, np.ndarray]]
+    layers: list[tuple[np.ndarray, np.ndarray]]  # per layer (K, out, in) weights and (K, out) biases: K members
     activation: str
     prep: Preprocessing
     classes: tuple[str, ...]
@@ -40,6 +75,14 @@ class Predictor:
     temperature: float = 1.0  # logits are divided by it before the softmax (calibration; 1: none)
     conformal_scores: np.ndarray | None = None  # sorted 1 - p(true class) of the calibration rows
     min_confidence: float | None = None  # below this top probability the decision is `unsure`
+    open_set_score: str = "default"  # which score says "in one of the named classes" (calibration.OPEN_SET_SCORES)
+    calibration: Calibration | None = None
+    operating_point: OperatingPoint | None = None
+    knn_reference: np.ndarray | None = field(default=None, repr=False)  # (K, R, D) unit rows: the knn score's neighbours
+
+    @property
+    def members(self) -> int:
+        return self.layers[0][0].shape[0]
 
     @property
     def has_other(self) -> bool:
@@ -52,24 +95,46 @@ class Predictor:
         ignored = data.get("ignore_labels", ()) if isinstance(data, dict) else ()
         return tuple(x for x in ignored if isinstance(x, str)) if isinstance(ignored, list | tuple) else ()
 
-    def logits(self, inputs: np.ndarray) -> np.ndarray:
-        """The network on preprocessed inputs (filled and scaled)."""
-        x = inputs
+    def member_logits(self, inputs: np.ndarray, keep_hidden: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Each member's logits (K, n, C) on preprocessed inputs (n, F), and its last hidden layer (K, n, D)
+        when asked. One network is computed as the 2-D product it always was (the same numbers)."""
         forward = ACTIVATIONS[self.activation].forward
+        last = len(self.layers) - 1
+        hidden = None
+        if self.members == 1:
+            x = inputs
+            for i, (weight, bias) in enumerate(self.layers):
+                if i == last and keep_hidden:
+                    hidden = x[None]
+                x = x @ weight[0].T + bias[0]
+                if i < last:
+                    x = forward(x)
+            return x[None], hidden
+        x = inputs[None]
         for i, (weight, bias) in enumerate(self.layers):
-            x = x @ weight.T + bias
-            if i < len(self.layers) - 1:
+            if i == last and keep_hidden:
+                hidden = x
+            x = np.matmul(x, weight.transpose(0, 2, 1)) + bias[:, None, :]
+            if i < last:
                 x = forward(x)
-        return x
+        return x, hidden
+
+    def outputs(self, features: np.ndarray, keep_hidden: bool = False) -> Outputs:
+        """Probabilities and logits (and hidden layers) for raw label values (n, features); NaN means unknown."""
+        logits, hidden = self.member_logits(self.prep.apply(np.asarray(features, dtype=np.float32)), keep_hidden)
+        return Outputs(self.calibrated(logits), logits, hidden)
+
+    def calibrated(self, logits: np.ndarray) -> np.ndarray:
+        """The members' softmax of logits / temperature, averaged: (K, n, C) → (n, C)."""
+        x = logits / np.float32(self.temperature) if self.temperature != 1.0 else logits
+        x = x - x.max(axis=2, keepdims=True)
+        e = np.exp(x)
+        p = e / e.sum(axis=2, keepdims=True)
+        return p[0] if len(p) == 1 else p.mean(axis=0)
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         """Class probabilities (n, classes) for raw label values (n, features); NaN means unknown."""
-        x = self.logits(self.prep.apply(np.asarray(features, dtype=np.float32)))
-        if self.temperature != 1.0:
-            x = x / np.float32(self.temperature)
-        x = x - x.max(axis=1, keepdims=True)
-        e = np.exp(x)
-        return e / e.sum(axis=1, keepdims=True)
+        return self.outputs(features).probabilities
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         return self.probabilities(features).argmax(axis=1)

@@ -13,11 +13,14 @@ import numpy as np
 
 from foodcls.data import FeatureTable
 from foodcls.preprocessing import Preprocessing
-from foodcls.inference.checkpoint import Checkpoint, load_checkpoint, weight_arrays
+from foodcls.inference.checkpoint import Checkpoint, ensemble_size, load_checkpoint, weight_arrays
 from foodcls.inference.explain import integrated_gradients
-from foodcls.inference.network import ACTIVATIONS, Predictor
+from foodcls.inference.judge import TrustOptions, check_trust_options, judge
+from foodcls.inference.network import ACTIVATIONS, Calibration, OperatingPoint, Predictor
+from foodcls.inference.suggest import OPEN_SET_SCORES, default_score
 from foodcls.errors import CheckpointError, DataError
 from foodcls.features import NUTRIENTS, consistency_problems, value_problem
+from foodcls.labels import OTHER
 
 def predictor_from_checkpoint(checkpoint: Checkpoint) -> Predictor:
     activation = checkpoint.meta["model"].get("activation")
@@ -27,17 +30,21 @@ def predictor_from_checkpoint(checkpoint: Checkpoint) -> Predictor:
     unknown = [f for f in features if f not in NUTRIENTS]
     if unknown:
         raise CheckpointError(f"{checkpoint.path}: unknown feature {unknown[0]!r} in the checkpoint")
-    layers = [(w.astype(np.float32), b.astype(np.float32)) for w, b in weight_arrays(checkpoint)]
+    stacked = ensemble_size(checkpoint) is not None
+    # Every predictor holds (K, out, in) weights: one network is an ensemble of one.
+    layers = [(w.astype(np.float32) if stacked else w.astype(np.float32)[None], b.astype(np.float32) if stacked else b.astype(np.float32)[None])
+              for w, b in weight_arrays(checkpoint)]
     prep = Preprocessing.from_arrays(checkpoint.arrays)
     shapes_ok = all(a.shape == (len(features),) for a in prep.arrays().values())
-    if layers[0][0].shape[1] != len(features) or not shapes_ok:
+    if layers[0][0].shape[2] != len(features) or not shapes_ok:
         raise CheckpointError(f"{checkpoint.path}: weights or scaling do not match its {len(features)} features")
     if not all(np.isfinite(a).all() for a in prep.arrays().values()) or not (prep.scale != 0).all():
         raise CheckpointError(f"{checkpoint.path}: its feature scaling holds zeros or non-finite numbers (damaged file?)")
-    if layers[-1][0].shape[0] != len(checkpoint.meta["classes"]):
-        raise CheckpointError(f"{checkpoint.path}: the output layer does not match its {len(checkpoint.meta['classes'])} classes")
+    classes = tuple(checkpoint.meta["classes"])
+    if layers[-1][0].shape[1] != len(classes):
+        raise CheckpointError(f"{checkpoint.path}: the output layer does not match its {len(classes)} classes")
     for (w, b), (w_next, _) in zip(layers, layers[1:]):
-        if w.shape[0] != b.shape[0] or w_next.shape[1] != w.shape[0]:
+        if w.shape[1] != b.shape[1] or w_next.shape[2] != w.shape[1]:
             raise CheckpointError(f"{checkpoint.path}: layer shapes do not chain")
     metrics = checkpoint.meta.get("metrics") if isinstance(checkpoint.meta.get("metrics"), dict) else {}
     temperature = checkpoint.meta.get("temperature", 1.0)  # absent in checkpoints from before calibration
@@ -51,8 +58,50 @@ def predictor_from_checkpoint(checkpoint: Checkpoint) -> Predictor:
     if min_confidence is not None and (isinstance(min_confidence, bool) or not isinstance(min_confidence, (int, float))
                                        or not 0 <= min_confidence <= 1):
         raise CheckpointError(f"{checkpoint.path}: checkpoint config: train.min_confidence must lie within 0-1, got {min_confidence!r}")
-    return Predictor(layers, activation, prep, tuple(checkpoint.meta["classes"]), features, checkpoint.meta["config"], metrics,
-                     float(temperature), scores.astype(np.float64) if scores is not None else None, min_confidence)
+    open_set_score = checkpoint.meta.get("open_set_score", default_score(classes))
+    if open_set_score not in OPEN_SET_SCORES or (open_set_score == "not_other" and OTHER not in classes):
+        raise CheckpointError(f"{checkpoint.path}: checkpoint metadata: unknown open-set score {open_set_score!r}")
+    knn_reference = checkpoint.arrays.get(KNN_REFERENCE)
+    if open_set_score == "knn" and (knn_reference is None or knn_reference.ndim != 3 or knn_reference.shape[0] != layers[0][0].shape[0]
+                                    or knn_reference.shape[2] != layers[-1][0].shape[2]):
+        raise CheckpointError(f"{checkpoint.path}: its knn open-set score lacks the reference rows of its hidden layer (damaged file?)")
+    return Predictor(layers, activation, prep, classes, features, checkpoint.meta["config"], metrics,
+                     float(temperature), scores.astype(np.float64) if scores is not None else None, min_confidence,
+                     open_set_score, _calibration(checkpoint, len(classes)), _operating_point(checkpoint, classes),
+                     knn_reference.astype(np.float32) if knn_reference is not None else None)
+
+
+# The arrays a calibrated checkpoint holds besides the weights (training/calibrate.py writes them).
+CALIBRATION_ARRAYS = ("calibration.probabilities", "calibration.labels", "calibration.open_set_scores")
+KNN_REFERENCE = "knn.reference"
+
+
+def _calibration(checkpoint: Checkpoint, n_classes: int) -> Calibration | None:
+    """The calibration rows' figures, when the checkpoint has them (from before this round: none)."""
+    meta = checkpoint.meta.get("calibration")
+    if not isinstance(meta, dict) or not all(name in checkpoint.arrays for name in CALIBRATION_ARRAYS):
+        return None
+    probabilities, labels, open_set = (checkpoint.arrays[name] for name in CALIBRATION_ARRAYS)
+    n = len(labels)
+    if (probabilities.shape != (n, n_classes) or open_set.shape != (n,) or labels.dtype.kind not in "iu"
+            or not np.isfinite(probabilities).all() or not np.isfinite(open_set).all() or (n and not 0 <= labels.min() <= labels.max() < n_classes)):
+        raise CheckpointError(f"{checkpoint.path}: its calibration rows are malformed (damaged file?)")
+    sources = meta.get("sources") if isinstance(meta.get("sources"), list) else []
+    return Calibration(str(meta.get("method", "temperature")), probabilities.astype(np.float64), labels.astype(np.int64),
+                       open_set.astype(np.float64), tuple(str(s) for s in sources))
+
+
+def _operating_point(checkpoint: Checkpoint, classes: tuple[str, ...]) -> OperatingPoint | None:
+    point = checkpoint.meta.get("operating_point")
+    if point is None:
+        return None
+    thresholds = point.get("thresholds") if isinstance(point, dict) else None
+    precision = point.get("precision") if isinstance(point, dict) else None
+    if (not isinstance(thresholds, dict) or isinstance(precision, bool) or not isinstance(precision, (int, float))
+            or not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in thresholds.values())
+            or set(thresholds) - set(classes)):
+        raise CheckpointError(f"{checkpoint.path}: checkpoint metadata: operating_point must give a precision and a threshold per class")
+    return OperatingPoint(float(precision), {c: (None if thresholds.get(c) is None else float(thresholds[c])) for c in classes if c != OTHER})
 
 
 def load_predictor(path: str | Path) -> Predictor:
@@ -107,58 +156,23 @@ def check_product(values: dict[str, float | None], features: tuple[str, ...], fi
     return checked
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """What to do with one prediction: the decision (a class, `other`, or `unsure` below the confidence
-    threshold) and, when a coverage was asked, the conformal set of classes (most probable first)."""
-
-    decision: str
-    set: list[str] | None = None
-
-
-def check_trust_options(predictor: Predictor, min_confidence: float | None, coverage: float | None) -> None:
-    """Refuse, in one line, a threshold or coverage that means nothing, or sets a checkpoint cannot give."""
-    if min_confidence is not None and not 0 <= min_confidence <= 1:
-        raise DataError(f"--min-confidence {min_confidence:g}: expected a probability within 0-1")
-    if coverage is not None:
-        if not 0 < coverage < 1:
-            raise DataError(f"--coverage {coverage:g}: expected a share strictly between 0 and 1, e.g. 0.9")
-        if predictor.conformal_scores is None:
-            raise DataError("--coverage: this checkpoint holds no calibration scores (train it with validation data; "
-                            "train.calibration: temperature keeps them)")
-
-
-def verdicts(predictor: Predictor, probabilities: np.ndarray, *, min_confidence: float | None = None,
-             coverage: float | None = None) -> list[Verdict]:
-    """Decision (and set) per row; min_confidence None takes the checkpoint's train.min_confidence."""
-    from foodcls.inference.calibration import conformal_threshold, decisions, prediction_sets
-
-    check_trust_options(predictor, min_confidence, coverage)
-    threshold = predictor.min_confidence if min_confidence is None else min_confidence
-    decided = decisions(probabilities, predictor.classes, threshold)
-    if coverage is None:
-        return [Verdict(d) for d in decided]
-    sets = prediction_sets(probabilities, conformal_threshold(predictor.conformal_scores, coverage))
-    return [Verdict(d, [predictor.classes[k] for k in members]) for d, members in zip(decided, sets)]
-
-
-def predict_table(predictor: Predictor, table: FeatureTable, explain: bool = False, *, min_confidence: float | None = None,
-                  coverage: float | None = None) -> tuple[list[str], list[list[str]]]:
-    """The input's columns plus `predicted`, one `p_<class>` per class and `decision` (with coverage, `set`:
-    the classes joined by |); with explain, one `contrib_<feature>` per feature: its share of the predicted
-    class's probability."""
-    probabilities = predictor.probabilities(table.features)
-    judged = verdicts(predictor, probabilities, min_confidence=min_confidence, coverage=coverage)
-    header = [*table.header, "predicted", *(f"p_{name}" for name in predictor.classes), "decision",
-              *(["set"] if coverage is not None else [])]
+def predict_table(predictor: Predictor, table: FeatureTable, explain: bool = False,
+                  options: TrustOptions = TrustOptions()) -> tuple[list[str], list[list[str]]]:
+    """The input's columns plus `predicted`, one `p_<class>` per class, `decision` and `suggest` (with a
+    coverage, `set`: the classes joined by |); with explain, one `contrib_<feature>` per feature: its share of
+    the predicted class's probability."""
+    judged = judge(predictor, table.features, options)
+    header = [*table.header, "predicted", *(f"p_{name}" for name in predictor.classes), "decision", "suggest",
+              *(["set"] if judged.sets is not None else [])]
     rows = [
-        [*row, predictor.classes[int(p.argmax())], *(f"{value:.6f}" for value in p), verdict.decision,
-         *(["|".join(verdict.set)] if verdict.set is not None else [])]
-        for row, p, verdict in zip(table.rows, probabilities, judged)
+        [*row, predicted, *(f"{value:.6f}" for value in p), decision, "true" if suggest else "false",
+         *(["|".join(judged.sets[i])] if judged.sets is not None else [])]
+        for i, (row, predicted, p, decision, suggest) in enumerate(
+            zip(table.rows, judged.predicted(), judged.probabilities, judged.decisions, judged.suggest.tolist()))
     ]
     if explain:
         header += [f"contrib_{name}" for name in predictor.features]
-        for row, features, p in zip(rows, table.features, probabilities):
+        for row, features, p in zip(rows, table.features, judged.probabilities):
             row += [f"{c:.6f}" for c in integrated_gradients(predictor, features, target=int(p.argmax())).contributions]
     return header, rows
 
@@ -171,12 +185,13 @@ def format_csv(header: list[str], rows: list[list[str]]) -> str:
     return buffer.getvalue()
 
 
-def predict_csv(checkpoint_path: str | Path, input_path: str | Path, explain: bool = False, *,
-                min_confidence: float | None = None, coverage: float | None = None) -> str:
-    """Batch prediction: the input CSV (or - for stdin) with predicted, p_<class> and decision (and set) columns, as text."""
+def predict_csv(checkpoint_path: str | Path, input_path: str | Path, explain: bool = False,
+                options: TrustOptions = TrustOptions()) -> str:
+    """Batch prediction: the input CSV (or - for stdin) with predicted, p_<class>, decision and suggest (and
+    set) columns, as text."""
     from foodcls.data import read_feature_table
 
     predictor = load_predictor(checkpoint_path)
-    check_trust_options(predictor, min_confidence, coverage)  # before the input is read
+    check_trust_options(predictor, options)  # before the input is read
     table = read_feature_table(input_path, predictor.features)
-    return format_csv(*predict_table(predictor, table, explain, min_confidence=min_confidence, coverage=coverage))
+    return format_csv(*predict_table(predictor, table, explain, options))

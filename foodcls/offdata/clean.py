@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar
 
 import polars as pl
@@ -83,38 +84,61 @@ def _duplicate_keys() -> tuple[pl.Expr, pl.Expr]:
     return pl.when(usable).then(barcode_key).otherwise(_content_key()), pl.when(named).then(_content_key()).otherwise(None)
 
 
+def with_nutrients(batch: Frame) -> Frame:
+    """Add the nine nutrients as numbers (null where unknown or not a number), energy in kcal, and
+    energy_copied (a kJ figure found in the kcal field and converted). Works lazily too."""
+    numbers = [_number(c).alias(c) for c in NUMERIC if c != "energy"]
+    frame = batch.with_columns(*numbers)
+    return frame.with_columns(_energy_copied().alias("energy_copied")).with_columns(_energy().alias("energy"))
+
+
+def value_checks(features: tuple[str, ...] = NUMERIC, required: tuple[str, ...] = SEED_FEATURES) -> list[tuple[str, pl.Expr]]:
+    """(reason, failed) of every check of a product's values over these features, in DROP_REASONS' order:
+    a required one missing, then values no label can hold. The one definition of a plausible product, for
+    `data build` (all nine, the seed's four required) and `predict --input EXPORT` (the model's features)."""
+    checks = [(f"missing_{f}", pl.col(f).is_null()) for f in SEED_FEATURES if f in required and f in features]
+    if "additives" in features:
+        checks.append(("fractional_additives", pl.col("additives") != pl.col("additives").round(0)))
+    checks.append(("negative_value", pl.min_horizontal([pl.col(c) for c in features]) < 0))
+    grams = [pl.col(c) for c in GRAMS if c in features]
+    if grams:
+        checks.append(("nutrient_over_100", pl.max_horizontal(grams) > 100))
+    if all(m in features for m in MACROS):
+        checks.append(("nutrients_sum_over_105", pl.sum_horizontal([pl.col(c) for c in MACROS]) > SUM_TOLERANCE))
+    if "energy" in features:
+        checks.append(("energy_over_900", pl.col("energy") > NUTRIENTS["energy"].high))
+    checks += [(f"{part}_over_{whole}", pl.col(part) > pl.col(whole) + TOLERANCE_G)
+               for part, whole in PARTS if part in features and whole in features]
+    if "additives" in features:
+        checks.append(("additives_over_100", pl.col("additives") > NUTRIENTS["additives"].high))
+    return checks
+
+
+def first_failed(checks: list[tuple[str, pl.Expr]], value: Callable[[str], pl.Expr], otherwise: pl.Expr) -> pl.Expr:
+    """value(reason) of the first check that fails (null counts as passing), else otherwise."""
+    out = otherwise
+    for reason, failed in reversed(checks):  # built inside out, so the first check wins
+        out = pl.when(failed.fill_null(False)).then(value(reason)).otherwise(out)
+    return out
+
+
 def classify(batch: Frame, rules: LabelRules) -> Frame:
     """Add label, the nine nutrients, energy_copied (a kJ figure found in the kcal field and converted),
     key, content_key, and reason: 0 for a row kept (before
     de-duplication), i + 1 for a row dropped for DROP_REASONS[i]. Works lazily too."""
     tags = pl.col("categories_tags").fill_null("").str.to_lowercase()
     label, n_matched, near = label_expressions(rules, tags)
-    numbers = [_number(c).alias(c) for c in NUMERIC if c != "energy"]
-    frame = batch.with_columns(label.alias("label"), n_matched.alias("n_matched"), near.alias("near_class"), *numbers)
-    frame = frame.with_columns(_energy_copied().alias("energy_copied")).with_columns(_energy().alias("energy"))
-    macros = [pl.col(c) for c in MACROS]
+    frame = with_nutrients(batch.with_columns(label.alias("label"), n_matched.alias("n_matched"), near.alias("near_class")))
     checks = [
         # No class: no category of the rules' classes (and, with `other`, no categories at all).
         ("no_class", (pl.col("n_matched") == 0) & pl.col("label").is_null() & ~pl.col("near_class")),
         ("near_class", pl.col("near_class")),  # with `other`: a near tag, so perhaps in a class after all
         ("ambiguous_class", pl.col("label").is_null()),
-        ("missing_protein", pl.col("protein").is_null()),
-        ("missing_carbs", pl.col("carbs").is_null()),
-        ("missing_fat", pl.col("fat").is_null()),
-        ("missing_additives", pl.col("additives").is_null()),
-        ("fractional_additives", pl.col("additives") != pl.col("additives").round(0)),
-        ("negative_value", pl.min_horizontal([pl.col(c) for c in NUMERIC]) < 0),
-        ("nutrient_over_100", pl.max_horizontal([pl.col(c) for c in GRAMS]) > 100),
-        ("nutrients_sum_over_105", pl.sum_horizontal(macros) > SUM_TOLERANCE),
-        ("energy_over_900", pl.col("energy") > NUTRIENTS["energy"].high),
-        *[(f"{part}_over_{whole}", pl.col(part) > pl.col(whole) + TOLERANCE_G) for part, whole in PARTS],
-        ("additives_over_100", pl.col("additives") > NUTRIENTS["additives"].high),
+        *value_checks(),
     ]
-    first_failed = pl.lit(0, pl.UInt8)
-    for reason, failed in reversed(checks):  # built inside out, so the first check wins
-        first_failed = pl.when(failed.fill_null(False)).then(pl.lit(reason_code(reason), pl.UInt8)).otherwise(first_failed)
+    reason = first_failed(checks, lambda r: pl.lit(reason_code(r), pl.UInt8), pl.lit(0, pl.UInt8))
     key, content_key = _duplicate_keys()
-    return frame.with_columns(first_failed.alias("reason"), key.alias("key"), content_key.alias("content_key"))
+    return frame.with_columns(reason.alias("reason"), key.alias("key"), content_key.alias("content_key"))
 
 
 def reason_code(reason: str) -> int:

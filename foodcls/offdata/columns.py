@@ -26,6 +26,14 @@ COLUMNS = tuple(EXPORT_NAMES)
 REQUIRED = ("code", "categories_tags", "protein", "carbs", "fat", "additives")
 
 
-def missing_required(found: Container[str]) -> list[str]:
+# What `predict --input EXPORT` needs: a product's code; the nutrient columns depend on the model.
+PREDICT_REQUIRED = ("code",)
+# Our nutrient names → the export columns they are read from (energy: the kcal or the kJ figure).
+NUTRIENT_COLUMNS = {"protein": ("protein",), "carbs": ("carbs",), "fat": ("fat",), "additives": ("additives",),
+                    "sugars": ("sugars",), "saturated_fat": ("saturated_fat",), "salt": ("salt",), "fiber": ("fiber",),
+                    "energy": ("energy_kcal", "energy_kj")}
+
+
+def missing_required(found: Container[str], required: tuple[str, ...] = REQUIRED) -> list[str]:
     """The export's names of the required columns not found (in the export's spelling, for the error)."""
-    return [EXPORT_NAMES[name][0] for name in REQUIRED if name not in found]
+    return [EXPORT_NAMES[name][0] for name in required if name not in found]

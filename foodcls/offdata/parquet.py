@@ -66,7 +66,7 @@ def _tags_expr(dtype: pl.DataType) -> pl.Expr:
     return pl.col("categories_tags").list.join(",") if isinstance(dtype, pl.List) else _text(pl.col("categories_tags"))
 
 
-def column_expressions(schema: dict[str, pl.DataType], path: Path) -> list[pl.Expr]:
+def column_expressions(schema: dict[str, pl.DataType], path: Path, required: tuple[str, ...] = REQUIRED) -> list[pl.Expr]:
     """Our columns (as strings) from the Parquet schema; a one-line error when a required one is missing."""
     nested = "nutriments" in schema and _list_of_structs(schema["nutriments"], "name", "100g")
     found: dict[str, pl.Expr] = {}
@@ -85,9 +85,9 @@ def column_expressions(schema: dict[str, pl.DataType], path: Path) -> list[pl.Ex
             raise DataError(f"{path}: column {name} is {schema[name]}, expected a single value per product")
         else:
             found[column] = _text(pl.col(name))
-    missing = missing_required(found)
+    missing = missing_required(found, required)
     if missing:
-        hint = " (nor a nutriments list of {name, 100g})" if not nested and any(c in NUTRIMENT_NAMES for c in REQUIRED if c not in found) else ""
+        hint = " (nor a nutriments list of {name, 100g})" if not nested and any(c in NUTRIMENT_NAMES for c in required if c not in found) else ""
         raise DataError(f"{path}: not an Open Food Facts export: no {', '.join(missing)} column{hint}")
     return [expr.alias(column) for column, expr in found.items()]
 
@@ -113,11 +113,13 @@ def _plain_parquet(path: Path, compression: str | None) -> Iterator[Path]:
         yield plain
 
 
-def parquet_batches(path: Path, fmt: ExportFormat, stats, transform: Callable[[pl.LazyFrame], pl.LazyFrame]) -> Iterator[pl.DataFrame]:
+def parquet_batches(path: Path, fmt: ExportFormat, stats, transform: Callable[[pl.LazyFrame], pl.LazyFrame],
+                    required: tuple[str, ...] = REQUIRED, checksum: bool = True) -> Iterator[pl.DataFrame]:
     """Batches of transform(our columns + `row`), streamed by polars; the file is hashed alongside."""
     digest: list[str] = []
     hasher = threading.Thread(target=_hash_file, args=(path, digest), daemon=True)
-    hasher.start()
+    if checksum:
+        hasher.start()
     with _plain_parquet(path, fmt.compression) as plain:
         try:
             frame = pl.scan_parquet(plain)
@@ -125,7 +127,7 @@ def parquet_batches(path: Path, fmt: ExportFormat, stats, transform: Callable[[p
         except DAMAGED_STREAM_ERRORS as error:
             reason = first_line(error)
             raise DataError(f"{path}: not a readable Parquet file ({reason[:200]})") from None
-        expressions = column_expressions(schema, path)
+        expressions = column_expressions(schema, path, required)
         total_rows = frame.select(pl.len()).collect().item()  # from the footer
         size = path.stat().st_size
         # A slice at a time, the next ones read in two threads while this one is used (polars releases the GIL): the
@@ -144,5 +146,6 @@ def parquet_batches(path: Path, fmt: ExportFormat, stats, transform: Callable[[p
                 stats.rows += len(batch)
                 stats.bytes_read = size * stats.rows // max(total_rows, 1)
                 yield batch
-    hasher.join()
+    if checksum:
+        hasher.join()
     stats.sha256 = digest[0] if digest else ""

@@ -12,8 +12,6 @@ import csv
 import hashlib
 import io
 import json
-import queue
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +21,13 @@ import numpy as np
 import polars as pl
 
 from foodcls.errors import DataError, first_line
-from foodcls.offdata.columns import COLUMNS, EXPORT_NAMES, missing_required
+from foodcls.offdata.columns import COLUMNS, EXPORT_NAMES, REQUIRED, missing_required
 from foodcls.offdata.jsonl import product_row
 from foodcls.offdata.parquet import BATCH_ROWS, parquet_batches
 from foodcls.offdata.sniff import DAMAGED_STREAM_ERRORS, ExportFormat, line_too_long, sniff
-from foodcls.offdata.streams import BlockStream, utf8_blocks
+from foodcls.offdata.streams import BlockStream, prefetched, utf8_blocks
 
 Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
-T = TypeVar("T")
 Transform = Callable[[Frame], Frame]
 # Ingredient lists can be long: a cell may hold up to 16 MiB (the csv module's default stops at 128 KiB).
 csv.field_size_limit(16 << 20)
@@ -49,7 +46,7 @@ class SourceStats:
     bytes_read: int = 0  # of the file as stored, so far: for a progress bar
 
 
-def _header_indices(names: list[str], path: Path) -> dict[str, int]:
+def _header_indices(names: list[str], path: Path, required: tuple[str, ...] = REQUIRED) -> dict[str, int]:
     """Our column → its index in the export's header."""
     normalised = [n.strip().strip('"').lstrip("\ufeff").strip().lower() for n in names]
     found = {}
@@ -58,12 +55,30 @@ def _header_indices(names: list[str], path: Path) -> dict[str, int]:
             if export_name in normalised:
                 found[column] = normalised.index(export_name)
                 break
-    _require(found, path)
+    _require(found, path, required)
     return found
 
 
-def _require(found, path: Path) -> None:
-    missing = missing_required(found)
+def looks_like_export(path: Path) -> bool:
+    """Whether a file is an Open Food Facts export (Parquet, JSONL, or a CSV/TSV whose header names `code` and
+    categories_tags or an export's nutrient column such as proteins_100g), not a CSV of our feature columns."""
+    fmt = sniff(path)
+    if fmt.kind in ("parquet", "jsonl"):
+        return True
+    blocks = utf8_blocks(path, fmt, None, SourceStats(path))
+    try:
+        head = next(blocks, b"")
+    finally:
+        blocks.close()
+    names = {n.strip().strip('"').lstrip("\ufeff").strip().lower()
+             for n in head.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r").split(fmt.separator)}
+    telling = {name for column, spellings in EXPORT_NAMES.items() if column not in ("code", "product_name", "brands")
+               for name in spellings}
+    return "code" in names and bool(names & telling)
+
+
+def _require(found, path: Path, required: tuple[str, ...]) -> None:
+    missing = missing_required(found, required)
     if missing:
         raise DataError(f"{path}: not an Open Food Facts export: no {', '.join(missing)} column")
 
@@ -72,12 +87,13 @@ def _frame(columns: dict[str, list]) -> pl.DataFrame:
     return pl.DataFrame(columns, schema={k: pl.String for k in columns})
 
 
-def _tsv_batches(path: Path, fmt: ExportFormat, stats: SourceStats, digest, keep_invalid: bool) -> Iterator[pl.DataFrame]:
+def _tsv_batches(path: Path, fmt: ExportFormat, stats: SourceStats, digest, keep_invalid: bool,
+                 required: tuple[str, ...]) -> Iterator[pl.DataFrame]:
     tail = b""
     indices: dict[str, int] | None = None
     width = 0
     # Reading, decompressing and hashing in a thread of their own, a block ahead of the parsing.
-    for block in _prefetched(utf8_blocks(path, fmt, digest, stats), depth=1):
+    for block in prefetched(utf8_blocks(path, fmt, digest, stats), depth=1):
         cut = block.rfind(b"\n") + 1
         if cut == 0:  # no line end in this block: a line longer than a block
             tail += block
@@ -88,11 +104,11 @@ def _tsv_batches(path: Path, fmt: ExportFormat, stats: SourceStats, digest, keep
         if indices is None:
             header, _, lines = lines.partition(b"\n")
             names = header.decode("utf-8", errors="replace").rstrip("\r").split("\t")
-            indices, width = _header_indices(names, path), len(names)
+            indices, width = _header_indices(names, path, required), len(names)
             stats.lines = 1
         yield from _parse_tsv_block(lines, indices, width, stats, keep_invalid)
     if indices is None and tail and not tail.isspace():  # a header without a line end, and nothing else
-        _header_indices(tail.decode("utf-8", errors="replace").rstrip("\r").split("\t"), path)
+        _header_indices(tail.decode("utf-8", errors="replace").rstrip("\r").split("\t"), path, required)
         return
     if indices is None:
         raise DataError(f"{path}: file is empty")
@@ -195,14 +211,15 @@ def _rows(reader, path: Path) -> Iterator[list[str]]:
         yield row
 
 
-def _quoted_batches(path: Path, fmt: ExportFormat, stats: SourceStats, digest, keep_invalid: bool) -> Iterator[pl.DataFrame]:
+def _quoted_batches(path: Path, fmt: ExportFormat, stats: SourceStats, digest, keep_invalid: bool,
+                    required: tuple[str, ...]) -> Iterator[pl.DataFrame]:
     text = io.TextIOWrapper(io.BufferedReader(BlockStream(utf8_blocks(path, fmt, digest, stats))), encoding="utf-8", newline="")
     reader = csv.reader(text, delimiter=fmt.separator)
     rows = _rows(reader, path)
     names = next(rows, None)
     if names is None:
         raise DataError(f"{path}: file is empty")
-    indices = _header_indices(names, path)
+    indices = _header_indices(names, path, required)
     batch = _Batch([*indices, *([INVALID] if keep_invalid else [])])
     for row in rows:
         if not any(cell.strip() for cell in row):
@@ -276,52 +293,6 @@ def _json_lines(lines: list[bytes], batch: _Batch, stats: SourceStats, keep_inva
         yield batch.take()
 
 
-_DONE = object()
-
-
-def _prefetched(batches: Iterator[T], depth: int = 2) -> Iterator[T]:
-    """The batches, produced in a thread at most `depth` ahead: reading, decompressing, hashing, parsing
-    and classifying (which release the GIL) overlap with the caller's work on the previous batch, and,
-    unlike polars' streaming engine, which runs ahead of its reader, memory stays bounded."""
-    results: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for batch in batches:
-                while not stop.is_set():
-                    try:
-                        results.put((batch, None), timeout=0.05)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            results.put((_DONE, None))
-        except BaseException as error:  # reported by the reader, in the caller's thread
-            results.put((_DONE, error))
-        finally:
-            batches.close()  # type: ignore[attr-defined]
-
-    producer = threading.Thread(target=produce, daemon=True)
-    producer.start()
-    try:
-        while True:
-            batch, error = results.get()
-            if error is not None:
-                raise error
-            if batch is _DONE:
-                return
-            yield batch
-    finally:
-        stop.set()
-        while producer.is_alive():  # let it see `stop` (its put would wait on a full queue)
-            try:
-                results.get(timeout=0.05)
-            except queue.Empty:
-                pass
-
-
 def _numbered(batches: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
     row = 0
     for batch in batches:
@@ -352,29 +323,32 @@ def _read_guarded(path: Path, batches: Iterator[pl.DataFrame]) -> Iterator[pl.Da
 
 
 def read_export(path: str | Path, stats: SourceStats, transform: Transform = lambda frame: frame, *,
-                keep_invalid: bool = False) -> Iterator[pl.DataFrame]:
+                keep_invalid: bool = False, required: tuple[str, ...] = REQUIRED, checksum: bool = True) -> Iterator[pl.DataFrame]:
     """Batches with columns row, code, product_name, brands, categories_tags, the nutrients (strings), in
     file order, passed through transform (lazily, on the fast path). A line that cannot be read (ragged,
     not JSON) is counted in stats and left out, or with keep_invalid kept in its place as a row of nulls
-    whose invalid_line says why (every other row has it null). stats is complete once the batches are exhausted."""
+    whose invalid_line says why (every other row has it null). required: the columns without which the file
+    is refused (one line naming them). checksum: stats.sha256 is the file's (a datacard's provenance; it
+    costs a core's time on a large export). stats is complete once the batches are exhausted."""
     path = Path(path)
     fmt = sniff(path)
     stats.format = fmt.describe()
-    yield from _read_guarded(path, _read_export(path, fmt, stats, transform, keep_invalid))
+    yield from _read_guarded(path, _read_export(path, fmt, stats, transform, keep_invalid, required, checksum))
 
 
-def _read_export(path: Path, fmt: ExportFormat, stats: SourceStats, transform: Transform, keep_invalid: bool) -> Iterator[pl.DataFrame]:
-    digest = hashlib.sha256()
+def _read_export(path: Path, fmt: ExportFormat, stats: SourceStats, transform: Transform, keep_invalid: bool,
+                 required: tuple[str, ...], checksum: bool) -> Iterator[pl.DataFrame]:
+    digest = hashlib.sha256() if checksum else None
     complete = _completer(keep_invalid)
     if fmt.kind == "parquet":
-        yield from parquet_batches(path, fmt, stats, lambda frame: transform(complete(frame)))
+        yield from parquet_batches(path, fmt, stats, lambda frame: transform(complete(frame)), required, checksum)
         return
     if fmt.kind == "jsonl":
         batches = _numbered(_jsonl_batches(path, fmt, stats, digest, keep_invalid))
     elif fmt.quoted:
-        batches = _numbered(_quoted_batches(path, fmt, stats, digest, keep_invalid))
+        batches = _numbered(_quoted_batches(path, fmt, stats, digest, keep_invalid, required))
     else:  # OFF's own export (plain, gzip or zstd) and other unquoted TSVs
-        batches = _numbered(_tsv_batches(path, fmt, stats, digest, keep_invalid))
+        batches = _numbered(_tsv_batches(path, fmt, stats, digest, keep_invalid, required))
     # Lazily: polars' optimiser shares the sub-expressions of classify (half the time of running it eagerly).
-    yield from _prefetched(transform(complete(batch.lazy())).collect() for batch in batches)
-    stats.sha256 = digest.hexdigest()
+    yield from prefetched(transform(complete(batch.lazy())).collect() for batch in batches)
+    stats.sha256 = digest.hexdigest() if digest is not None else ""

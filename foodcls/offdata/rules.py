@@ -81,6 +81,12 @@ def _matches(tags: pl.Expr, wanted: tuple[str, ...]) -> pl.Expr:
     return tags.str.contains(pattern).fill_null(False)
 
 
+def has_categories(tags: pl.Expr) -> pl.Expr:
+    """Whether a comma-separated tags column names a category. `en:null` is what some exports write for "no
+    category": such a product has none (with --other it is no_class, not other; `--uncategorised` keeps it)."""
+    return tags.fill_null("").str.replace_all(r"\ben:null\b", "").str.contains(r"[^,\s]")
+
+
 def label_expressions(rules: LabelRules, tags: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
     """(class index or null, number of classes matched, whether the product is `other`-eligible but
     near a class) from a comma-separated tags column. With rules.other, a product with categories that
@@ -100,9 +106,7 @@ def label_expressions(rules: LabelRules, tags: pl.Expr) -> tuple[pl.Expr, pl.Exp
     near = pl.lit(False)
     if rules.other:
         near = _matches(tags, rules.near) if rules.near else pl.lit(False)
-        # `en:null` is what some exports write for "no category": such a product is no_class, not other.
-        has_categories = tags.fill_null("").str.replace_all(r"\ben:null\b", "").str.contains(r"[^,\s]")
-        other = (n_matched == 0) & has_categories & ~near
+        other = (n_matched == 0) & has_categories(tags) & ~near
         label = pl.when(other).then(pl.lit(len(names), pl.Int8)).otherwise(label)
-        near = (n_matched == 0) & has_categories & near
+        near = (n_matched == 0) & has_categories(tags) & near
     return label, n_matched, near

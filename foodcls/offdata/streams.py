@@ -1,17 +1,20 @@
 """Byte streams under the readers: hashing what is read (as stored on disk), blocks of UTF-8, a block
-iterator read as a stream."""
+iterator read as a stream, and batches produced a little ahead in a thread of their own."""
 
 from __future__ import annotations
 
 import codecs
 import io
 import os
+import queue
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from foodcls.offdata.sniff import ExportFormat, decompressed
 
+T = TypeVar("T")
 # Bytes read, decoded and parsed at a time. The environment variable is for tests, which show memory
 # flat in the rows with small blocks instead of GBs of export.
 BLOCK_BYTES = int(os.environ.get("FOODCLS_READ_BLOCK_BYTES", 32 << 20))
@@ -32,7 +35,8 @@ class HashingReader(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         n = self.handle.readinto(buffer)
-        self.digest.update(memoryview(buffer)[:n])
+        if self.digest is not None:  # None: no checksum wanted (predict reads an export without one)
+            self.digest.update(memoryview(buffer)[:n])
         if self.stats is not None:
             self.stats.bytes_read += n
         return n
@@ -72,3 +76,49 @@ def utf8_blocks(path: Path, fmt: ExportFormat, digest, stats: ReadCounter) -> It
             if not block:
                 return
             yield block
+
+
+_DONE = object()
+
+
+def prefetched(batches: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """The batches, produced in a thread at most `depth` ahead: reading, decompressing, hashing, parsing
+    and classifying (which release the GIL) overlap with the caller's work on the previous batch, and,
+    unlike polars' streaming engine, which runs ahead of its reader, memory stays bounded."""
+    results: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        results.put((batch, None), timeout=0.05)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            results.put((_DONE, None))
+        except BaseException as error:  # reported by the reader, in the caller's thread
+            results.put((_DONE, error))
+        finally:
+            batches.close()  # type: ignore[attr-defined]
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    try:
+        while True:
+            batch, error = results.get()
+            if error is not None:
+                raise error
+            if batch is _DONE:
+                return
+            yield batch
+    finally:
+        stop.set()
+        while producer.is_alive():  # let it see `stop` (its put would wait on a full queue)
+            try:
+                results.get(timeout=0.05)
+            except queue.Empty:
+                pass

@@ -21,7 +21,8 @@ from fastapi.responses import HTMLResponse, Response
 from foodcls.features import NUTRIENTS, invalid_mask, value_problem
 from foodcls.errors import DataError
 from foodcls.redact import redact_secrets
-from foodcls.inference.predict import Predictor, Verdict, check_trust_options, load_predictor, review_product, verdicts
+from foodcls.inference.judge import TrustOptions, check_trust_options, judge
+from foodcls.inference.predict import Predictor, load_predictor, review_product
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
 MAX_BATCH = 10_000
@@ -112,27 +113,24 @@ def _check_product(predictor: Predictor, product: Any, allow_missing: bool) -> t
     return checked.values, errors, checked.warnings
 
 
-TRUST_FIELDS = ("min_confidence", "coverage")
+TRUST_FIELDS = ("min_confidence", "coverage", "precision")
 
 
-def _trust_options(predictor: Predictor, options: dict[str, Any]) -> tuple[dict[str, float | None], list[dict]]:
-    """min_confidence and coverage from a request body (as `foodcls predict` takes them), or the 422 errors."""
+def _trust_options(predictor: Predictor, options: dict[str, Any]) -> tuple[TrustOptions, list[dict]]:
+    """min_confidence, coverage and precision from a request body (as `foodcls predict` takes them), or the 422 errors."""
     chosen: dict[str, float | None] = {}
     for name in TRUST_FIELDS:
         value = options.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            return {}, [_field_error(name, f"must be a number, got {repr(value)[:80]}")]
+            return TrustOptions(), [_field_error(name, f"must be a number, got {repr(value)[:80]}")]
         chosen[name] = None if value is None else float(value)
+    trust = TrustOptions(**chosen)
     try:
-        check_trust_options(predictor, chosen["min_confidence"], chosen["coverage"])
+        check_trust_options(predictor, trust)
     except DataError as error:
-        field = "coverage" if str(error).startswith("--coverage") else "min_confidence"
-        return {}, [_field_error(field, str(error).replace(f"--{field.replace('_', '-')} ", "", 1))]
-    return chosen, []
-
-
-def _verdict_fields(verdict: Verdict) -> dict[str, Any]:
-    return {"decision": verdict.decision, **({"set": verdict.set} if verdict.set is not None else {})}
+        field = next(f for f in TRUST_FIELDS if str(error).startswith(f"--{f.replace('_', '-')}"))
+        return TrustOptions(), [_field_error(field, str(error).replace(f"--{field.replace('_', '-')}", "", 1).lstrip(": "))]
+    return trust, []
 
 
 def _probabilities(predictor: Predictor, row: np.ndarray) -> dict[str, float]:
@@ -174,6 +172,11 @@ def create_app(checkpoint: str | Path | None = None, *, expose_paths: bool | Non
         "config": redact_secrets(predictor.config if expose else _hidden_paths(predictor.config)), "metrics": predictor.metrics,
         "checkpoint": str(path) if expose else path.name, "temperature": predictor.temperature,
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "fill_values": predictor.fill_values,
+        "members": predictor.members, "open_set_score": predictor.open_set_score,
+        "calibration": ({"method": predictor.calibration.method, "rows": len(predictor.calibration.labels),
+                         "sources": list(predictor.calibration.sources)} if predictor.calibration is not None else None),
+        "operating_point": ({"precision": predictor.operating_point.precision, "thresholds": predictor.operating_point.thresholds}
+                            if predictor.operating_point is not None else None),
     }
     # The OpenAPI page at /docs would load its scripts from a CDN: off, so nothing is fetched from outside.
     app = FastAPI(title="foodcls", docs_url=None, redoc_url=None)
@@ -215,10 +218,10 @@ def create_app(checkpoint: str | Path | None = None, *, expose_paths: bool | Non
         if errors or trust_errors:
             return _json({"detail": errors + trust_errors}, 422)
         row = np.array([values], dtype=np.float32)
-        probabilities = predictor.probabilities(row)[0]
-        verdict = verdicts(predictor, probabilities[None, :], **trust)[0]
+        judged = judge(predictor, row, trust)
+        probabilities = judged.probabilities[0]
         out = {"class": predictor.classes[int(probabilities.argmax())], "probabilities": _probabilities(predictor, probabilities),
-               **_verdict_fields(verdict), "warnings": warnings}
+               **judged.fields(0), "warnings": warnings}
         if options.get("explain"):
             from foodcls.inference.explain import integrated_gradients
 
@@ -243,16 +246,16 @@ def create_app(checkpoint: str | Path | None = None, *, expose_paths: bool | Non
             features = batch_features(predictor, products, bool(body.get("allow_missing")))
         except _BatchErrors as errors:
             return _json({"detail": errors.errors}, 422)
-        probabilities = predictor.probabilities(features)
+        judged = judge(predictor, features, trust)
+        probabilities = judged.probabilities
         best = probabilities.argmax(axis=1)
         classes = predictor.classes
-        judged = verdicts(predictor, probabilities, **trust)
-        if trust["coverage"] is None:  # the common case, without a dict merge per product
-            predictions = [{"class": classes[b], "probabilities": dict(zip(classes, p)), "decision": v.decision}
-                           for b, p, v in zip(best.tolist(), probabilities.tolist(), judged)]
+        if judged.sets is None:  # the common case, without a dict merge per product
+            predictions = [{"class": classes[b], "probabilities": dict(zip(classes, p)), "decision": d, "suggest": s}
+                           for b, p, d, s in zip(best.tolist(), probabilities.tolist(), judged.decisions, judged.suggest.tolist())]
         else:
-            predictions = [{"class": classes[b], "probabilities": dict(zip(classes, p)), **_verdict_fields(v)}
-                           for b, p, v in zip(best.tolist(), probabilities.tolist(), judged)]
+            predictions = [{"class": classes[b], "probabilities": dict(zip(classes, p)), **judged.fields(i)}
+                           for i, (b, p) in enumerate(zip(best.tolist(), probabilities.tolist()))]
         return _json({"predictions": predictions})
 
     from starlette.middleware.trustedhost import TrustedHostMiddleware

@@ -14,13 +14,14 @@ from typing import Any
 import torch
 
 from foodcls import runs
-from foodcls.config import Config, config_to_dict, config_to_yaml, load_config
+from foodcls.config import Config, config_to_yaml, load_config
 from foodcls.data import Splits, load_splits
-from foodcls.errors import ConfigError, FoodclsError, ResourceError, WriteError
+from foodcls.errors import ConfigError, FoodclsError, ResourceError, WriteError, first_line
 from foodcls.fileio import atomic_write_text
 from foodcls.inference.checkpoint import Checkpoint, load_checkpoint
 from foodcls.tracking import check_tracking, log_run
-from foodcls.training.run import EpochCallback, Run, RunPruned, RunSpec, finish, init_checkpoint
+from foodcls.training import composite
+from foodcls.training.run import EpochCallback, Run, RunPruned, RunSpec, finish, init_checkpoint, same_network
 from foodcls.training.stack import EVAL_THREADS, TORCH_THREADS, Interrupted, fit_stack, group_key
 from foodcls.training.trainstate import restore_state
 
@@ -155,39 +156,109 @@ def available_memory() -> int | None:
     return None
 
 
-def check_memory(config: Config, splits: Splits) -> None:
-    """Refuse, before anything is written, a model that cannot fit in this machine's memory."""
+def check_memory(config: Config, splits: Splits, networks: int = 1) -> None:
+    """Refuse, before anything is written, a model that cannot fit in this machine's memory (networks: how
+    many a composite run trains at once)."""
     sizes = [len(config.data.features), *config.model.hidden, len(config.data.classes)]
     params = sum(i * o + o for i, o in zip(sizes, sizes[1:]))
     rows = config.train.batch_size + sum(len(d) for d in (splits.train, splits.val, splits.test) if d is not None)
     # Weights, gradients, two optimizer buffers, the in-memory best and last snapshots, float32; and the
     # activations of a batch and of the evaluation pass.
-    need = params * 4 * 6 + rows * max(sizes) * 4 * 4
+    need = (params * 4 * 6 + rows * max(sizes) * 4 * 4) * networks
     available = available_memory()
     if available is not None and need > 0.8 * available:
         raise ResourceError(f"model.hidden={list(config.model.hidden)}: training needs about {need / 1e9:.1f} GB "
-                            f"({params:,} parameters), more than the {available / 1e9:.1f} GB of memory available")
+                            f"({params * networks:,} parameters), more than the {available / 1e9:.1f} GB of memory available")
 
 
 def _check_inputs(config: Config) -> tuple[Splits, Checkpoint | None]:
-    """Everything a new run reads, validated before anything is written: its data and its init checkpoint."""
+    """Everything a new run reads, validated before anything is written: its data and its init checkpoint
+    (and, for calibration across sources, that the data hold enough sources)."""
     splits = load_splits(config)
-    check_memory(config, splits)
+    check_memory(config, splits, composite.count_networks(config))
     init = init_checkpoint(config)
     _resolve_device(config.train.device)
     return splits, init
 
 
+@dataclass
+class _Planned:
+    """A new run ready to train: its one spec, or a composite's parts."""
+
+    run_dir: Path
+    specs: list[RunSpec]
+    composite: composite.Composite | None = None
+    lock: Any = None  # a composite run's own lock, held while its parts train
+
+
 def _new_run(config: Config, runs_root: str | Path, name: str, inputs: tuple[Splits, Checkpoint | None],
-             on_epoch: EpochCallback | None = None) -> RunSpec:
+             on_epoch: EpochCallback | None = None) -> _Planned:
     run_dir = runs.create_run_dir(runs_root, name)
     try:
         atomic_write_text(run_dir / runs.CONFIG_FILE, config_to_yaml(config))
-    except WriteError:
+        splits, init = inputs
+        if not config.composite:
+            return _Planned(run_dir, [RunSpec(config, run_dir, name, None, on_epoch, splits, init)])
+        lock = runs.lock_run(run_dir)
+        _start_composite(run_dir, name, splits)
+        planned = composite.plan(config, run_dir, name, splits, on_epoch)
+        return _Planned(run_dir, planned.specs, planned, lock)
+    except (WriteError, FoodclsError):
         shutil.rmtree(run_dir, ignore_errors=True)  # a run directory without its config would be no run at all
         raise
-    splits, init = inputs
-    return RunSpec(config, run_dir, name, None, on_epoch, splits, init)
+
+
+def _start_composite(run_dir: Path, name: str, splits: Splits) -> None:
+    """A composite run's summary while its parts train (each part has its own)."""
+    import os
+    import platform
+    from datetime import datetime, timezone
+
+    import numpy as np
+
+    from foodcls import __version__
+    from foodcls.training.run import write_summary
+
+    summary = runs.read_summary(run_dir)
+    summary.update(name=name, status="running", pid=os.getpid(),
+                   started_at=summary.get("started_at", datetime.now(timezone.utc).isoformat(timespec="seconds")),
+                   data={s: len(d) if d is not None else 0 for s, d in (("train", splits.train), ("val", splits.val), ("test", splits.test))},
+                   versions={"foodcls": __version__, "torch": torch.__version__, "numpy": np.__version__,
+                             "python": platform.python_version()})
+    summary.pop("error", None)
+    write_summary(run_dir, summary)
+
+
+def _finished(planned: _Planned, results: list[TrainResult]) -> TrainResult:
+    """A planned run's result once its specs trained: a composite is assembled first."""
+    if planned.composite is None:
+        return results[0]
+    try:
+        summary = composite.assemble(planned.composite)
+    finally:
+        if planned.lock is not None:
+            planned.lock.close()
+    return TrainResult(run_dir=planned.run_dir, status=summary["status"], epochs_run=summary["epochs_run"],
+                       best_epoch=summary.get("best_epoch"), test_accuracy=summary.get("test_accuracy"),
+                       val_accuracy=summary.get("val_accuracy"), train_seconds=summary["train_seconds"],
+                       warnings=summary.get("warnings", []))
+
+
+def _fit_planned(plans: list[_Planned], eval_threads: int) -> list[TrainResult]:
+    """Train every planned run's specs together (those of one shape in lockstep); one result per plan."""
+    specs = [spec for planned in plans for spec in planned.specs]
+    try:
+        results = fit_runs(specs, eval_threads=eval_threads) if specs else []
+    except BaseException:
+        for planned in plans:
+            if planned.lock is not None:
+                planned.lock.close()
+        raise
+    out, start = [], 0
+    for planned in plans:
+        out.append(_finished(planned, results[start : start + len(planned.specs)]))
+        start += len(planned.specs)
+    return out
 
 
 def train(config: Config, runs_root: str | Path = "runs", name: str = "run", on_epoch: EpochCallback | None = None, *,
@@ -197,33 +268,43 @@ def train(config: Config, runs_root: str | Path = "runs", name: str = "run", on_
     inputs = _check_inputs(config)
     if track:
         check_tracking(config.tracking.mlflow)
-    result = fit_runs([_new_run(config, runs_root, name, inputs, on_epoch)], eval_threads=eval_threads)[0]
+    result = _fit_planned([_new_run(config, runs_root, name, inputs, on_epoch)], eval_threads)[0]
     if track and config.tracking.mlflow:
-        log_run(config.tracking.mlflow, result.run_dir)
+        log_run_safely(config.tracking.mlflow, result)
     return result
+
+
+def log_run_safely(uri: str, result: TrainResult) -> None:
+    """Log a finished run to MLflow, best effort: the run is saved whatever the store does; a store that fails
+    now (removed, restarted) is one warning, never a traceback that hides the run's figures."""
+    try:
+        log_run(uri, result.run_dir)
+    except Exception as error:  # MLflow, SQLAlchemy, OSError…: the run directory stays the source of truth
+        result.warnings.append(f"not logged to MLflow ({type(error).__name__}: {first_line(error)[:160]}); "
+                               "the run is saved in its directory")
 
 
 def train_many(items: list[tuple[Config, str]], runs_root: str | Path = "runs", *,
                eval_threads: int = EVAL_THREADS) -> list[TrainResult | FoodclsError]:
-    """Train several new runs (config, name), those of one shape together in lockstep. A run whose input
-    is bad comes back as its error, with no directory made; the others train."""
+    """Train several new runs (config, name), those of one shape together in lockstep (a composite run's
+    parts too). A run whose input is bad comes back as its error, with no directory made; the others train."""
     outcomes: list[TrainResult | FoodclsError | None] = [None] * len(items)
-    specs, positions = [], []
+    plans, positions = [], []
     for i, (config, name) in enumerate(items):
         try:
-            inputs = _check_inputs(config)
+            plans.append(_new_run(config, runs_root, name, _check_inputs(config)))
         except FoodclsError as error:
             outcomes[i] = error
             continue
-        specs.append(_new_run(config, runs_root, name, inputs))
         positions.append(i)
-    for i, result in zip(positions, fit_runs(specs, eval_threads=eval_threads) if specs else []):
+    for i, result in zip(positions, _fit_planned(plans, eval_threads)):
         outcomes[i] = result
     return outcomes  # type: ignore[return-value]
 
 
 def resume(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), on_epoch: EpochCallback | None = None) -> TrainResult:
-    """Continue a run in place from its last checkpoint; ends bit-identical to an uninterrupted run."""
+    """Continue a run in place from its last checkpoint; ends bit-identical to an uninterrupted run. A
+    composite run resumes each unfinished part and is assembled again."""
     run_dir = runs.resolve_run_dir(run_dir)
     lock = runs.lock_run(run_dir)  # before anything is read or written: the run may still be training
     try:
@@ -234,19 +315,32 @@ def resume(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), on_
 
 
 def _resume_locked(run_dir: Path, lock, overrides: list[str] | tuple[str, ...], on_epoch: EpochCallback | None) -> TrainResult:
+    # Everything is read and checked before anything is written: a refused --set leaves the run as it was.
     config = load_config(run_dir / runs.CONFIG_FILE, overrides)
-    checkpoint = load_checkpoint(runs.last_checkpoint(run_dir)) if runs.last_checkpoint(run_dir).exists() else None
+    stored = load_config(run_dir / runs.CONFIG_FILE)
+    if config.composite != stored.composite or config.model.ensemble != stored.model.ensemble:
+        raise ConfigError("--set: model.ensemble and train.calibration: sources cannot change on resume")
+    checkpoint = None if config.composite else (load_checkpoint(runs.last_checkpoint(run_dir)) if runs.last_checkpoint(run_dir).exists() else None)
     restored = None
     if checkpoint is not None:
         restored = restore_state(checkpoint)  # refuses a checkpoint that is not resumable
-        if checkpoint.meta["model"] != config_to_dict(config)["model"]:
+        if not same_network(checkpoint.meta["model"], config):
             raise ConfigError("--set: the model section cannot change on resume")
+        if list(checkpoint.meta["classes"]) != list(config.data.classes) or list(checkpoint.meta["features"]) != list(config.data.features):
+            raise ConfigError("--set: data.classes and data.features cannot change on resume (the network's inputs and outputs)")
     splits = load_splits(config)
     _resolve_device(config.train.device)
-    atomic_write_text(run_dir / runs.CONFIG_FILE, config_to_yaml(config))
-    name = runs.read_summary(run_dir).get("name", run_dir.name)
     check_tracking(config.tracking.mlflow)
-    result = fit_runs([RunSpec(config, run_dir, name, checkpoint, on_epoch, splits, restored=restored, lock=lock)])[0]
+    name = runs.read_summary(run_dir).get("name", run_dir.name)
+    if config.composite:
+        planned_composite = composite.plan(config, run_dir, name, splits, on_epoch, resuming=True)
+        atomic_write_text(run_dir / runs.CONFIG_FILE, config_to_yaml(config))
+        _start_composite(run_dir, name, splits)
+        planned = _Planned(run_dir, planned_composite.specs, planned_composite, lock)
+    else:
+        atomic_write_text(run_dir / runs.CONFIG_FILE, config_to_yaml(config))
+        planned = _Planned(run_dir, [RunSpec(config, run_dir, name, checkpoint, on_epoch, splits, restored=restored, lock=lock)])
+    result = _fit_planned([planned], EVAL_THREADS)[0]
     if config.tracking.mlflow:
-        log_run(config.tracking.mlflow, result.run_dir)
+        log_run_safely(config.tracking.mlflow, result)
     return result

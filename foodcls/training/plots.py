@@ -96,8 +96,9 @@ def write_run_plots(run_dir: Path, summary: dict | None = None) -> list[Path]:
     """(Re)draw a run's learning curves, gradient norms and test confusion matrix into its directory
     (from its summary.json, or the summary about to be written)."""
     written = [run_dir / LEARNING_CURVES, run_dir / GRAD_NORMS]
-    plot_learning_curves([run_dir], written[0])
-    plot_grad_norms([run_dir], written[1])
+    curves = runs.member_dirs(run_dir) or [run_dir]  # an ensemble's members, one colour each
+    plot_learning_curves(curves, written[0])
+    plot_grad_norms(curves, written[1])
     evaluation = (summary if summary is not None else runs.read_summary(run_dir)).get("evaluation", {})
     split = "test" if "test" in evaluation else "val" if "val" in evaluation else None
     if split is not None:

@@ -23,8 +23,6 @@ from foodcls.preprocessing import Preprocessing
 from foodcls.errors import ConfigError, RunError, WriteError
 from foodcls.fileio import atomic_write_json, atomic_write_text, write_error
 from foodcls.inference.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, weight_arrays
-from foodcls.inference.evaluate import classification_report, probability_report
-from foodcls.labels import OTHER
 from foodcls.training.model import build_model, linear_layers
 from foodcls.training.optim import Schedule
 from foodcls.training.trainstate import Progress, RestoredState, model_arrays, model_meta, restore_state, resumable_state
@@ -92,6 +90,7 @@ class RunSpec:
     init: Checkpoint | None = None  # train.init_from's checkpoint, when already loaded and checked
     restored: RestoredState | None = None  # the resumed checkpoint's training state, when already read
     lock: IO[str] | None = None  # the run directory's lock, when already taken (resume takes it first)
+    part: bool = False  # a part of a composite run (composite.py): no plots, no card of its own
 
 
 class Run:
@@ -164,7 +163,7 @@ class Run:
         )
         summary.pop("error", None)
         self.summary = summary
-        _write_summary(self.run_dir, summary)
+        write_summary(self.run_dir, summary)
         _truncate_metrics(self.run_dir, self.progress.epoch)
         self.metrics_file = open(self.run_dir / runs.METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
@@ -181,7 +180,7 @@ class Run:
         self.close()
         self.summary.update(status="failed", error=reason, finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         try:
-            _write_summary(self.run_dir, self.summary)
+            write_summary(self.run_dir, self.summary)
         except WriteError:
             pass  # the error being reported is what matters; the summary stays as last written
 
@@ -246,12 +245,20 @@ def init_checkpoint(config: Config) -> Checkpoint | None:
     init = load_checkpoint(config.train.init_from)
     if list(init.meta["features"]) != list(config.data.features):
         raise ConfigError(f"train.init_from: {init.path} uses features {', '.join(init.meta['features'])}, the config {', '.join(config.data.features)}")
-    if init.meta["model"] != config_to_dict(config)["model"]:
+    if not same_network(init.meta["model"], config):
         raise ConfigError(f"train.init_from: {init.path} has model {init.meta['model']}, the config {config_to_dict(config)['model']}")
+    if init.meta.get("ensemble") is not None:
+        raise ConfigError(f"train.init_from: {init.path} is an ensemble; start from one network (a member's checkpoint)")
     return init
 
 
-def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+def same_network(model: dict[str, Any], config: Config) -> bool:
+    """Whether a checkpoint's `model` metadata describes one network of the config's shape (checkpoints from
+    before ensembles have no `ensemble` key; a composite's parts have 1)."""
+    return isinstance(model, dict) and model.get("hidden") == list(config.model.hidden) and model.get("activation") == config.model.activation
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     atomic_write_json(run_dir / runs.SUMMARY_FILE, summary)
 
 
@@ -264,46 +271,24 @@ def _truncate_metrics(run_dir: Path, epoch: int) -> None:
 
 
 
-def calibrate(path: Path, val: LabelledData) -> dict[str, Any]:
-    """Fit the temperature on the validation rows and store it in the checkpoint at path, with the rows'
-    conformal scores (for predict's sets); returns what was fitted."""
-    from foodcls.inference.calibration import conformal_scores, expected_calibration_error, fit_temperature, softmax
-    from foodcls.inference.predict import predictor_from_checkpoint
-
-    checkpoint = load_checkpoint(path)
-    predictor = predictor_from_checkpoint(checkpoint)
-    logits = predictor.logits(predictor.prep.apply(val.features)).astype(np.float64)
-    temperature = fit_temperature(logits, val.labels)
-    calibrated = softmax(logits, temperature)
-    arrays = {**checkpoint.arrays, "conformal_scores": conformal_scores(calibrated, val.labels)}
-    save_checkpoint(path, arrays, {**checkpoint.meta, "temperature": temperature})
-    return {"method": "temperature", "temperature": temperature, "rows": len(val),
-            "val_ece_before": expected_calibration_error(softmax(logits), val.labels),
-            "val_ece_after": expected_calibration_error(calibrated, val.labels)}
-
-
 def finish(member: Run) -> None:
-    """Score the best checkpoint on val and test, draw the plots, then write summary.json: a run reads
-    `finished` only once every file of it is in place."""
+    """Calibrate and score the best checkpoint on val and test, draw the plots, then write summary.json: a
+    run reads `finished` only once every file of it is in place. A part of a composite run (an ensemble's
+    member, a model per source) draws no plots and writes no card: the composite does."""
+    from foodcls.inference.evaluate import split_report
     from foodcls.inference.predict import load_predictor
+    from foodcls.training.calibrate import calibrate_on_validation
 
     member.close()
     run_dir, summary, progress, splits = member.run_dir, dict(member.summary), member.progress, member.splits
     scores: dict[str, Any] = {}
     if runs.best_checkpoint(run_dir).exists():
         if member.config.calibrates and splits.val is not None:
-            summary["calibration"] = calibrate(runs.best_checkpoint(run_dir), splits.val)
+            summary["calibration"] = calibrate_on_validation(runs.best_checkpoint(run_dir), member.config, splits.train, splits.val)
         predictor = load_predictor(runs.best_checkpoint(run_dir))
         for split_name, data in (("val", splits.val), ("test", splits.test)):
             if data is not None:
-                probabilities = predictor.probabilities(data.features)
-                scores[split_name] = classification_report(data.labels, probabilities.argmax(axis=1), predictor.classes)
-                scores[split_name].update(probability_report(probabilities, data.labels, predictor.temperature,
-                                                             predictor.conformal_scores))
-                if predictor.has_other and (data.labels == predictor.classes.index(OTHER)).any():
-                    from foodcls.inference.calibration import labelled_open_set
-
-                    scores[split_name]["open_set"] = labelled_open_set(probabilities, data.labels, predictor.classes)
+                scores[split_name] = split_report(predictor, data)
     summary.update(
         status=member.status,
         stop_reason=member.stop_reason,
@@ -318,7 +303,14 @@ def finish(member: Run) -> None:
         warnings=scores["test"]["warnings"] if "test" in scores else [],
         evaluation=scores,
     )
-    if progress.epoch > 0:
+    write_results(run_dir, summary, drawn=progress.epoch > 0 and not member.spec.part, carded=not member.spec.part)
+    member.summary, member.done = summary, True
+
+
+def write_results(run_dir: Path, summary: dict[str, Any], *, drawn: bool = True, carded: bool = True) -> None:
+    """A run's plots and model card (where asked), then summary.json, last: it reads `finished` only once
+    every other file is in place."""
+    if drawn:
         import importlib.util
 
         if importlib.util.find_spec("matplotlib") is None:  # the `plots` extra is not installed
@@ -327,9 +319,8 @@ def finish(member: Run) -> None:
             from foodcls.training.plots import write_run_plots
 
             write_run_plots(run_dir, summary)
-    if runs.best_checkpoint(run_dir).exists():
+    if carded and runs.best_checkpoint(run_dir).exists():
         from foodcls.inference.card import write_model_card
 
         write_model_card(run_dir, summary)
-    _write_summary(run_dir, summary)
-    member.summary, member.done = summary, True
+    write_summary(run_dir, summary)
