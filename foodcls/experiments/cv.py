@@ -44,6 +44,7 @@ class FoldPredictions:
     suggest: np.ndarray | None = None  # None: the fold's model has no operating point
     set_held: np.ndarray | None = None  # None: it has no conformal scores
     set_size: np.ndarray | None = None
+    suggest_by_score: dict[str, np.ndarray] = field(default_factory=dict)  # at its precision, were each score the one
 
     @property
     def predicted(self) -> np.ndarray:
@@ -76,6 +77,15 @@ def predict_fold(fold: Fold, run: RunOutcome, baselines: bool) -> FoldPrediction
         sets = prediction_sets(outputs.probabilities, conformal_threshold(predictor.conformal_scores, SET_COVERAGE))
         held = np.array([int(label) in members for label, members in zip(held_out.labels.tolist(), sets)])
         size = np.array([len(members) for members in sets])
+    by_score = {}
+    if predictor.operating_point is not None and predictor.calibration is not None:
+        from foodcls.inference.suggest import suggest_thresholds, suggestions
+
+        c, precision = predictor.calibration, predictor.operating_point.precision
+        for kind, rows in c.scores_by_kind.items():
+            if kind in scores:
+                thresholds = suggest_thresholds(c.probabilities, c.labels, rows, predictor.classes, precision)
+                by_score[kind] = suggestions(outputs.probabilities, scores[kind], predictor.classes, thresholds)
     predicted: dict[str, np.ndarray] = {}
     if baselines:
         from foodcls.data import load_splits
@@ -84,7 +94,7 @@ def predict_fold(fold: Fold, run: RunOutcome, baselines: bool) -> FoldPrediction
         train_rows = load_splits(fold.config).train
         predicted = baseline_predictions(train_rows, held_out.features, predictor.prep, fold.config.train.seed)
     return FoldPredictions(held_out, outputs.probabilities, predicted, scores,
-                           judged.suggest if judged.thresholds is not None else None, held, size)
+                           judged.suggest if judged.thresholds is not None else None, held, size, by_score)
 
 
 def fold_scores(labels: np.ndarray, predicted: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
@@ -222,6 +232,11 @@ def _pooled_trust(predictions: list[FoldPredictions], classes: tuple[str, ...]) 
         out["suggestions"] = suggestion_figures(probabilities, labels, np.concatenate([p.suggest for p in predictions]), classes)
         out["suggestions"]["per_fold_precision"] = [
             suggestion_figures(p.probabilities, p.labels, p.suggest, classes)["precision"] for p in predictions]
+        kinds = set.intersection(*(set(p.suggest_by_score) for p in predictions))
+        out["suggestions_by_score"] = {}
+        for kind in (k for k in OPEN_SET_SCORES if k in kinds):
+            figures = suggestion_figures(probabilities, labels, np.concatenate([p.suggest_by_score[kind] for p in predictions]), classes)
+            out["suggestions_by_score"][kind] = {k: figures[k] for k in ("suggested", "precision", "recall")}
     return out
 
 

@@ -42,6 +42,7 @@ class Calibration:
     labels: np.ndarray  # (n,)
     open_set_scores: np.ndarray  # (n,), the checkpoint's open-set score of each row
     sources: tuple[str, ...] = ()
+    scores_by_kind: dict[str, np.ndarray] = field(default_factory=dict)  # every open-set score of the rows
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,7 @@ def predictor_from_checkpoint(checkpoint: Checkpoint) -> Predictor:
 # The arrays a calibrated checkpoint holds besides the weights (training/calibrate.py writes them).
 CALIBRATION_ARRAYS = ("calibration.probabilities", "calibration.labels", "calibration.open_set_scores")
 KNN_REFERENCE = "knn.reference"
+SCORES_PREFIX = "calibration.scores."  # every open-set score of the calibration rows, by kind
 
 
 def _calibration(checkpoint: Checkpoint, n_classes: int) -> Calibration | None:
@@ -87,8 +88,10 @@ def _calibration(checkpoint: Checkpoint, n_classes: int) -> Calibration | None:
             or not np.isfinite(probabilities).all() or not np.isfinite(open_set).all() or (n and not 0 <= labels.min() <= labels.max() < n_classes)):
         raise CheckpointError(f"{checkpoint.path}: its calibration rows are malformed (damaged file?)")
     sources = meta.get("sources") if isinstance(meta.get("sources"), list) else []
+    by_kind = {name[len(SCORES_PREFIX):]: a.astype(np.float64) for name, a in checkpoint.arrays.items()
+               if name.startswith(SCORES_PREFIX) and a.shape == (n,) and np.isfinite(a).all()}
     return Calibration(str(meta.get("method", "temperature")), probabilities.astype(np.float64), labels.astype(np.int64),
-                       open_set.astype(np.float64), tuple(str(s) for s in sources))
+                       open_set.astype(np.float64), tuple(str(s) for s in sources), by_kind)
 
 
 def _operating_point(checkpoint: Checkpoint, classes: tuple[str, ...]) -> OperatingPoint | None:

@@ -21,10 +21,11 @@ from foodcls.data import LabelledData
 from foodcls.inference.calibration import conformal_scores, expected_calibration_error, fit_temperature, softmax
 from foodcls.inference.checkpoint import load_checkpoint, save_checkpoint
 from foodcls.inference.network import Predictor
-from foodcls.inference.predict import CALIBRATION_ARRAYS, KNN_REFERENCE, predictor_from_checkpoint
+from foodcls.inference.predict import CALIBRATION_ARRAYS, KNN_REFERENCE, SCORES_PREFIX, predictor_from_checkpoint
 from foodcls.inference.suggest import (
-    KNN_REFERENCE_ROWS, default_score, named_classes, open_set_scores, suggest_thresholds, unit_rows,
+    KNN_REFERENCE_ROWS, OPEN_SET_SCORES, default_score, named_classes, open_set_scores, suggest_thresholds, unit_rows,
 )
+from foodcls.labels import OTHER
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class Fitted:
     labels: np.ndarray
     open_set_scores: np.ndarray
     score: str
+    all_scores: dict[str, np.ndarray]  # every open-set score of the rows (cv compares them: suggest.OPEN_SET_SCORES)
     thresholds: dict[str, float | None] | None
     precision: float | None
     sources: tuple[str, ...]
@@ -92,12 +94,14 @@ def fit_calibration(parts: list[HeldOut], config: Config, method: str, sources: 
     temperature = fit_temperature(logits, labels)
     kind, classes = score_kind(config), config.data.classes
     probabilities = [softmax(p.logits, temperature) for p in parts]
-    scores = np.concatenate([open_set_scores(kind, pr, p.logits, classes, p.hidden, p.knn_reference)
-                             for p, pr in zip(parts, probabilities)])
+    kinds = [k for k in OPEN_SET_SCORES if (k != "not_other" or OTHER in classes) and (k != "knn" or parts[0].knn_reference is not None)]
+    all_scores = {k: np.concatenate([open_set_scores(k, pr, p.logits, classes, p.hidden, p.knn_reference)
+                                     for p, pr in zip(parts, probabilities)]) for k in kinds}
+    scores = all_scores[kind]
     calibrated = np.concatenate(probabilities)
     precision = config.train.suggest_precision
     thresholds = suggest_thresholds(calibrated, labels, scores, classes, precision) if precision is not None else None
-    return Fitted(method, temperature, calibrated, labels, scores, kind, thresholds, precision, sources,
+    return Fitted(method, temperature, calibrated, labels, scores, kind, all_scores, thresholds, precision, sources,
                   expected_calibration_error(softmax(logits), labels), expected_calibration_error(calibrated, labels))
 
 
@@ -107,6 +111,7 @@ def store(path: Path, fitted: Fitted, reference: np.ndarray | None = None) -> No
     arrays = {**checkpoint.arrays, "conformal_scores": conformal_scores(fitted.probabilities, fitted.labels)}
     arrays.update(zip(CALIBRATION_ARRAYS, (fitted.probabilities.astype(np.float32), fitted.labels.astype(np.int64),
                                            fitted.open_set_scores.astype(np.float32))))
+    arrays.update({f"{SCORES_PREFIX}{k}": v.astype(np.float32) for k, v in fitted.all_scores.items()})
     if reference is not None:
         arrays[KNN_REFERENCE] = reference
     meta = {**checkpoint.meta, "temperature": fitted.temperature, "open_set_score": fitted.score,
