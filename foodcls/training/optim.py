@@ -53,21 +53,33 @@ class StackedOptimizer:
         if runs is None:
             self._step(grads)
             return
-        full = (self.params, self.state, self._neg_lr, self._hyper())
-        self.params = [p.index_select(0, runs) for p in full[0]]
-        self.state = {name: [t.index_select(0, runs) for t in tensors] for name, tensors in full[1].items()}
-        self._neg_lr = full[2].index_select(0, runs)
-        self._set_hyper({name: t.index_select(0, runs) if t is not None else None for name, t in full[3].items()})
+        self.begin_subset(runs)
         try:
             self._step(grads)
-            for target, updated in zip(full[0], self.params):
-                target.index_copy_(0, runs, updated)
-            for name, tensors in full[1].items():
-                for target, updated in zip(tensors, self.state[name]):
-                    target.index_copy_(0, runs, updated)
         finally:
-            self.params, self.state, self._neg_lr = full[0], full[1], full[2]
-            self._set_hyper(full[3])
+            self.end_subset()
+
+    def begin_subset(self, runs: torch.Tensor) -> list[torch.Tensor]:
+        """From now until end_subset, step only `runs`: their parameters and state are copied out once (and
+        returned: the parameters to compute gradients with), stepped as a stack of their own, and written back
+        by end_subset — a ragged stack's last steps of an epoch, several steps in one go, not a copy a step."""
+        self._full = (runs, self.params, self.state, self._neg_lr, self._hyper())
+        self.params = [p.index_select(0, runs) for p in self._full[1]]
+        self.state = {name: [t.index_select(0, runs) for t in tensors] for name, tensors in self._full[2].items()}
+        self._neg_lr = self._full[3].index_select(0, runs)
+        self._set_hyper({name: t.index_select(0, runs) if t is not None else None for name, t in self._full[4].items()})
+        return self.params
+
+    def end_subset(self) -> None:
+        runs, params, state, neg_lr, hyper = self._full
+        for target, updated in zip(params, self.params):
+            target.index_copy_(0, runs, updated)
+        for name, tensors in state.items():
+            for target, updated in zip(tensors, self.state[name]):
+                target.index_copy_(0, runs, updated)
+        self.params, self.state, self._neg_lr = params, state, neg_lr
+        self._set_hyper(hyper)
+        self._full = None
 
     def keep(self, runs: torch.Tensor, params: list[torch.Tensor]) -> None:
         """Drop the runs not listed (they left the stack); params are the already-shrunk parameters."""

@@ -155,6 +155,7 @@ class Stack:
         weights_t = [layer[:, :, :-1].transpose(1, 2) for layer in self.layers]  # views: they follow the in-place updates
         norms = GradientNorms(self.layers)
         block_steps = max(1, EPOCH_BLOCK_ROWS // b)
+        tail: _Tail | None = None  # the runs still stepping once some have done their epoch
         for first_step in range(0, steps, block_steps):
             block = range(first_step, min(first_step + block_steps, steps))
             xs, one_hot, weights = epoch.block(block.start * b, block.stop * b)
@@ -170,14 +171,21 @@ class Stack:
                     norms.add(grads)
                     self.optimizer.step(grads)
                 else:
-                    # Runs with fewer rows are done with this epoch: step only the others.
-                    active = torch.tensor([i for i, n in enumerate(per_run_steps) if n > step], dtype=torch.long, device=self.device)
-                    pick = lambda t: t.index_select(0, active)  # noqa: E731
-                    grads = loss_gradients([pick(layer) for layer in self.layers], self.activation,
-                                           pick(x_batches[j]), pick(target_batches[j]),
-                                           pick(weight_batches[j]) if weights is not None else None, pick(rows))
-                    norms.add_some(grads, active, len(self.members))
-                    self.optimizer.step(grads, active)
+                    # Runs with fewer rows are done with this epoch: step only the others, their parameters and
+                    # optimizer state copied out once for as many steps as the same runs remain (not a copy a step).
+                    active = tuple(i for i, n in enumerate(per_run_steps) if n > step)
+                    if tail is None or tail.runs != active:
+                        if tail is not None:
+                            self.optimizer.end_subset()
+                        tail = _Tail(active, torch.tensor(active, dtype=torch.long, device=self.device), self.optimizer)
+                    pick = tail.pick
+                    grads = loss_gradients(tail.layers, self.activation, pick(x_batches[j]), pick(target_batches[j]),
+                                           pick(weight_batches[j]) if weights is not None else None, pick(rows),
+                                           tail.weights_t, tail.hidden(x_batches[j].shape[1]))
+                    norms.add_some(grads, tail.index, len(self.members))
+                    self.optimizer.step(grads)
+        if tail is not None:
+            self.optimizer.end_subset()
         counts = torch.tensor(per_run_steps, dtype=torch.float32, device=self.device)
         # Summed over a contiguous last axis of steps: each run's sum then takes the same order however many
         # runs share the stack (summing over the first axis vectorises across runs, and a solo run's last bit
@@ -313,6 +321,25 @@ def fit_stack(members: list[Run], device: torch.device, eval_threads: int = EVAL
         if isinstance(error, ResourceError):
             raise error from None
         raise
+
+
+class _Tail:
+    """The runs of a ragged stack still stepping in an epoch's last steps, as a stack of their own."""
+
+    def __init__(self, runs: tuple[int, ...], index: torch.Tensor, optimizer: Any) -> None:
+        self.runs, self.index = runs, index
+        self.layers = optimizer.begin_subset(index)
+        self.weights_t = [layer[:, :, :-1].transpose(1, 2) for layer in self.layers]
+        self.buffers: dict[int, list] = {}
+
+    def hidden(self, n: int) -> list:
+        """hidden_buffers for n products (a full batch, or an epoch's last, shorter one)."""
+        if n not in self.buffers:
+            self.buffers[n] = hidden_buffers(self.layers, n)
+        return self.buffers[n]
+
+    def pick(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.index_select(0, self.index)
 
 
 class Interrupted(Exception):
