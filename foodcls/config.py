@@ -11,7 +11,7 @@ import yaml
 from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from foodcls.errors import ConfigError
-from foodcls.features import SEED_FEATURES, check_features
+from foodcls.features import NAME, SEED_FEATURES, check_features, nutrients_of
 from foodcls.labels import DEFAULT_CLASSES, class_problem
 from foodcls.yamlfile import YamlLoader, key_lines_of, parse_yaml_value, read_yaml  # noqa: F401 - re-exported
 
@@ -83,12 +83,31 @@ class DataConfig(_Section):
         return tuple(TrainFile(path=e) if isinstance(e, str) else e for e in entries)
 
 
+class NameConfig(_Section):
+    """How the product's name enters the network (data.features holding `name`; text.py): each word's character
+    n-grams of ngram_min…ngram_max, hashed into `buckets`, at most max_ngrams a name; a learnt vector of `dim`
+    per bucket, their mean concatenated with the scaled nutrients."""
+
+    buckets: Annotated[StrictInt, Field(ge=16, le=1 << 22)] = 1 << 15
+    ngram_min: Annotated[StrictInt, Field(ge=1, le=8)] = 2
+    ngram_max: Annotated[StrictInt, Field(ge=1, le=8)] = 4
+    max_ngrams: Annotated[StrictInt, Field(ge=1, le=1024)] = 96
+    dim: Annotated[StrictInt, Field(ge=1, le=256)] = 16
+
+    @model_validator(mode="after")
+    def _range(self) -> NameConfig:
+        if self.ngram_min > self.ngram_max:
+            raise ValueError(f"model.name: ngram_min ({self.ngram_min}) exceeds ngram_max ({self.ngram_max})")
+        return self
+
+
 class ModelConfig(_Section):
     hidden: tuple[Annotated[StrictInt, Field(ge=1)], ...] = (32, 32)
     activation: Literal["relu", "sigmoid", "tanh"] = "relu"
     # K networks (seeds train.seed … train.seed + K − 1) trained side by side in one lockstep stack; the
     # checkpoint holds them all and predicts the mean of their probabilities.
     ensemble: Annotated[StrictInt, Field(ge=1, le=64)] = 1
+    name: NameConfig = NameConfig()  # used when data.features holds `name`
 
 
 class EarlyStoppingConfig(_Section):
@@ -195,6 +214,15 @@ class Config(_Section):
             raise ValueError("train.init_from: an ensemble's members would all start from the same weights; "
                              "fine-tune one network (model.ensemble: 1)")
         return self
+
+    @property
+    def nutrients(self) -> tuple[str, ...]:
+        """The network's numeric inputs: data.features without `name`."""
+        return nutrients_of(self.data.features)
+
+    @property
+    def uses_name(self) -> bool:
+        return NAME in self.data.features
 
     @property
     def composite(self) -> bool:

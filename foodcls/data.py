@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from foodcls.errors import DataError
-from foodcls.features import NUTRIENTS, REQUIRED_FEATURES, SEED_FEATURES, invalid_mask, value_problem
+from foodcls.features import NAME, NUTRIENTS, REQUIRED_FEATURES, SEED_FEATURES, invalid_mask, value_problem
 from foodcls.fileio import atomic_write_text
 from foodcls.labels import DEFAULT_CLASSES, names_a_class
 
@@ -342,10 +342,18 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
 
 
+def named(config: Config, data: LabelledData) -> LabelledData:
+    """The data, checked to have the `name` column a config with the name feature needs (one line naming the file)."""
+    if config.uses_name and NAME not in data.columns:
+        raise DataError(f"{data.source}: no {NAME!r} column, and data.features asks for the product's name "
+                        "(`foodcls data build` writes it; the demo and synthetic sets have none)")
+    return data
+
+
 def read_training_files(config: Config) -> LabelledData:
     """Every data.train file, with its weight and train-only flag, as one set."""
-    features = config.data.features
-    data = concat([read_labelled_csv(f.path, features, f.weight, f.train_only, config.data.classes, config.data.ignore_labels)
+    features = config.nutrients
+    data = concat([named(config, read_labelled_csv(f.path, features, f.weight, f.train_only, config.data.classes, config.data.ignore_labels))
                    for f in config.data.train_files])
     return drop_missing(data) if config.data.missing == "drop" else data
 
@@ -362,7 +370,7 @@ def split_training_file(config: Config) -> tuple[LabelledData, LabelledData | No
 
 
 def read_eval_file(config: Config, path: str) -> LabelledData:
-    data = read_labelled_csv(path, config.data.features, classes=config.data.classes, ignore=config.data.ignore_labels)
+    data = named(config, read_labelled_csv(path, config.nutrients, classes=config.data.classes, ignore=config.data.ignore_labels))
     return drop_missing(data) if config.data.missing == "drop" else data
 
 

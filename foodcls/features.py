@@ -91,13 +91,21 @@ def consistency_problems(values: dict[str, float]) -> list[str]:
     return problems
 
 
+NAME = "name"  # the text feature: the product's name (text.py), beside the nutrients
+
+
 def check_features(features: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """Validate a feature list (known names, no repeats); returns it as a tuple."""
-    unknown = [f for f in features if f not in NUTRIENTS]
+    """Validate a feature list (known names, no repeats, at least one nutrient); returns it as a tuple."""
+    unknown = [f for f in features if f not in NUTRIENTS and f != NAME]
     if unknown:
-        raise ValueError(f"unknown feature {unknown[0]!r}; features are {', '.join(ALL_FEATURES)}")
+        raise ValueError(f"unknown feature {unknown[0]!r}; features are {', '.join(ALL_FEATURES)} and {NAME}")
     if len(set(features)) != len(features):
         raise ValueError("a feature is listed twice")
-    if not features:
-        raise ValueError("at least one feature is needed")
+    if not [f for f in features if f != NAME]:
+        raise ValueError("at least one nutrient is needed (the name alone is not a model foodcls trains)")
     return tuple(features)
+
+
+def nutrients_of(features: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The nutrients of a feature list (the name left out): the network's numeric inputs, in order."""
+    return tuple(f for f in features if f != NAME)

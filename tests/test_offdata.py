@@ -44,11 +44,16 @@ def test_every_export_flavour_gives_the_same_products(tmp_path, name):
     rows = []
     for split in ("train", "val", "test"):
         header, *body = csv.reader((tmp_path / "out" / f"{split}.csv").read_text().splitlines())
-        assert header == ["label", "protein", "carbs", "fat", "additives", "sugars", "saturated_fat", "salt", "fiber", "energy", "source", "code"]
+        assert header == ["label", "protein", "carbs", "fat", "additives", "sugars", "saturated_fat", "salt", "fiber", "energy", "source",
+                          "code", "name"]
         rows += body
     assert sorted(",".join(row[:10]) for row in rows) == sorted(off.EXPECTED_ROWS)
     assert {row[10] for row in rows} == {name}
     assert all(row[11] for row in rows)  # the barcode, as the export holds it (mangled by spreadsheets)
+    # The product's name, as the export gives it (the spreadsheet's quoted cell with a newline: one line).
+    assert sorted(row[12] for row in rows) in (sorted(["Pâte \"à\" tartiner", "Cola", "Jambon", "Yaourt"]),
+                                               sorted(["Pâte à tartiner", "Cola", "Jambon", "Yaourt"]),
+                                               sorted(["Pâte à tartiner", "Cola", "Jambon, cuit supérieur", "Yaourt"]))
 
 
 def test_format_detection(tmp_path):
@@ -227,7 +232,9 @@ def test_parquet_export_keeps_every_product_the_tsv_export_keeps(tmp_path):
     for code, row in tsv.items():
         assert code in parquet, f"{code} kept from the TSV but not from the Parquet file"
         for column, value in row.items():
-            if column != "source" and value != "":  # the Parquet file knows at least what the TSV knows
+            if column == "name":  # the Parquet file has the generic name too, after the product's name
+                assert parquet[code][column].startswith(value), code
+            elif column != "source" and value != "":  # the Parquet file knows at least what the TSV knows
                 assert parquet[code][column] == value, (code, column)
 
 

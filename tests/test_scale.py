@@ -89,14 +89,14 @@ def _plain_build(sources: list[Path], rules, fractions) -> dict[str, list[str]]:
     rows: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     for source in sources:
         for batch in read_export(source, SourceStats(source), lambda frame: classify(frame, rules)):
-            for key, content_key, code, *values, label in batch.filter(pl.col("reason") == 0).select(
-                    "key", "content_key", "code", *NUMERIC, "label").iter_rows():
+            for key, content_key, code, name, *values, label in batch.filter(pl.col("reason") == 0).select(
+                    "key", "content_key", "code", "name", *NUMERIC, "label").iter_rows():
                 if key in seen or content_key in seen:
                     continue
                 seen.add(key)
                 if content_key is not None:
                     seen.add(content_key)
-                rows[split_of(key, fractions)].append((rules.names[label], *values, source.name, (code or "").strip()))
+                rows[split_of(key, fractions)].append((rules.names[label], *values, source.name, (code or "").strip(), name))
     return rows
 
 
@@ -111,9 +111,9 @@ def test_streaming_build_keeps_and_splits_the_same_products_as_the_plain_algorit
         built = pl.read_csv(tmp_path / "out" / f"{split}.csv", infer_schema=False).fill_null("").rows()
         assert len(built) == len(rows), split
         for got, want in zip(built, rows):
-            # label, the nutrients as the writer formats them (float32, %g), source, code: same product, same order
-            values = ["" if v is None else _format_value(float(np.float32(v)), f) for v, f in zip(want[1:-2], ALL_FEATURES)]
-            assert list(got) == [want[0], *values, *want[-2:]]
+            # label, the nutrients as the writer formats them (float32, %g), source, code, name: same product, same order
+            values = ["" if v is None else _format_value(float(np.float32(v)), f) for v, f in zip(want[1:-3], ALL_FEATURES)]
+            assert list(got) == [want[0], *values, *want[-3:]]
 
 
 @settings(max_examples=60, deadline=None)

@@ -19,6 +19,7 @@ import polars as pl
 
 from foodcls import __version__
 from foodcls.data import TRACE_COLUMNS, LabelledData, labelled_csv_text
+from foodcls.features import NAME
 from foodcls.errors import ConfigError, DataError
 from foodcls.features import ALL_FEATURES
 from foodcls.fileio import atomic_write_json, atomic_write_text, default_mode, sync_directory, write_error
@@ -28,6 +29,7 @@ from foodcls.offdata.read import SourceStats, read_export
 from foodcls.offdata.rules import LabelRules, load_rules
 
 SPLITS = ("train", "val", "test")
+BUILT_COLUMNS = (*TRACE_COLUMNS, NAME)  # after the label and the nine nutrients: source, code, and the product's name
 BatchCallback = Callable[[Path, int, int], None]  # (source, rows read so far, its bytes read so far)
 
 
@@ -115,13 +117,13 @@ class SplitFiles:
         self.handles = {}
         for split_name in SPLITS:
             self.handles[split_name] = handle = open(directory / f"{split_name}.csv", "w", encoding="utf-8", newline="")  # noqa: SIM115
-            handle.write(labelled_csv_text(_split_data(pl.DataFrame(), classes), TRACE_COLUMNS))
+            handle.write(labelled_csv_text(_split_data(pl.DataFrame(), classes), BUILT_COLUMNS))
         self.per_split = {s: np.zeros(len(classes), dtype=np.int64) for s in SPLITS}
         self.known = np.zeros(len(NUMERIC), dtype=np.int64)
 
     def write(self, split_name: str, rows: pl.DataFrame) -> None:
         data = _split_data(rows, self.classes)
-        self.handles[split_name].write(labelled_csv_text(data, TRACE_COLUMNS, header=False))
+        self.handles[split_name].write(labelled_csv_text(data, BUILT_COLUMNS, header=False))
         self.per_split[split_name] += np.bincount(data.labels, minlength=len(self.classes))
         self.known += (~np.isnan(data.features)).sum(axis=0)
 
@@ -137,10 +139,11 @@ def _split_data(rows: pl.DataFrame, classes: tuple[str, ...]) -> LabelledData:
     if not len(rows):
         empty = np.zeros(0, dtype=object)
         return LabelledData(np.zeros((0, len(NUMERIC)), dtype=np.float32), np.zeros(0, dtype=np.int64), ALL_FEATURES, "",
-                            columns={"source": empty, "code": empty}, classes=classes)
+                            columns={"source": empty, "code": empty, NAME: empty}, classes=classes)
     values = rows.select(NUMERIC).to_numpy()  # float64, null → NaN
     columns = {"source": rows["source"].to_numpy().astype(object),
-               "code": np.array([(code or "").strip() for code in rows["code"].to_list()], dtype=object)}
+               "code": np.array([(code or "").strip() for code in rows["code"].to_list()], dtype=object),
+               NAME: rows[NAME].to_numpy().astype(object)}
     return LabelledData(values.astype(np.float32), rows["label"].to_numpy().astype(np.int64), ALL_FEATURES, "",
                         columns=columns, classes=classes)
 

@@ -138,7 +138,17 @@ def classify(batch: Frame, rules: LabelRules) -> Frame:
     ]
     reason = first_failed(checks, lambda r: pl.lit(reason_code(r), pl.UInt8), pl.lit(0, pl.UInt8))
     key, content_key = _duplicate_keys()
-    return frame.with_columns(reason.alias("reason"), key.alias("key"), content_key.alias("content_key"))
+    return frame.with_columns(reason.alias("reason"), key.alias("key"), content_key.alias("content_key"),
+                              product_name().alias("name"))
+
+
+def product_name() -> pl.Expr:
+    """The name the name feature reads: product_name, and generic_name after it where it says more; control
+    characters as spaces (a name stays one line of the built CSVs)."""
+    name, generic = (pl.col(c).fill_null("").str.strip_chars() for c in ("product_name", "generic_name"))
+    joined = pl.when((generic != "") & (generic.str.to_lowercase() != name.str.to_lowercase())).then(
+        pl.concat_str([name, generic], separator=" ")).otherwise(name)
+    return joined.str.replace_all(r"[\x00-\x1f\x7f]+", " ").str.strip_chars()
 
 
 def reason_code(reason: str) -> int:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Container
 
-# Our column → the export's names for it, first found wins. product_name and brands only serve the
-# fallback duplicate key. Older exports spell saturated_fat_100g with an underscore; energy_100g is kJ.
+# Our column → the export's names for it, first found wins. product_name (with generic_name) is the name the
+# name feature reads; with brands it also serves the fallback duplicate key. Older exports spell saturated_fat_100g with an underscore; energy_100g is kJ.
 EXPORT_NAMES: dict[str, tuple[str, ...]] = {
     "code": ("code",),
     "product_name": ("product_name",),
+    "generic_name": ("generic_name",),  # often a longer, plainer name ("strawberry syrup" for a brand's name)
     "brands": ("brands",),
     "categories_tags": ("categories_tags",),
     "protein": ("proteins_100g",),

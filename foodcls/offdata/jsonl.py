@@ -61,6 +61,7 @@ def product_row(product: dict) -> dict[str, str | None]:
     nutriments = nutriments if isinstance(nutriments, dict) else {}
     aggregated = aggregated_nutrients(product)
     row = {}
+    lang = product.get("lang") if isinstance(product.get("lang"), str) else None
     for column, export_names in EXPORT_NAMES.items():
         value = None
         for export_name in export_names:
@@ -68,7 +69,12 @@ def product_row(product: dict) -> dict[str, str | None]:
                 value = aggregated.get(export_name, nutriments.get(export_name, product.get(export_name)))
             else:
                 value = product.get(export_name)
+                if column in NAMES and not value and lang:  # the main language's name, where the plain field is empty
+                    value = product.get(f"{export_name}_{lang}")
             if value is not None:
                 break
         row[column] = _text(value)
     return row
+
+
+NAMES = ("product_name", "generic_name")

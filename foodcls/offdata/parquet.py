@@ -54,12 +54,13 @@ def _nutriment(name: str) -> pl.Expr:
     return pl.col("nutriments").list.eval(entry.field("100g").filter(entry.field("name") == name)).list.first()
 
 
-def _name_expr(dtype: pl.DataType) -> pl.Expr:
+def _name_expr(column: str, dtype: pl.DataType) -> pl.Expr:
+    """A name column: as it is, or from a list of {lang, text} the main language's text (else the first)."""
     if _list_of_structs(dtype, "lang", "text"):
-        names = pl.col("product_name")
+        names = pl.col(column)
         main = names.list.eval(pl.element().struct.field("text").filter(pl.element().struct.field("lang") == "main")).list.first()
         return main.fill_null(names.list.first().struct.field("text"))
-    return _text(pl.col("product_name"))
+    return _text(pl.col(column))
 
 
 def _tags_expr(dtype: pl.DataType) -> pl.Expr:
@@ -77,8 +78,8 @@ def column_expressions(schema: dict[str, pl.DataType], path: Path, required: tup
         name = next((n for n in export_names if n in schema), None)
         if name is None:
             continue
-        if column == "product_name":
-            found[column] = _name_expr(schema[name])
+        if column in ("product_name", "generic_name"):
+            found[column] = _name_expr(name, schema[name])
         elif column == "categories_tags":
             found[column] = _tags_expr(schema[name])
         elif isinstance(schema[name], (pl.List, pl.Struct)):

@@ -1,0 +1,122 @@
+"""Product names as bags of hashed character n-grams (fastText's subwords; scikit-learn's HashingVectorizer):
+no vocabulary to store, a name never seen still lands in learnt buckets, and one function gives every path
+(training, numpy predict, export predict, serve, explain; the ONNX graph takes its output) the same ids.
+
+A name is folded first — NFKD, combining marks dropped (é → e), casefold (ß → ss), every character that is
+not a letter or a digit a word break (punctuation, control characters), at most MAX_NAME_CHARS — then each
+word, wrapped in boundary marks (`<fraise>`), gives its n-grams of ngram_min…ngram_max characters, hashed by
+64-bit FNV-1a over the code points and the length (a stable hash, never Python's salted hash()), modulo the
+buckets. A name's ids are its first max_ngrams n-grams (bigrams first, then longer ones), padded with the id
+`buckets`: an empty or missing name is an empty bag, whose vector is zeros. Numpy only."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from foodcls.features import NAME  # noqa: F401 - the feature, and the column of the labelled CSVs (data build writes it)
+
+MAX_NAME_CHARS = 200  # a longer name is cut here (a 100,000-character name costs no more than a long one)
+WORD_START, WORD_END = "\x02", "\x03"  # boundary marks; no folded name holds them (control characters break words)
+FNV_OFFSET, FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
+
+
+@dataclass(frozen=True)
+class NameHashing:
+    """How names become ids (model.name in a config; stored in the checkpoint)."""
+
+    buckets: int = 1 << 15
+    ngram_min: int = 2
+    ngram_max: int = 4
+    max_ngrams: int = 96
+    dim: int = 16  # the learnt vector of a bucket
+
+    def to_json(self) -> dict[str, int]:
+        return asdict(self)
+
+    @property
+    def pad(self) -> int:
+        """The id of an empty slot (no n-gram): one past the last bucket."""
+        return self.buckets
+
+
+_BREAKS = re.compile(r"[\W_]+")  # what is not a letter or a digit (str.isalnum's letters and digits: \w less _)
+_COMBINING: dict[int, None] = {}  # combining marks → deleted (str.translate), filled on first use
+
+
+def fold(name: object) -> str:
+    """The name as it is hashed: accents folded, casefolded, words separated by single spaces."""
+    if not isinstance(name, str) or not name:
+        return ""
+    text = name[: MAX_NAME_CHARS * 2]
+    if not text.isascii():  # (most names are: nothing to normalise)
+        if not _COMBINING:
+            _COMBINING.update((c, None) for c in range(0x110000) if unicodedata.combining(chr(c)))
+        text = unicodedata.normalize("NFKD", text).translate(_COMBINING)
+    return _BREAKS.sub(" ", text.casefold()).strip()[:MAX_NAME_CHARS].rstrip()
+
+
+def _marked(name: object) -> str:
+    """The folded name's words each wrapped in the boundary marks, run together: <sirop><de><fraise>."""
+    folded = fold(name)
+    return f"{WORD_START}{folded.replace(' ', WORD_END + WORD_START)}{WORD_END}" if folded else ""
+
+
+def ngram_ids(names: Sequence[object], hashing: NameHashing) -> np.ndarray:
+    """(len(names), max_ngrams) int32 ids of each name's n-grams, padded with hashing.pad."""
+    out = np.full((len(names), hashing.max_ngrams), hashing.pad, dtype=np.int32)
+    marked = [_marked(name) for name in names]
+    lengths = np.fromiter((len(m) for m in marked), dtype=np.int64, count=len(marked))
+    total = int(lengths.sum())
+    if not total:
+        return out
+    points = np.frombuffer("".join(marked).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    owner = np.repeat(np.arange(len(names)), lengths)  # the name each code point belongs to
+    word = np.cumsum(points == ord(WORD_START))  # the word each code point belongs to
+    before = np.zeros(len(names), dtype=np.int64)  # each name's n-grams of the shorter lengths: their slots come first
+    for n in range(hashing.ngram_min, hashing.ngram_max + 1):
+        if total < n:
+            break
+        span = total - n + 1
+        h = np.full(span, FNV_OFFSET ^ np.uint64(n), dtype=np.uint64)  # the length mixed in: "ab" ≠ "<ab"
+        for t in range(n):
+            h = (h ^ points[t : t + span]) * FNV_PRIME  # uint64 arithmetic wraps: FNV-1a as specified
+        starts = np.flatnonzero(word[:span] == word[n - 1 :])  # within one word (so within one name)
+        owners = owner[starts]
+        counts = np.bincount(owners, minlength=len(names))
+        first = np.cumsum(counts) - counts  # where each name's n-grams of this length begin among `starts`
+        slot = before[owners] + np.arange(len(starts)) - first[owners]
+        keep = slot < hashing.max_ngrams
+        out[owners[keep], slot[keep]] = (h[starts[keep]] % np.uint64(hashing.buckets)).astype(np.int32)
+        before += counts
+    return out
+
+
+def ngrams(name: object, hashing: NameHashing) -> list[tuple[str, int]]:
+    """One name's n-grams as text (boundary marks shown as < and >) with their ids, in ngram_ids' order:
+    what `--explain` names."""
+    marked = _marked(name)
+    grams = []
+    for n in range(hashing.ngram_min, hashing.ngram_max + 1):
+        for word in marked.split(WORD_END):
+            word += WORD_END
+            grams += [word[i : i + n] for i in range(len(word) - n + 1)] if word != WORD_END else []
+    ids = ngram_ids([name], hashing)[0]
+    shown = [g.replace(WORD_START, "<").replace(WORD_END, ">") for g in grams][: hashing.max_ngrams]
+    return list(zip(shown, ids[: len(shown)].tolist()))
+
+
+def bag_means(table: np.ndarray, ids: np.ndarray, pad: int, chunk: int = 8192) -> np.ndarray:
+    """Each row's mean vector of its ids' rows of table (buckets, D); an empty bag gives zeros. In chunks of
+    rows (a bag's vectors are gathered before they are summed)."""
+    out = np.zeros((len(ids), table.shape[1]), dtype=np.float32)
+    padded = np.concatenate([table, np.zeros((1, table.shape[1]), table.dtype)])  # the pad id's row: zeros
+    for start in range(0, len(ids), chunk):
+        block = ids[start : start + chunk]
+        counts = (block != pad).sum(axis=1, keepdims=True)
+        out[start : start + chunk] = padded[block].sum(axis=1) / np.maximum(counts, 1)
+    return out
