@@ -100,15 +100,6 @@ class Splits:
     test: LabelledData | None
 
 
-@dataclass(frozen=True)
-class FeatureTable:
-    """Rows to predict: the input's columns as read (carried through) and their features."""
-
-    header: list[str]
-    rows: list[list[str]]
-    features: np.ndarray
-
-
 def _open_text(path: str | Path) -> tuple[str, io.TextIOBase]:
     if str(path) == "-":
         return "<stdin>", sys.stdin
@@ -299,30 +290,6 @@ def read_labelled_csvs(paths: list[str | Path], features: tuple[str, ...] = SEED
 def _looks_like_header(row: list[str], classes: tuple[str, ...] = DEFAULT_CLASSES) -> bool:
     """The seed's headerless rows start with a class (name or index); anything else is a header."""
     return not names_a_class(row[0].strip() if row else "", classes)
-
-
-def read_feature_table(path: str | Path, features: tuple[str, ...] = SEED_FEATURES) -> FeatureTable:
-    """Rows to predict: a CSV whose header names the features (other columns carried through), or
-    the seed's labelled headerless format for a four-feature model."""
-    name, rows = _read_rows(path)
-    first = [c.strip() for c in rows[0][1]]
-    lowered = [c.lower() for c in first]
-    if all(f in lowered for f in features) or _looks_like_header(first):
-        header = first
-        columns = _feature_columns(name, header, features, "the checkpoint")
-        body = rows[1:]
-    else:
-        if set(features) - set(SEED_FEATURES):
-            raise DataError(f"{name}:1: no header; a header must name the checkpoint's features: {', '.join(features)}")
-        header = ["class", *SEED_FEATURES]
-        columns = [1 + SEED_FEATURES.index(f) for f in features]
-        body = rows
-    if not body:
-        raise DataError(f"{name}: file has a header but no rows")
-    for line, row in body:
-        if len(row) != len(header):
-            raise DataError(f"{name}:{line}: expected {len(header)} fields, got {len(row)}")
-    return FeatureTable(header, [row for _, row in body], _parse_columns(name, body, columns, features))
 
 
 def drop_missing(data: LabelledData) -> LabelledData:

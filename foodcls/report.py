@@ -108,9 +108,15 @@ def explanation_table(predictor: Any, values: list[float], explanation: Any, bes
     for column in ("feature", "value", "median", "contribution", ""):
         table.add_column(column, justify="left" if column in ("feature", "") else "right")
     peak = max(abs(explanation.contributions).max(), 1e-12)
-    for name, value, median, share in zip(predictor.features, values, predictor.prep.fill, explanation.contributions):
+    rows = [(name, "-" if value != value else f"{value:g}", f"{median:g}", share)
+            for name, value, median, share in zip(predictor.features, values, predictor.prep.fill, explanation.contributions)]
+    if explanation.name is not None:
+        rows.append(("name", ", ".join(f"{text} {share:+.3f}" for text, share in explanation.ngrams) or "(none)", "(no name)",
+                     explanation.name))
+    peak = max(peak, *(abs(r[3]) for r in rows))
+    for name, value, median, share in rows:
         bar = ("[green]" + "█" * round(20 * share / peak) + "[/green]") if share > 0 else ("[red]" + "█" * round(-20 * share / peak) + "[/red]")
-        table.add_row(name, "-" if value != value else f"{value:g}", f"{median:g}", f"{share:+.4f}", bar)
+        table.add_row(name, value, median, f"{share:+.4f}", bar)
     return table
 
 

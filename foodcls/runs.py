@@ -55,10 +55,13 @@ def last_checkpoint(run_dir: Path) -> Path:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
+    """A run's summary.json; {} when it is missing, unreadable or not a JSON object (one damaged file must not
+    stop `runs list`, the card or the default checkpoint for every run under the root)."""
     try:
-        return json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -66,13 +69,16 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     records = []
     try:
         lines = (run_dir / METRICS_FILE).read_text(encoding="utf-8").splitlines()
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return []
     for line in lines:
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
             break
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            break  # not an epoch record: damaged from here on
+        records.append(record)
     return records
 
 
@@ -99,7 +105,7 @@ def find_runs(runs_root: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     runs = [p for p in root.rglob(CONFIG_FILE) if (p.parent / CHECKPOINT_DIR).is_dir() and not is_part(p.parent)]
-    return sorted((p.parent for p in runs), key=lambda d: (read_summary(d).get("started_at", ""), os.path.getmtime(d)))
+    return sorted((p.parent for p in runs), key=lambda d: (str(read_summary(d).get("started_at", "")), os.path.getmtime(d)))
 
 
 def is_cv_fold(run_dir: Path) -> bool:
@@ -158,34 +164,76 @@ def process_alive(pid: int | None) -> bool:
 
 
 def run_status(run_dir: Path, summary: dict[str, Any]) -> str:
-    """finished / interrupted / failed; a run still marked running whose process is gone was killed."""
+    """finished / interrupted / failed / pruned / running; a run still marked running whose process is gone was
+    killed; a status this release does not write reads as interrupted."""
     status = summary.get("status", "interrupted")
-    if status == "running" and not process_alive(summary.get("pid")):
+    pid = summary.get("pid")
+    if status == "running" and not (isinstance(pid, int) and not isinstance(pid, bool) and process_alive(pid)):
         return "interrupted"
-    return status
+    return status if status in ("finished", "interrupted", "failed", "pruned", "running") else "interrupted"
 
 
 def run_overview(run_dir: Path) -> dict[str, Any]:
     """One run's headline figures, from summary.json and metrics.jsonl."""
     summary = read_summary(run_dir)
     records = read_metrics(run_dir)
-    val = [r["val_accuracy"] for r in records if "val_accuracy" in r]
-    return {
+    val = [r["val_accuracy"] for r in records if _number(r.get("val_accuracy")) is not None]
+    evaluation = summary.get("evaluation") if isinstance(summary.get("evaluation"), dict) else {}
+    test = evaluation.get("test") if isinstance(evaluation.get("test"), dict) else {}
+    return {  # every figure a number or None, whatever a damaged summary.json holds
         "run_dir": str(run_dir),
         "run": run_dir.name,
-        "config": summary.get("name", ""),
+        "config": str(summary.get("name", "")),
         "status": run_status(run_dir, summary),
-        "epochs": records[-1]["epoch"] if records else summary.get("epochs_run") or 0,  # a composite: its members' most
-        "best_epoch": summary.get("best_epoch"),
-        "best_val_accuracy": max(val) if val else summary.get("val_accuracy"),
-        "val_accuracy": summary.get("val_accuracy"),
-        "test_accuracy": summary.get("test_accuracy"),
-        "test_macro_f1": summary.get("evaluation", {}).get("test", {}).get("macro_f1"),
-        "final_train_loss": records[-1]["train_loss"] if records else None,
-        "train_seconds": summary.get("train_seconds"),
-        "started_at": summary.get("started_at", ""),
-        "error": summary.get("error"),
+        "epochs": records[-1]["epoch"] if records else _number(summary.get("epochs_run")) or 0,  # a composite: its members' most
+        "best_epoch": _number(summary.get("best_epoch")),
+        "best_val_accuracy": max(val) if val else _number(summary.get("val_accuracy")),
+        "val_accuracy": _number(summary.get("val_accuracy")),
+        "test_accuracy": _number(summary.get("test_accuracy")),
+        "test_macro_f1": _number(test.get("macro_f1")),
+        "final_train_loss": _number(records[-1].get("train_loss")) if records else None,
+        "train_seconds": _number(summary.get("train_seconds")),
+        "started_at": str(summary.get("started_at", "")),
+        "error": str(summary["error"]) if summary.get("error") is not None else None,
     }
+
+
+def _number(value: Any) -> float | int | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def data_provenance(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """What each `data build` output a config's data files come from was, when a run starts: its datacard's
+    path, SHA-256 and counts, recorded in summary.json (the card reads them there, not from a build that
+    may have been redone since, nor relative to wherever `foodcls card` is run)."""
+    import hashlib
+
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    train = data.get("train")
+    entries = train if isinstance(train, list) else [train]
+    paths = [e.get("path") if isinstance(e, dict) else e for e in entries] + [data.get("val"), data.get("test")]
+    out, seen = [], set()
+    for path in paths:
+        if not isinstance(path, str):
+            continue
+        card_path = Path(path).parent / "datacard.json"
+        if card_path in seen or not card_path.is_file():
+            continue
+        seen.add(card_path)
+        try:
+            raw = card_path.read_bytes()
+            card = json.loads(raw)
+        except (OSError, ValueError):
+            continue
+        if isinstance(card, dict):
+            out.append({**provenance_entry(str(card_path.resolve()), card), "sha256": hashlib.sha256(raw).hexdigest()})
+    return out
+
+
+def provenance_entry(path: str, card: dict[str, Any]) -> dict[str, Any]:
+    sources = card.get("sources") if isinstance(card.get("sources"), list) else []
+    return {"datacard": path, "rows_kept": card.get("rows_kept"), "rows_read": card.get("rows_read"), "per_class": card.get("per_class"),
+            "sources": [Path(str(s.get("path", "?"))).name for s in sources if isinstance(s, dict)]}
 
 
 def show_run(run_dir: Path) -> dict[str, Any]:

@@ -8,6 +8,7 @@ failed log never loses a run. mlflow is imported only when tracking is asked for
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from foodcls import runs
@@ -107,3 +108,13 @@ def log_group(uri: str, name: str, params: dict[str, Any], run_dirs: list[str | 
             log_run(uri, run_dir, parent)
     end_parent(uri, parent, metrics)
     return parent
+
+
+def best_effort(log: Callable[..., Any], *args: Any) -> str | None:
+    """Call a logging function after a run's (or a search's) results are saved: a store that fails now (file
+    removed, server restarted) costs one warning, returned, never a traceback that hides the results."""
+    try:
+        log(*args)
+    except Exception as error:  # MLflow, SQLAlchemy, OSError…: the run directory stays the source of truth
+        return redact(f"not logged to MLflow ({type(error).__name__}: {first_line(error)[:160]}); the results are saved in their directory")
+    return None

@@ -105,3 +105,35 @@ def test_logits_match_the_torch_model_for_shared_and_per_model_inputs():
         with torch.no_grad():
             torch.testing.assert_close(shared[k], model(x).t())
             torch.testing.assert_close(own[k], model(x).t())
+
+
+def test_the_name_tables_gradients_match_autograd_of_an_embedding_bag_before_the_mlp():
+    """The name feature: each model's mean of its names' bucket vectors beside the nutrients; the explicit
+    gradients of the network and the sparse gradient of the table match autograd's dense ones."""
+    from foodcls.training.names import name_vectors
+
+    torch.manual_seed(5)
+    k, rows, buckets, dim, m = 2, 30, 50, 3, 6
+    models = [build_model(ModelConfig(hidden=(8,)), 4 + dim, 4).double() for _ in range(k)]
+    tables = torch.randn(k, buckets, dim, dtype=torch.float64)
+    ids = torch.randint(0, buckets, (k, rows, m))
+    ids[:, ::3, 4:] = buckets  # some names have fewer n-grams (padded)
+    ids[:, 1] = buckets  # and one has none: zeros
+    ids[:, 2, :2] = 7  # a bucket used twice in a name
+    x, y = torch.rand(k, rows, 4, dtype=torch.float64), torch.randint(0, 4, (k, rows))
+    inputs = with_ones(torch.cat([x, torch.zeros(k, rows, dim, dtype=torch.float64)], dim=2))
+    grads, (table_rows, table_values) = loss_gradients(stacked(models), "relu", inputs, columns(F.one_hot(y, 4).double()),
+                                                       None, names=ids, table=tables.clone())
+    assert torch.equal(name_vectors(tables, ids)[0][:, 1], torch.zeros(k, dim, dtype=torch.float64))
+    for i, model in enumerate(models):
+        table = tables[i].clone().requires_grad_(True)
+        padded = torch.cat([table, torch.zeros(1, dim, dtype=torch.float64)])
+        real = (ids[i] != buckets).double()
+        vectors = (padded[ids[i]] * real.unsqueeze(2)).sum(1) / real.sum(1, keepdim=True).clamp(min=1)
+        F.cross_entropy(model(torch.cat([x[i], vectors], dim=1)), y[i]).backward()
+        expected = [p.grad for layer in linear_layers(model) for p in (layer.weight, layer.bias)]
+        for got, want in zip(as_parameters(grads), expected):
+            torch.testing.assert_close(got[i].reshape(want.shape), want, rtol=1e-10, atol=1e-12)
+        dense = torch.zeros(k * buckets, dim, dtype=torch.float64).index_add_(0, table_rows, table_values)[i * buckets:(i + 1) * buckets]
+        torch.testing.assert_close(dense, table.grad, rtol=1e-10, atol=1e-12)
+        assert set((table_rows[table_rows // buckets == i] % buckets).tolist()) == set(ids[i][ids[i] != buckets].tolist())

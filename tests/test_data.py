@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from foodcls.data import read_feature_table, read_labelled_csv, stratified_split
+from foodcls.data import read_labelled_csv, stratified_split
+from foodcls.feature_table import read_feature_table
 from foodcls.preprocessing import fit_scale
 from foodcls.errors import DataError
 

@@ -69,9 +69,9 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload[start:])
 
 
-def saved_version(out, etag='"v1"'):
-    """What an earlier, interrupted download of the v1 file left beside its .part."""
-    out.with_name(out.name + ".part.validator").write_text(json.dumps({"url": "x", "validator": etag}))
+def saved_version(out, url, etag='"v1"'):
+    """What an earlier, interrupted download of url's v1 file left beside its .part."""
+    out.with_name(out.name + ".part.validator").write_text(json.dumps({"url": url, "validator": etag}))
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_resumes_a_partial_download_with_a_range_request(server, tmp_path):
     Handler.range_requests.clear()
     Handler.if_ranges.clear()
     (tmp_path / "export.part").write_bytes(PAYLOAD[:1000])
-    saved_version(tmp_path / "export")
+    saved_version(tmp_path / "export", f"{server}/file")
     out = download(f"{server}/file", tmp_path / "export", sha256=hashlib.sha256(PAYLOAD).hexdigest())
     assert Handler.range_requests == ["bytes=1000-"] and Handler.if_ranges == ['"v1"']
     assert out.read_bytes() == PAYLOAD and not (tmp_path / "export.part.validator").exists()
@@ -104,7 +104,7 @@ def test_resumes_a_partial_download_with_a_range_request(server, tmp_path):
 def test_a_remote_file_that_changed_since_the_part_began_is_fetched_whole_not_spliced(server, tmp_path):
     notices = []
     (tmp_path / "export.part").write_bytes(PAYLOAD[:1000])
-    saved_version(tmp_path / "export")
+    saved_version(tmp_path / "export", f"{server}/file")
     new = bytes(reversed(PAYLOAD))
     Handler.etag, Handler.payload = '"v2"', new
     try:
@@ -122,6 +122,17 @@ def test_a_part_without_a_recorded_version_starts_over(server, tmp_path):
     assert notices and "starting over" in notices[0]
 
 
+def test_a_part_of_another_url_is_never_spliced_even_with_the_same_version(server, tmp_path):
+    # Reliability row 8: a .part begun from URL A, resumed with URL B whose file has the same validator.
+    Handler.range_requests.clear()
+    notices = []
+    (tmp_path / "export.part").write_bytes(b"A" * 1000)
+    saved_version(tmp_path / "export", f"{server}/other-file")
+    out = download(f"{server}/file", tmp_path / "export", on_notice=notices.append)
+    assert out.read_bytes() == PAYLOAD and Handler.range_requests == []
+    assert notices and "no record that it holds this URL's file" in notices[0]
+
+
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/x", "/local/path"])
 def test_only_http_and_https_urls_are_downloaded(tmp_path, url):
     with pytest.raises(DownloadError, match="only http and https URLs"):
@@ -136,7 +147,7 @@ def test_starts_over_when_the_server_ignores_range(server, tmp_path):
 
 def test_complete_part_file_is_finished_without_downloading_again(server, tmp_path):
     (tmp_path / "export.part").write_bytes(PAYLOAD)
-    saved_version(tmp_path / "export")
+    saved_version(tmp_path / "export", f"{server}/file")
     assert download(f"{server}/file", tmp_path / "export").read_bytes() == PAYLOAD
 
 

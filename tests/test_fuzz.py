@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from foodcls.inference.checkpoint import load_checkpoint
 from foodcls.config import load_config
-from foodcls.data import read_feature_table, read_labelled_csv
+from foodcls.data import read_labelled_csv
+from foodcls.feature_table import read_feature_table
 from foodcls.errors import FoodclsError
 from foodcls.features import ALL_FEATURES, NUTRIENTS, SEED_FEATURES
 from foodcls.labels import CLASSES

@@ -16,7 +16,7 @@ from foodcls.config import load_config
 from foodcls.data import read_labelled_csv, write_labelled_csv
 from foodcls.inference.predict import load_predictor
 from foodcls.inference.suggest import suggest_thresholds, suggestion_figures, suggestions
-from tests.conftest import REPO, write_config
+from tests.conftest import REPO
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CLASSES = ("beverages", "meats", "snacks", "desserts", "other")

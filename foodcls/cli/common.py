@@ -98,6 +98,11 @@ def reported_errors() -> Iterator[None]:
         raise typer.Exit(code=1) from None
 
 
+def print_warnings(warnings: list[str]) -> None:
+    for warning in warnings:
+        stderr.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+
+
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 

@@ -10,6 +10,7 @@ import typer
 
 from foodcls import report as report_tables
 from foodcls.cli.common import (
+    print_warnings,
     ClusterOption, JobBar, JsonOption, MlflowOption, RunsRootOption, SetOption, app, print_json, reported_errors, stderr, stdout,
     WorkersOption, with_mlflow,
 )
@@ -38,6 +39,7 @@ def sweep(
 
         report = run_sweep(config, grid or [], seeds=seeds, overrides=overrides or [], workers=workers, runs_root=runs_root,
                            on_run=on_run, on_start=bar.start, cluster=cluster)
+    print_warnings(report.get("warnings", []))
     if as_json:
         print_json(report)
         return
@@ -70,6 +72,7 @@ def cv(
 
         report = run_cv(config, folds=folds, group_by=group_by, overrides=overrides or [], workers=workers, runs_root=runs_root,
                         baselines=baselines, on_fold=on_fold, on_start=bar.start, cluster=cluster)
+    print_warnings(report.get("warnings", []))
     if as_json:
         print_json(report)
         return
@@ -121,6 +124,7 @@ def tune(
             report = run_tune(config, space, trials=trials, sampler=sampler, pruner=pruner, metric=metric, study_name=study,
                               storage=storage, workers=workers, cluster=cluster, overrides=overrides or [], runs_root=runs_root,
                               folds=folds, group_by=group_by, on_trial=on_trial if stderr.is_terminal else None)
+    print_warnings(report.get("warnings", []))
     if as_json:
         print_json(report)
         return

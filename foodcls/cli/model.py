@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.markup import escape
 
 from foodcls import report as report_tables
 from foodcls.cli.common import (
     CheckpointOption, ConfigOption, EpochBar, JsonOption, MlflowOption, RunsRootOption, SetOption, app, default_checkpoint, print_json,
+    print_warnings,
     reported_errors, stderr, stdout, with_mlflow,
 )
 from foodcls.errors import FoodclsError, require_extra
@@ -59,11 +59,6 @@ def train(
     if result.status == "interrupted":
         stderr.print(f"interrupted: resume with `foodcls train --resume {result.run_dir}`")
         raise typer.Exit(code=exit_code(received))
-
-
-def print_warnings(warnings: list[str]) -> None:
-    for warning in warnings:
-        stderr.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 @app.command("eval")
@@ -115,6 +110,7 @@ def predict(
     salt: Annotated[Optional[float], _nutrient_option("--salt", "Salt, g per 100 g (if the model uses it).")] = None,
     fiber: Annotated[Optional[float], _nutrient_option("--fiber", "Fiber, g per 100 g (if the model uses it).")] = None,
     energy: Annotated[Optional[float], _nutrient_option("--energy", "Energy, kcal per 100 g (if the model uses it).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="The product's name (if the model uses it), e.g. \"Sirop de fraise\".", show_default=False)] = None,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Fill a value the model uses but you did not give with its training median.")] = False,
     explain: Annotated[bool, typer.Option("--explain", help="Show each feature's contribution to the predicted class (integrated gradients).")] = False,
     min_confidence: Annotated[Optional[float], typer.Option("--min-confidence", help="Decide `unsure` below this top probability [default: the checkpoint's train.min_confidence].", show_default=False)] = None,
@@ -134,7 +130,7 @@ def predict(
 
         options = TrustOptions(min_confidence, coverage, precision)
         if input_path is not None:
-            if any(v is not None for v in values.values()):
+            if any(v is not None for v in values.values()) or name is not None:
                 raise FoodclsError("give either --input or single-product values such as --protein, not both")
             if _is_export(input_path):
                 _predict_export(default_checkpoint(checkpoint), input_path, output_path or "-", options,
@@ -149,7 +145,15 @@ def predict(
         predictor = load_predictor(default_checkpoint(checkpoint))
         check_trust_options(predictor, options)
         checked = check_product(values, predictor.features, predictor.fill_values, allow_missing)
-        judged = judge(predictor, [checked.values], options)
+        names = None
+        if predictor.name is not None:
+            names = [name]
+            if not name:
+                checked.warnings.append("no --name: this model reads the product's name too; without one it decides "
+                                        "from the nutrients alone")
+        elif name is not None:
+            checked.warnings.append("ignored --name: this model reads the nutrients only")
+        judged = judge(predictor, [checked.values], options, names)
         probabilities = judged.probabilities[0]
         explanation = None
         if explain:
@@ -157,7 +161,7 @@ def predict(
 
             from foodcls.inference.explain import integrated_gradients
 
-            explanation = integrated_gradients(predictor, np.array(checked.values, dtype=np.float64))
+            explanation = integrated_gradients(predictor, np.array(checked.values, dtype=np.float64), name=name)
     print_warnings(checked.warnings)
     best = predictor.classes[int(probabilities.argmax())]
     by_class = {name: float(p) for name, p in zip(predictor.classes, probabilities)}
@@ -166,6 +170,9 @@ def predict(
         out: dict[str, Any] = {"class": best, "probabilities": by_class, **fields, "warnings": checked.warnings}
         if explanation is not None:
             out["contributions"] = dict(zip(predictor.features, explanation.contributions.tolist()))
+            if explanation.name is not None:
+                out["contributions"]["name"] = explanation.name
+                out["name_ngrams"] = dict(explanation.ngrams)
             out["baseline_probability"] = explanation.baseline_probability
         print_json(out)
         return

@@ -67,7 +67,7 @@ def predict_fold(fold: Fold, run: RunOutcome, baselines: bool) -> FoldPrediction
 
     predictor = load_predictor(run.best_checkpoint)
     held_out = read_eval_file(fold.config, fold.config.data.test)
-    outputs = predictor.outputs(held_out.features, keep_hidden=predictor.knn_reference is not None)
+    outputs = predictor.outputs(held_out.features, keep_hidden=predictor.knn_reference is not None, names=held_out.columns.get("name"))
     judged = judge_outputs(predictor, outputs)
     kinds = [k for k in OPEN_SET_SCORES if (k != "not_other" or predictor.has_other) and (k != "knn" or predictor.knn_reference is not None)]
     scores = {k: open_set_scores(k, outputs.probabilities, outputs.logits, predictor.classes, outputs.hidden, predictor.knn_reference)
@@ -173,12 +173,13 @@ def run_cv_config(
     report.update(cv_dir=str(cv_dir))
     atomic_write_json(cv_dir / "cv.json", report)
     if config.tracking.mlflow:
-        from foodcls.tracking import log_group
+        from foodcls.tracking import best_effort, log_group
 
         pooled = report["pooled"] or {}
-        log_group(config.tracking.mlflow, cv_dir.name, {"group_by": group_by, "folds": folds},
-                  [r["run_dir"] for r in results if r.get("run_dir")],
-                  {f"pooled_{k}": pooled.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1")})
+        warning = best_effort(log_group, config.tracking.mlflow, cv_dir.name, {"group_by": group_by, "folds": folds},
+                              [r["run_dir"] for r in results if r.get("run_dir")],
+                              {f"pooled_{k}": pooled.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1")})
+        report["warnings"] = [warning] if warning else []
     return report
 
 

@@ -172,6 +172,10 @@ def check_cluster(address: str | None) -> None:
     """Fail in one line, before anything is written, when --cluster names a scheduler that cannot be reached."""
     if address is None:
         return
+    import importlib.util
+
+    if importlib.util.find_spec("dask") is None or importlib.util.find_spec("distributed") is None:
+        raise ConfigError("--cluster needs the 'cluster' extra: pip install 'foodcls[cluster]'")  # local:N too
     if _is_local(address):
         local_workers(address)
         return
@@ -231,9 +235,9 @@ def _unpack(archive_bytes: bytes, runs_root: Path) -> None:
 
 
 def _run_on_cluster(jobs: list[Job], address: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    connection = connect(address)  # first: without the extra, its one-line error
     from dask.distributed import as_completed
 
-    connection = connect(address)
     try:
         futures = {connection.client.submit(_on_worker, job.fn, job.kwargs, pure=False): i for i, job in enumerate(jobs)}
         for future in as_completed(futures):

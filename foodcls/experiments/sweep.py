@@ -109,9 +109,10 @@ def run_sweep(
     atomic_write_json(sweep_dir / "sweep.json", report)
     uri = plan[0][1][0].tracking.mlflow
     if uri:
-        from foodcls.tracking import log_group
+        from foodcls.tracking import best_effort, log_group
 
         best = report["best"] or {}
-        log_group(uri, sweep_dir.name, {"grid": " ".join(grid), "seeds": seeds},
-                  [r["run_dir"] for e in results for r in e["runs"]], {"best_" + k: v for k, v in best.get("mean", {}).items()})
+        warning = best_effort(log_group, uri, sweep_dir.name, {"grid": " ".join(grid), "seeds": seeds},
+                              [r["run_dir"] for e in results for r in e["runs"]], {"best_" + k: v for k, v in best.get("mean", {}).items()})
+        report["warnings"] = [warning] if warning else []
     return report

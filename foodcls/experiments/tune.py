@@ -350,11 +350,12 @@ def run_tune(
                           f"({metric} {report['best']['value']:.4f}); `foodcls train --config` reproduces it.\n" + config_to_yaml(best))
     atomic_write_json(study_dir / "tune.json", report)
     if base.tracking.mlflow:
-        from foodcls.tracking import log_group
+        from foodcls.tracking import best_effort, log_group
 
-        log_group(base.tracking.mlflow, f"tune-{name}", {"space": str(space_path), "metric": metric, "trials": trials},
-                  [t["run_dir"] for t in report["trials"] if t.get("run_dir") and metric != "cv_balanced_accuracy"],
-                  {"best_value": report["best"]["value"] if report["best"] else None})
+        warning = best_effort(log_group, base.tracking.mlflow, f"tune-{name}", {"space": str(space_path), "metric": metric, "trials": trials},
+                              [t["run_dir"] for t in report["trials"] if t.get("run_dir") and metric != "cv_balanced_accuracy"],
+                              {"best_value": report["best"]["value"] if report["best"] else None})
+        report["warnings"] = [warning] if warning else []
     return report
 
 

@@ -153,17 +153,15 @@ def in_class_score(probabilities: np.ndarray, classes: tuple[str, ...]) -> np.nd
 
 
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
-    """P(score of a positive > score of a negative), ties counted half (the Mann–Whitney statistic)."""
+    """P(score of a positive > score of a negative), ties counted half (the Mann–Whitney statistic), from the
+    average rank of each distinct score: one sort, O(n log n) whatever the ties (a loop over tied values was
+    quadratic: 3 s at 40,000 + 40,000 rows)."""
     if len(positive) == 0 or len(negative) == 0:
         return math.nan
     scores = np.concatenate([positive, negative])
-    order = scores.argsort(kind="stable")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    ranks[order] = np.arange(1, len(scores) + 1)
-    for value in np.unique(scores):  # average ranks of ties
-        tied = scores == value
-        if tied.sum() > 1:
-            ranks[tied] = ranks[tied].mean()
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)  # the rank of each distinct score's last row (1-based)
+    ranks = (last - (counts - 1) / 2.0)[inverse]  # the average rank of its tied rows
     return float((ranks[: len(positive)].sum() - len(positive) * (len(positive) + 1) / 2) / (len(positive) * len(negative)))
 
 

@@ -23,7 +23,9 @@ def _num(value: Any, digits: int = 3) -> str:
 
 
 def _datacards(config: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The datacard.json of each `data build` output the config's data files come from."""
+    """The datacard.json of each `data build` output the config's data files come from, read now (relative to
+    the current directory): what runs.data_provenance records when a run starts, and the card's fallback for
+    runs from before it did."""
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
     train = data.get("train")
     entries = train if isinstance(train, list) else [train]
@@ -41,6 +43,10 @@ def _datacards(config: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         except (OSError, ValueError):
             continue
     return cards
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _cv_report(run_dir: Path) -> dict[str, Any] | None:
@@ -64,8 +70,9 @@ def model_card(run_dir: str | Path, summary: dict[str, Any] | None = None) -> st
     from foodcls.inference.predict import load_predictor
 
     predictor = load_predictor(checkpoint)
-    config, evaluation = predictor.config, summary.get("evaluation") or {}
-    split = "test" if "test" in evaluation else "val" if "val" in evaluation else None
+    config = predictor.config
+    evaluation = summary.get("evaluation") if isinstance(summary.get("evaluation"), dict) else {}
+    split = "test" if isinstance(evaluation.get("test"), dict) else "val" if isinstance(evaluation.get("val"), dict) else None
     report = evaluation.get(split, {}) if split else {}
     model, train = config.get("model", {}), config.get("train", {})
     sizes = [len(predictor.features), *[w.shape[1] for w, _ in predictor.layers]]
@@ -106,14 +113,24 @@ def model_card(run_dir: str | Path, summary: dict[str, Any] | None = None) -> st
             lines.append(f"- {name}: `{data.get(name)}`")
     if data.get("val_fraction"):
         lines.append(f"- val: a stratified {data['val_fraction']:g} share of the training rows (seeded)")
-    counts = summary.get("data", {})
+    counts = summary.get("data") if isinstance(summary.get("data"), dict) else {}
     lines.append(f"- rows: train {counts.get('train')}, val {counts.get('val')}, test {counts.get('test')}.")
-    for path, card in _datacards(config):
-        sources = ", ".join(Path(s.get("path", "?")).name for s in card.get("sources", []))
-        lines.append(f"- built by `foodcls data build` ({path}): {card.get('rows_kept')} products kept of {card.get('rows_read')} "
-                     f"read, per class {card.get('per_class')}; sources: {sources}.")
+    recorded = summary.get("data_provenance")
+    provenance = recorded if isinstance(recorded, list) else [runs.provenance_entry(path, card) for path, card in _datacards(config)]
+    for entry in provenance:
+        if isinstance(entry, dict):
+            lines.append(f"- built by `foodcls data build` ({entry.get('datacard')}, SHA-256 `{str(entry.get('sha256', ''))[:16]}…`): "
+                         f"{entry.get('rows_kept')} products kept of {entry.get('rows_read')} read, per class {entry.get('per_class')}; "
+                         f"sources: {', '.join(map(str, entry.get('sources') or []))}"
+                         + ("." if isinstance(recorded, list) else " (read when this card was written: the build may have changed since)."))
     lines += ["", "## Evaluation", ""]
-    if report:
+    status = runs.run_status(run_dir, summary)
+    if not report and status != "finished":
+        lines.append({"running": "The run is still training: it is scored when it ends, and its card written again.",
+                      "failed": f"The run failed before it was scored: {summary.get('error')}",
+                      "pruned": "A search's pruner stopped this run early; it was not scored.",
+                      }.get(status, "The run was interrupted before it was scored; `foodcls train --resume RUN` finishes it."))
+    elif report:
         low, high = report.get("accuracy_ci", [None, None])
         lines += [
             f"On the {split} split ({report.get('n')} products): accuracy **{_num(report.get('accuracy'))}** (95 % interval "
@@ -160,7 +177,7 @@ def model_card(run_dir: str | Path, summary: dict[str, Any] | None = None) -> st
         "## Provenance",
         "",
         f"- Checkpoint `{checkpoint.relative_to(run_dir)}`, SHA-256 `{hashlib.sha256(checkpoint.read_bytes()).hexdigest()}`.",
-        f"- Versions: {', '.join(f'{k} {v}' for k, v in summary.get('versions', {}).items())}; trained {summary.get('started_at')} – "
+        f"- Versions: {', '.join(f'{k} {v}' for k, v in _mapping(summary.get('versions')).items())}; trained {summary.get('started_at')} – "
         f"{summary.get('finished_at')}.",
         "- The full config is in config.yaml; every epoch's figures in metrics.jsonl.",
         "",
@@ -169,8 +186,14 @@ def model_card(run_dir: str | Path, summary: dict[str, Any] | None = None) -> st
 
 
 def write_model_card(run_dir: str | Path, summary: dict[str, Any] | None = None) -> Path:
-    """Write (or rewrite) the run's MODEL_CARD.md; returns its path."""
+    """Write (or rewrite) the run's MODEL_CARD.md; returns its path. A summary.json too damaged to read a
+    figure from is one line, not a traceback."""
     run_dir = runs.resolve_run_dir(run_dir)
     path = run_dir / CARD_FILE
-    atomic_write_text(path, redact(model_card(run_dir, summary)))
+    try:
+        text = model_card(run_dir, summary)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as error:
+        raise RunError(f"{run_dir / runs.SUMMARY_FILE}: damaged ({type(error).__name__}: {error}); "
+                       "`foodcls eval --checkpoint RUN` still scores the model") from None
+    atomic_write_text(path, redact(text))
     return path

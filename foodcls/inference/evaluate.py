@@ -110,7 +110,7 @@ def split_report(predictor, data) -> dict[str, Any]:
     from foodcls.inference.suggest import suggestion_figures
     from foodcls.labels import OTHER
 
-    judged = judge(predictor, data.features)
+    judged = judge(predictor, data.features, names=data.columns.get("name"))
     probabilities = judged.probabilities
     report = classification_report(data.labels, probabilities.argmax(axis=1), predictor.classes)
     report.update(probability_report(probabilities, data.labels, predictor.temperature, predictor.conformal_scores))
@@ -128,7 +128,8 @@ def evaluate_checkpoint(checkpoint_path: str | Path, data_paths: list[str | Path
     """Score a checkpoint on labelled CSVs taken together (default: the test file in its config), in numpy;
     with out_of_class (a CSV of products in none of the classes), also how well it tells them apart, and the
     suggestions' precision and recall with those products counted (a suggestion for one is an error)."""
-    from foodcls.data import read_feature_table, read_labelled_csvs
+    from foodcls.data import read_labelled_csvs
+    from foodcls.feature_table import read_feature_table
     from foodcls.errors import DataError
     from foodcls.inference.calibration import open_set
     from foodcls.inference.judge import judge
@@ -144,7 +145,9 @@ def evaluate_checkpoint(checkpoint_path: str | Path, data_paths: list[str | Path
             raise DataError(f"{checkpoint_path}: its config names no test or val file; pass --data")
         data_paths = [default]
     data = read_labelled_csvs(data_paths, predictor.features, predictor.classes, predictor.ignored_labels)
-    judged = judge(predictor, data.features)
+    if predictor.name is not None and "name" not in data.columns:
+        raise DataError(f"{report_paths(data_paths)}: no 'name' column, and this model reads the product's name")
+    judged = judge(predictor, data.features, names=data.columns.get("name"))
     probabilities = judged.probabilities
     report = classification_report(data.labels, probabilities.argmax(axis=1), predictor.classes)
     report.update(probability_report(probabilities, data.labels, predictor.temperature, predictor.conformal_scores))
@@ -154,8 +157,8 @@ def evaluate_checkpoint(checkpoint_path: str | Path, data_paths: list[str | Path
         report["warnings"].append(f"{unknown} unknown values filled with the training medians")
     labels, scores, suggested = data.labels, judged.open_set, judged.suggest
     if out_of_class is not None:
-        outside = read_feature_table(out_of_class, predictor.features)
-        outside_judged = judge(predictor, outside.features)
+        outside = read_feature_table(out_of_class, predictor.features, predictor.classes)
+        outside_judged = judge(predictor, outside.features, names=outside.names() if predictor.name is not None else None)
         named = data.labels != predictor.classes.index(OTHER) if predictor.has_other else np.ones(len(data), bool)
         report["open_set"] = open_set(probabilities[named], outside_judged.probabilities, predictor.classes, data.labels[named],
                                       judged.open_set[named], outside_judged.open_set)
@@ -175,6 +178,10 @@ def evaluate_checkpoint(checkpoint_path: str | Path, data_paths: list[str | Path
     report["data"] = ", ".join(str(p) for p in data_paths)
     report["data_files"] = [str(p) for p in data_paths]
     return report
+
+
+def report_paths(paths: list) -> str:
+    return ", ".join(str(p) for p in paths)
 
 
 def calibration_facts(predictor) -> dict[str, Any] | None:

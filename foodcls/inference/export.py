@@ -2,7 +2,9 @@
 values filled with the training medians, the feature scaling, the network, the softmax — so any ONNX
 runtime gives foodcls's probabilities for raw label values.
 
-Input `features` float32 [N, features] in the checkpoint's feature order (NaN: unknown); outputs
+Input `features` float32 [N, features] in the checkpoint's feature order (NaN: unknown) and, for a model that
+reads the product's name, `name_ids` int64 [N, max_ngrams]: the name's hashed n-grams as foodcls.text.ngram_ids
+computes them (hashing is done outside the graph; its parameters are in metadata_props["name"]); outputs
 `probabilities` float32 [N, classes] and `label` int64 [N]. Classes and features are in metadata_props. An
 ensemble's members run side by side in the graph (batched MatMul) and their probabilities are averaged in it.
 """
@@ -44,8 +46,19 @@ def onnx_model(checkpoint_path: str | Path):
     ]
     current = "h0"
     members = predictor.members
+    name = predictor.name
     for i, (weight, bias) in enumerate(predictor.layers):
-        if members == 1:
+        if i == 0 and name is not None:
+            # The first layer reads the nutrients and the name's vector: W [nutrients | name] split in two products.
+            nodes += _name_vector(name, members, constants, helper, numpy_helper)
+            transposed = weight.transpose(0, 2, 1).astype(np.float32)  # (K, in, out)
+            parts = {"W0n": transposed[:, :n_features], "W0v": transposed[:, n_features:], "b0": bias[:, None, :].astype(np.float32)}
+            if members == 1:  # one network: 2-D products, as its other layers' Gemm
+                parts = {key: value[0] if key != "b0" else value[0, 0] for key, value in parts.items()}
+            constants += [numpy_helper.from_array(np.ascontiguousarray(value), key) for key, value in parts.items()]
+            nodes += [helper.make_node("MatMul", ["h0", "W0n"], ["m0n"]), helper.make_node("MatMul", ["name_vector", "W0v"], ["m0v"]),
+                      helper.make_node("Add", ["m0n", "m0v"], ["m0"]), helper.make_node("Add", ["m0", "b0"], ["z0"])]
+        elif members == 1:
             constants += [numpy_helper.from_array(weight[0].astype(np.float32), f"W{i}"),
                           numpy_helper.from_array(bias[0].astype(np.float32), f"b{i}")]
             nodes.append(helper.make_node("Gemm", [current, f"W{i}", f"b{i}"], [f"z{i}"], transB=1))
@@ -69,9 +82,12 @@ def onnx_model(checkpoint_path: str | Path):
         nodes += [helper.make_node("Softmax", ["calibrated"], ["member_probabilities"], axis=2),
                   helper.make_node("ReduceMean", ["member_probabilities"], ["probabilities"], axes=[0], keepdims=0),  # opset 17: axes an attribute
                   helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0)]
+    inputs = [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", n_features])]
+    if name is not None:
+        inputs.append(helper.make_tensor_value_info("name_ids", TensorProto.INT64, ["N", name.hashing.max_ngrams]))
     graph = helper.make_graph(
         nodes, "foodcls",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", n_features])],
+        inputs,
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", n_classes]),
          helper.make_tensor_value_info("label", TensorProto.INT64, ["N"])],
         initializer=constants,
@@ -84,9 +100,33 @@ def onnx_model(checkpoint_path: str | Path):
         "activation": predictor.activation,
         "temperature": repr(predictor.temperature),
         "members": str(predictor.members),
+        **({"name": json.dumps(name.hashing.to_json())} if name is not None else {}),
     })
     onnx.checker.check_model(model)
     return model
+
+
+def _name_vector(name, members: int, constants: list, helper, numpy_helper) -> list:
+    """Nodes that make `name_vector`, (N, dim) or (K, N, dim): the mean of each name's bucket vectors, from
+    `name_ids` (N, max_ngrams) int64, padded with the id `buckets` (whose row is zeros). The ids are what
+    foodcls.text.ngram_ids computes (the n-grams are hashed outside the graph)."""
+    pad = name.hashing.pad
+    tables = np.concatenate([name.tables, np.zeros((members, 1, name.hashing.dim), np.float32)], axis=1)
+    constants += [numpy_helper.from_array(tables[0] if members == 1 else tables, "name_tables"),
+                  numpy_helper.from_array(np.array(pad, dtype=np.int64), "name_pad"),
+                  numpy_helper.from_array(np.array([1], dtype=np.int64), "slot_axis"),
+                  numpy_helper.from_array(np.array([1 if members == 1 else 2], dtype=np.int64), "gathered_slot_axis"),
+                  numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one")]
+    return [
+        helper.make_node("Gather", ["name_tables", "name_ids"], ["gathered"], axis=0 if members == 1 else 1),
+        helper.make_node("ReduceSum", ["gathered", "gathered_slot_axis"], ["vector_sum"], keepdims=0),
+        helper.make_node("Equal", ["name_ids", "name_pad"], ["is_pad"]),
+        helper.make_node("Not", ["is_pad"], ["is_real"]),
+        helper.make_node("Cast", ["is_real"], ["real"], to=1),
+        helper.make_node("ReduceSum", ["real", "slot_axis"], ["count"], keepdims=1),
+        helper.make_node("Max", ["count", "one"], ["divisor"]),
+        helper.make_node("Div", ["vector_sum", "divisor"], ["name_vector"]),
+    ]
 
 
 def export(checkpoint_path: str | Path, out: str | Path, fmt: str = "onnx") -> Path:

@@ -76,7 +76,7 @@ def predict_export(predictor: Predictor, export: str | Path, out: IO[str], optio
     `out`, a batch at a time; returns the summary. The first batch is read before anything is written."""
     import polars as pl
 
-    from foodcls.offdata.clean import with_nutrients
+    from foodcls.offdata.clean import product_name, with_nutrients
     from foodcls.offdata.columns import NUTRIENT_COLUMNS, PREDICT_REQUIRED
     from foodcls.offdata.read import INVALID as UNREADABLE
     from foodcls.offdata.read import SourceStats, read_export
@@ -90,7 +90,9 @@ def predict_export(predictor: Predictor, export: str | Path, out: IO[str], optio
     reason = _reason(predictor, allow_missing)
 
     def transform(frame):
-        return with_nutrients(frame).with_columns(reason.alias("reason"), (~has_categories(pl.col("categories_tags"))).alias("_bare"))
+        named = [product_name().alias("_name")] if predictor.name is not None else []
+        return with_nutrients(frame).with_columns(reason.alias("reason"), (~has_categories(pl.col("categories_tags"))).alias("_bare"),
+                                                  *named)
 
     stats = SourceStats(path)
     summary = ExportSummary(str(path))
@@ -122,7 +124,7 @@ def _empty(features: list[str]):
     import polars as pl
 
     return pl.DataFrame(schema={**{c: pl.String for c in TEXT_COLUMNS}, **{f: pl.Float64 for f in features},
-                                "reason": pl.String, "_bare": pl.Boolean, "invalid_line": pl.String})
+                                "reason": pl.String, "_bare": pl.Boolean, "invalid_line": pl.String, "_name": pl.String})
 
 
 def _predictions(predictor: Predictor, batch, features: list[str], options: TrustOptions, summary: ExportSummary):
@@ -141,7 +143,8 @@ def _predictions(predictor: Predictor, batch, features: list[str], options: Trus
     predicted = np.full(n, None, dtype=object)
     sets = np.full(n, None, dtype=object) if options.coverage is not None else None
     if scorable.any():
-        judged = judge(predictor, values, options)
+        names = batch["_name"].filter(pl.Series(scorable)).to_list() if predictor.name is not None else None
+        judged = judge(predictor, values, options, names)
         probabilities[scorable] = judged.probabilities
         decision[scorable] = judged.decisions
         suggest[scorable] = judged.suggest

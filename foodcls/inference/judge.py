@@ -5,6 +5,7 @@ request the conformal set of classes."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,9 +79,9 @@ class Judgement:
         return out
 
 
-def network_outputs(predictor: Predictor, features: np.ndarray) -> Outputs:
+def network_outputs(predictor: Predictor, features: np.ndarray, names: Sequence[object] | None = None) -> Outputs:
     """The outputs the checkpoint's open-set score needs (the hidden layers only for knn)."""
-    return predictor.outputs(features, keep_hidden=predictor.open_set_score == "knn")
+    return predictor.outputs(features, keep_hidden=predictor.open_set_score == "knn", names=names)
 
 
 def scores_of(predictor: Predictor, outputs: Outputs) -> np.ndarray:
@@ -104,7 +105,8 @@ def judge_outputs(predictor: Predictor, outputs: Outputs, options: TrustOptions 
                      suggested, sets, thresholds)
 
 
-def judge(predictor: Predictor, features: np.ndarray, options: TrustOptions = TrustOptions()) -> Judgement:
-    """Everything predict says of these products (raw label values, NaN: unknown)."""
+def judge(predictor: Predictor, features: np.ndarray, options: TrustOptions = TrustOptions(),
+          names: Sequence[object] | None = None) -> Judgement:
+    """Everything predict says of these products (raw label values, NaN: unknown; their names, for a name model)."""
     check_trust_options(predictor, options)  # before any work
-    return judge_outputs(predictor, network_outputs(predictor, np.asarray(features, dtype=np.float32)), options)
+    return judge_outputs(predictor, network_outputs(predictor, np.asarray(features, dtype=np.float32), names), options)

@@ -7,13 +7,14 @@ weights are then (K, out, in), and the probabilities are the mean of the members
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from foodcls.labels import OTHER
 from foodcls.preprocessing import Preprocessing
+from foodcls.text import NameHashing, bag_means, ngram_ids
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,22 @@ class OperatingPoint:
 
 
 @dataclass(frozen=True)
+class NameModel:
+    """The name feature of a checkpoint: how names become ids, and each member's learnt vector per bucket. The
+    first layer's inputs are the scaled nutrients, then the mean vector of the name's n-grams (zeros: no name)."""
+
+    hashing: NameHashing
+    tables: np.ndarray = field(repr=False)  # (K, buckets, dim)
+
+    def vectors(self, names: Sequence[object] | None, n: int) -> np.ndarray:
+        """(K, n, dim): each member's vector of each name (None: no names, zeros)."""
+        if names is None:
+            return np.zeros((len(self.tables), n, self.hashing.dim), dtype=np.float32)
+        ids = ngram_ids(names, self.hashing)
+        return np.stack([bag_means(table, ids, self.hashing.pad) for table in self.tables])
+
+
+@dataclass(frozen=True)
 class Outputs:
     """What the network says of some products: calibrated probabilities (members averaged), each member's
     logits before the temperature, and (when asked) each member's last hidden layer."""
@@ -80,6 +97,7 @@ class Predictor:
     calibration: Calibration | None = None
     operating_point: OperatingPoint | None = None
     knn_reference: np.ndarray | None = field(default=None, repr=False)  # (K, R, D) unit rows: the knn score's neighbours
+    name: NameModel | None = None  # the product's name as an input (data.features holding `name`)
 
     @property
     def members(self) -> int:
@@ -96,14 +114,24 @@ class Predictor:
         ignored = data.get("ignore_labels", ()) if isinstance(data, dict) else ()
         return tuple(x for x in ignored if isinstance(x, str)) if isinstance(ignored, list | tuple) else ()
 
+    def inputs(self, features: np.ndarray, names: Sequence[object] | None = None) -> np.ndarray:
+        """The network's inputs for raw label values (n, F) (NaN: unknown) and, for a name model, the names:
+        (n, F) filled and scaled, or (K, n, F + dim) with each member's name vectors after the nutrients."""
+        scaled = self.prep.apply(np.asarray(features, dtype=np.float32))
+        if self.name is None:
+            return scaled
+        vectors = self.name.vectors(names, len(scaled))
+        return np.concatenate([np.broadcast_to(scaled, (len(vectors), *scaled.shape)), vectors], axis=2)
+
     def member_logits(self, inputs: np.ndarray, keep_hidden: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """Each member's logits (K, n, C) on preprocessed inputs (n, F), and its last hidden layer (K, n, D)
-        when asked. One network is computed as the 2-D product it always was (the same numbers)."""
+        """Each member's logits (K, n, C) on the network's inputs (n, F), or (K, n, F') for each member apart,
+        and its last hidden layer (K, n, D) when asked. One network is computed as the 2-D product it always
+        was (the same numbers)."""
         forward = ACTIVATIONS[self.activation].forward
         last = len(self.layers) - 1
         hidden = None
         if self.members == 1:
-            x = inputs
+            x = inputs if inputs.ndim == 2 else inputs[0]
             for i, (weight, bias) in enumerate(self.layers):
                 if i == last and keep_hidden:
                     hidden = x[None]
@@ -111,7 +139,7 @@ class Predictor:
                 if i < last:
                     x = forward(x)
             return x[None], hidden
-        x = inputs[None]
+        x = inputs[None] if inputs.ndim == 2 else inputs
         for i, (weight, bias) in enumerate(self.layers):
             if i == last and keep_hidden:
                 hidden = x
@@ -120,9 +148,10 @@ class Predictor:
                 x = forward(x)
         return x, hidden
 
-    def outputs(self, features: np.ndarray, keep_hidden: bool = False) -> Outputs:
-        """Probabilities and logits (and hidden layers) for raw label values (n, features); NaN means unknown."""
-        logits, hidden = self.member_logits(self.prep.apply(np.asarray(features, dtype=np.float32)), keep_hidden)
+    def outputs(self, features: np.ndarray, keep_hidden: bool = False, names: Sequence[object] | None = None) -> Outputs:
+        """Probabilities and logits (and hidden layers) for raw label values (n, features), NaN meaning unknown,
+        and the products' names (a name model; None: no names)."""
+        logits, hidden = self.member_logits(self.inputs(features, names), keep_hidden)
         return Outputs(self.calibrated(logits), logits, hidden)
 
     def calibrated(self, logits: np.ndarray) -> np.ndarray:
@@ -133,12 +162,12 @@ class Predictor:
         p = e / e.sum(axis=2, keepdims=True)
         return p[0] if len(p) == 1 else p.mean(axis=0)
 
-    def probabilities(self, features: np.ndarray) -> np.ndarray:
-        """Class probabilities (n, classes) for raw label values (n, features); NaN means unknown."""
-        return self.outputs(features).probabilities
+    def probabilities(self, features: np.ndarray, names: Sequence[object] | None = None) -> np.ndarray:
+        """Class probabilities (n, classes) for raw label values (n, features), NaN meaning unknown (and names)."""
+        return self.outputs(features, names=names).probabilities
 
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        return self.probabilities(features).argmax(axis=1)
+    def predict(self, features: np.ndarray, names: Sequence[object] | None = None) -> np.ndarray:
+        return self.probabilities(features, names).argmax(axis=1)
 
     @property
     def fill_values(self) -> dict[str, float]:

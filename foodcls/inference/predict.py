@@ -11,16 +11,17 @@ from pathlib import Path
 
 import numpy as np
 
-from foodcls.data import FeatureTable
+from foodcls.feature_table import FeatureTable
 from foodcls.preprocessing import Preprocessing
 from foodcls.inference.checkpoint import Checkpoint, ensemble_size, load_checkpoint, weight_arrays
 from foodcls.inference.explain import integrated_gradients
 from foodcls.inference.judge import TrustOptions, check_trust_options, judge
-from foodcls.inference.network import ACTIVATIONS, Calibration, OperatingPoint, Predictor
+from foodcls.inference.network import ACTIVATIONS, Calibration, NameModel, OperatingPoint, Predictor
 from foodcls.inference.suggest import OPEN_SET_SCORES, default_score
 from foodcls.errors import CheckpointError, DataError
 from foodcls.features import NUTRIENTS, consistency_problems, value_problem
 from foodcls.labels import OTHER
+from foodcls.text import NameHashing
 
 def predictor_from_checkpoint(checkpoint: Checkpoint) -> Predictor:
     activation = checkpoint.meta["model"].get("activation")
@@ -36,8 +37,11 @@ def predictor_from_checkpoint(checkpoint: Checkpoint) -> Predictor:
               for w, b in weight_arrays(checkpoint)]
     prep = Preprocessing.from_arrays(checkpoint.arrays)
     shapes_ok = all(a.shape == (len(features),) for a in prep.arrays().values())
-    if layers[0][0].shape[2] != len(features) or not shapes_ok:
-        raise CheckpointError(f"{checkpoint.path}: weights or scaling do not match its {len(features)} features")
+    name = _name_model(checkpoint, layers[0][0].shape[0], stacked)
+    inputs = len(features) + (name.hashing.dim if name is not None else 0)
+    if layers[0][0].shape[2] != inputs or not shapes_ok:
+        raise CheckpointError(f"{checkpoint.path}: weights or scaling do not match its {len(features)} features"
+                              + (" and the name's vector" if name is not None else ""))
     if not all(np.isfinite(a).all() for a in prep.arrays().values()) or not (prep.scale != 0).all():
         raise CheckpointError(f"{checkpoint.path}: its feature scaling holds zeros or non-finite numbers (damaged file?)")
     classes = tuple(checkpoint.meta["classes"])
@@ -68,7 +72,29 @@ def predictor_from_checkpoint(checkpoint: Checkpoint) -> Predictor:
     return Predictor(layers, activation, prep, classes, features, checkpoint.meta["config"], metrics,
                      float(temperature), scores.astype(np.float64) if scores is not None else None, min_confidence,
                      open_set_score, _calibration(checkpoint, len(classes)), _operating_point(checkpoint, classes),
-                     knn_reference.astype(np.float32) if knn_reference is not None else None)
+                     knn_reference.astype(np.float32) if knn_reference is not None else None, name)
+
+
+NAME_TABLE = "name.embedding"  # (buckets, dim), an ensemble's (K, buckets, dim): each bucket's learnt vector
+
+
+def _name_model(checkpoint: Checkpoint, members: int, stacked: bool) -> NameModel | None:
+    """The name feature of a checkpoint whose metadata `name` says how names are hashed."""
+    meta = checkpoint.meta.get("name")
+    if meta is None:
+        return None
+    try:
+        hashing = NameHashing(**meta)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in hashing.to_json().values()):
+            raise TypeError
+    except TypeError:
+        raise CheckpointError(f"{checkpoint.path}: checkpoint metadata: name must give buckets, ngram_min, ngram_max, "
+                              f"max_ngrams and dim, got {meta!r}") from None
+    table = checkpoint.arrays.get(NAME_TABLE)
+    tables = table[None] if table is not None and not stacked else table
+    if tables is None or tables.shape != (members, hashing.buckets, hashing.dim) or tables.dtype.kind != "f" or not np.isfinite(tables).all():
+        raise CheckpointError(f"{checkpoint.path}: its name vectors are missing or malformed (damaged file?)")
+    return NameModel(hashing, tables.astype(np.float32))
 
 
 # The arrays a calibrated checkpoint holds besides the weights (training/calibrate.py writes them).
@@ -164,7 +190,8 @@ def predict_table(predictor: Predictor, table: FeatureTable, explain: bool = Fal
     """The input's columns plus `predicted`, one `p_<class>` per class, `decision` and `suggest` (with a
     coverage, `set`: the classes joined by |); with explain, one `contrib_<feature>` per feature: its share of
     the predicted class's probability."""
-    judged = judge(predictor, table.features, options)
+    names = table.names() if predictor.name is not None else None
+    judged = judge(predictor, table.features, options, names)
     header = [*table.header, "predicted", *(f"p_{name}" for name in predictor.classes), "decision", "suggest",
               *(["set"] if judged.sets is not None else [])]
     rows = [
@@ -174,9 +201,12 @@ def predict_table(predictor: Predictor, table: FeatureTable, explain: bool = Fal
             zip(table.rows, judged.predicted(), judged.probabilities, judged.decisions, judged.suggest.tolist()))
     ]
     if explain:
-        header += [f"contrib_{name}" for name in predictor.features]
-        for row, features, p in zip(rows, table.features, judged.probabilities):
-            row += [f"{c:.6f}" for c in integrated_gradients(predictor, features, target=int(p.argmax())).contributions]
+        header += [f"contrib_{name}" for name in predictor.features] + (["contrib_name"] if predictor.name is not None else [])
+        for i, (row, features, p) in enumerate(zip(rows, table.features, judged.probabilities)):
+            explanation = integrated_gradients(predictor, features, target=int(p.argmax()), name=names[i] if names else None)
+            row += [f"{c:.6f}" for c in explanation.contributions]
+            if explanation.name is not None:
+                row.append(f"{explanation.name:.6f}")
     return header, rows
 
 
@@ -192,9 +222,9 @@ def predict_csv(checkpoint_path: str | Path, input_path: str | Path, explain: bo
                 options: TrustOptions = TrustOptions()) -> str:
     """Batch prediction: the input CSV (or - for stdin) with predicted, p_<class>, decision and suggest (and
     set) columns, as text."""
-    from foodcls.data import read_feature_table
+    from foodcls.feature_table import read_feature_table
 
     predictor = load_predictor(checkpoint_path)
     check_trust_options(predictor, options)  # before the input is read
-    table = read_feature_table(input_path, predictor.features)
+    table = read_feature_table(input_path, predictor.features, predictor.classes)
     return format_csv(*predict_table(predictor, table, explain, options))

@@ -67,6 +67,12 @@ def build_dataset(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a directory")
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        # A build replaces --out whole (a fresh sibling swapped in): not the directory the user stands in.
+        raise DataError(f"--out {out_dir}: is the current directory (or holds it); a build replaces --out whole: "
+                        "give a directory of its own, such as data/off")
+    out = Path(os.path.abspath(out))  # `.`, `..`: the lock and the staging directory go beside its real name
     with build_lock(out):
         if not force:
             check_replaceable(out)

@@ -42,12 +42,16 @@ def _validator(response) -> str | None:
     return response.headers.get("Last-Modified")
 
 
-def _saved_validator(path: Path) -> str | None:
+def _saved_validator(path: Path, url: str) -> str | None:
+    """The validator saved for the .part, if it was saved for this URL: another URL's file (with, by chance,
+    the same Last-Modified) must never be spliced onto it."""
     try:
         saved = json.loads(_validator_path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return saved.get("validator") if isinstance(saved, dict) and isinstance(saved.get("validator"), str) else None
+    if not isinstance(saved, dict) or saved.get("url") != url:
+        return None
+    return saved.get("validator") if isinstance(saved.get("validator"), str) else None
 
 
 def _sha256(path: Path) -> str:
@@ -81,10 +85,10 @@ def download(
     part = _part_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     offset = part.stat().st_size if part.exists() else 0
-    validator = _saved_validator(out) if offset else None
+    validator = _saved_validator(out, url) if offset else None
     if offset and validator is None:
         if on_notice is not None:
-            on_notice(f"{part}: no record of which version of the remote file it holds; starting over")
+            on_notice(f"{part}: no record that it holds this URL's file, nor which version; starting over")
         offset = 0
     request = urllib.request.Request(url, headers={"User-Agent": f"foodcls/{__version__}"})
     if offset:

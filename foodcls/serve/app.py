@@ -18,9 +18,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 
-from foodcls.features import NUTRIENTS, invalid_mask, value_problem
+from foodcls.features import NAME, NUTRIENTS, invalid_mask, value_problem
 from foodcls.errors import DataError
 from foodcls.redact import redact_secrets
+from foodcls.serve import schema
 from foodcls.inference.judge import TrustOptions, check_trust_options, judge
 from foodcls.inference.predict import Predictor, load_predictor, review_product
 
@@ -94,7 +95,15 @@ def _check_product(predictor: Predictor, product: Any, allow_missing: bool) -> t
         return [], [{"loc": ["body"], "msg": "expected a JSON object of nutrient values", "type": "type_error"}], []
     errors, values = [], {}
     for field, value in product.items():
-        if field in ("explain", "allow_missing", *TRUST_FIELDS):
+        if field in ("explain", "allow_missing"):
+            if not isinstance(value, bool):
+                errors.append(_field_error(field, f"must be true or false, got {repr(value)[:80]}"))
+            continue
+        if field in TRUST_FIELDS:
+            continue
+        if field == NAME:
+            if value is not None and not isinstance(value, str):
+                errors.append(_field_error(field, f"must be a string, got {repr(value)[:80]}"))
             continue
         if field not in NUTRIENTS:
             errors.append(_field_error(field, f"unknown field; nutrients are {', '.join(NUTRIENTS)}"))
@@ -173,6 +182,7 @@ def create_app(checkpoint: str | Path | None = None, *, expose_paths: bool | Non
         "checkpoint": str(path) if expose else path.name, "temperature": predictor.temperature,
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "fill_values": predictor.fill_values,
         "members": predictor.members, "open_set_score": predictor.open_set_score,
+        "name": predictor.name.hashing.to_json() if predictor.name is not None else None,
         "calibration": ({"method": predictor.calibration.method, "rows": len(predictor.calibration.labels),
                          "sources": list(predictor.calibration.sources)} if predictor.calibration is not None else None),
         "operating_point": ({"precision": predictor.operating_point.precision, "thresholds": predictor.operating_point.thresholds}
@@ -209,7 +219,7 @@ def create_app(checkpoint: str | Path | None = None, *, expose_paths: bool | Non
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
 
-    @app.post("/predict")
+    @app.post("/predict", **schema.predict_route(predictor))
     async def predict(request: Request) -> Response:
         product = await body_json(request)
         options = product if isinstance(product, dict) else {}
@@ -218,19 +228,23 @@ def create_app(checkpoint: str | Path | None = None, *, expose_paths: bool | Non
         if errors or trust_errors:
             return _json({"detail": errors + trust_errors}, 422)
         row = np.array([values], dtype=np.float32)
-        judged = judge(predictor, row, trust)
+        name = product.get(NAME) if predictor.name is not None else None
+        judged = judge(predictor, row, trust, [name] if predictor.name is not None else None)
         probabilities = judged.probabilities[0]
         out = {"class": predictor.classes[int(probabilities.argmax())], "probabilities": _probabilities(predictor, probabilities),
                **judged.fields(0), "warnings": warnings}
         if options.get("explain"):
             from foodcls.inference.explain import integrated_gradients
 
-            explanation = integrated_gradients(predictor, row[0].astype(np.float64))
+            explanation = integrated_gradients(predictor, row[0].astype(np.float64), name=name)
             out["contributions"] = dict(zip(predictor.features, explanation.contributions.tolist()))
+            if explanation.name is not None:
+                out["contributions"][NAME] = explanation.name
+                out["name_ngrams"] = dict(explanation.ngrams)
             out["baseline_probability"] = explanation.baseline_probability
         return _json(out)
 
-    @app.post("/predict/batch")
+    @app.post("/predict/batch", **schema.batch_route(predictor, MAX_BATCH))
     async def predict_batch(request: Request) -> Response:
         body = await body_json(request)
         products = body.get("products") if isinstance(body, dict) else None
@@ -240,13 +254,18 @@ def create_app(checkpoint: str | Path | None = None, *, expose_paths: bool | Non
             return _json({"detail": [{"loc": ["body", "products"], "msg": f"at most {MAX_BATCH} products per request, got {len(products)}",
                                       "type": "value_error"}]}, 422)
         trust, trust_errors = _trust_options(predictor, body)
+        unknown = sorted(set(body) - {"products", "allow_missing", *TRUST_FIELDS})
+        trust_errors += [_field_error(k, "unknown field; a batch holds products, allow_missing and the trust options") for k in unknown[:20]]
+        if "allow_missing" in body and not isinstance(body["allow_missing"], bool):
+            trust_errors.append(_field_error("allow_missing", f"must be true or false, got {repr(body['allow_missing'])[:80]}"))
         if trust_errors:
             return _json({"detail": trust_errors}, 422)
         try:
-            features = batch_features(predictor, products, bool(body.get("allow_missing")))
+            features = batch_features(predictor, products, body.get("allow_missing") is True)
         except _BatchErrors as errors:
             return _json({"detail": errors.errors}, 422)
-        judged = judge(predictor, features, trust)
+        names = [p.get(NAME) if isinstance(p.get(NAME), str) else None for p in products] if predictor.name is not None else None
+        judged = judge(predictor, features, trust, names)
         probabilities = judged.probabilities
         best = probabilities.argmax(axis=1)
         classes = predictor.classes
@@ -285,7 +304,10 @@ def batch_features(predictor: Predictor, products: list[Any], allow_missing: boo
         raise _BatchErrors([{"loc": ["body", "products", bad], "msg": "expected a JSON object", "type": "type_error"}])
     errors: list[dict] = []
     columns = []
-    for field in predictor.features:
+    given = {k for p in products for k in p}
+    # The model's nutrients, then any other nutrient given: checked as predict checks one product (unused, but
+    # an impossible value is refused all the same).
+    for field in [*predictor.features, *(f for f in NUTRIENTS if f in given and f not in predictor.features)]:
         raw = [p.get(field) for p in products]
         # Types first: numpy would take a column of one-element lists as a 2-D array, and "1" or true as numbers.
         # One set of the column's types is cheap; the culprit is looked for only when there is one.
@@ -302,10 +324,14 @@ def batch_features(predictor: Predictor, products: list[Any], allow_missing: boo
             continue
         bad = np.flatnonzero(invalid_mask(field, column))
         errors += [_field_error(field, value_problem(field, float(column[i])) or "invalid", ["products", int(i)]) for i in bad[:20]]
+        if field not in predictor.features:
+            continue
         if not allow_missing:
             errors += [_field_error(field, "missing", ["products", int(i)]) for i in np.flatnonzero(np.isnan(column))[:20]]
         columns.append(column)
-    unknown = {k for p in products for k in p} - set(NUTRIENTS)
+    bad_names = [i for i, p in enumerate(products) if p.get(NAME) is not None and not isinstance(p.get(NAME), str)]
+    errors += [_field_error(NAME, f"must be a string, got {repr(products[i][NAME])[:80]}", ["products", i]) for i in bad_names[:20]]
+    unknown = given - set(NUTRIENTS) - {NAME}
     errors += [_field_error(k, f"unknown field; nutrients are {', '.join(NUTRIENTS)}", ["products"]) for k in sorted(unknown)]
     if errors:
         raise _BatchErrors(errors[:100])

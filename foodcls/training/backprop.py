@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from foodcls.training.names import name_vectors, table_gradient
+
 # The torch side of inference/network.py's ACTIVATIONS (same keys, checked by tests/test_layout.py):
 # forward; dL/d(pre-activation) from dL/d(output) and the output (grad may be overwritten); the forward in place.
 TORCH_ACTIVATIONS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor],
@@ -88,8 +90,8 @@ def smooth_targets(one_hot: torch.Tensor, smoothing: float) -> torch.Tensor:
 def loss_gradients(
     layers: list[torch.Tensor], activation: str, x_rows: torch.Tensor, one_hot: torch.Tensor,
     row_weight: torch.Tensor | None, rows: torch.Tensor | None = None, weights_t: list[torch.Tensor] | None = None,
-    hidden: list[Hidden] | None = None,
-) -> list[torch.Tensor]:
+    hidden: list[Hidden] | None = None, names: torch.Tensor | None = None, table: torch.Tensor | None = None,
+) -> list[torch.Tensor] | tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """Gradients of the (weighted) mean cross-entropy of each model, one per layer (k, out, in + 1): the
     weights' gradient, then the bias's in the last column.
 
@@ -101,9 +103,17 @@ def loss_gradients(
     row_weight (k, B): a weight per row (class weight × file weight, 0 for padding); the loss is then
     sum(w·l) / sum(w), as F.cross_entropy(weight=...) computes it. Without weights every row counts
     once; rows (k, 1, 1), when given, is the number of real rows per model (the rest is padding and
-    one_hot is zero there), else all B rows are real."""
+    one_hot is zero there), else all B rows are real.
+
+    names (k, B, M) and table (k, buckets, dim): the batch's name ids and the runs' bucket vectors (names.py);
+    x_rows then has dim columns before the ones, where the names' vectors are written, and the result is
+    (gradients, the sparse gradient of the tables: rows, values)."""
     act_in_place = TORCH_ACTIVATIONS[activation][2]
     n = x_rows.shape[1]
+    if names is not None:
+        vectors, bag, bag_weights = name_vectors(table, names)
+        first_name = x_rows.shape[2] - 1 - table.shape[2]  # the name's columns: after the nutrients, before the ones
+        x_rows[:, :, first_name:-1] = vectors
     hidden = hidden if hidden is not None else hidden_buffers(layers, n)
     x = x_rows.transpose(1, 2)
     h = x
@@ -123,7 +133,11 @@ def loss_gradients(
     transposed = weights_t or [layer[:, :, :-1].transpose(1, 2) for layer in layers]
     inputs_t = [x_rows, *(buffer.rows for buffer in hidden)]  # (k, B, in + 1): each layer's input, a row per product
     grads: list[torch.Tensor] = [torch.empty(0)] * len(layers)
+    name_grad = None
     for i in range(len(layers) - 1, -1, -1):
+        if i == 0 and names is not None:  # the loss's gradient with respect to each name vector, then its rows'
+            vector_grad = torch.bmm(transposed[0][:, first_name : first_name + table.shape[2]], grad).transpose(1, 2)
+            name_grad = table_gradient(bag, bag_weights, vector_grad)
         if i == 0 and 5 <= x.shape[1] < 12 <= grad.shape[1]:
             # The same product computed transposed: MKL's sgemm took 13-38 µs for (32 or 64)×256 by 256×(5-10),
             # the demo's first layer, and 6-13 µs for its transpose (both ways measured from 3 to 65 columns).
@@ -132,4 +146,4 @@ def loss_gradients(
             grads[i] = torch.bmm(grad, inputs_t[i])
         if i > 0:
             grad = TORCH_ACTIVATIONS[activation][1](torch.bmm(transposed[i], grad), hidden[i - 1].values)
-    return grads
+    return grads if name_grad is None else (grads, name_grad)

@@ -25,6 +25,7 @@ from foodcls.inference.predict import CALIBRATION_ARRAYS, KNN_REFERENCE, SCORES_
 from foodcls.inference.suggest import (
     KNN_REFERENCE_ROWS, OPEN_SET_SCORES, default_score, named_classes, open_set_scores, suggest_thresholds, unit_rows,
 )
+from foodcls.features import NAME
 from foodcls.labels import OTHER
 
 
@@ -49,13 +50,14 @@ def knn_reference(predictor: Predictor, train: LabelledData, seed: int) -> np.nd
     rows = np.flatnonzero(~train.train_only & np.isin(train.labels, named_classes(predictor.classes)))
     if len(rows) > KNN_REFERENCE_ROWS:
         rows = np.sort(np.random.default_rng([seed, 7]).choice(rows, KNN_REFERENCE_ROWS, replace=False))
-    _, hidden = predictor.member_logits(predictor.prep.apply(train.features[rows]), keep_hidden=True)
+    names = train.columns.get(NAME)
+    _, hidden = predictor.member_logits(predictor.inputs(train.features[rows], names[rows] if names is not None else None), keep_hidden=True)
     return unit_rows(hidden).astype(np.float32)
 
 
 def held_out(predictor: Predictor, data: LabelledData, reference: np.ndarray | None = None) -> HeldOut:
     """predictor's predictions for `data` (rows it did not train on); reference: its knn rows, when that is the score."""
-    logits, hidden = predictor.member_logits(predictor.prep.apply(data.features), keep_hidden=reference is not None)
+    logits, hidden = predictor.member_logits(predictor.inputs(data.features, data.columns.get(NAME)), keep_hidden=reference is not None)
     return HeldOut(logits.astype(np.float64), data.labels, hidden, reference)
 
 

@@ -31,7 +31,7 @@ from foodcls.data import LabelledData, Splits, concat, read_eval_file, read_trai
 from foodcls.errors import ConfigError, DataError
 from foodcls.fileio import atomic_write_json, atomic_write_text
 from foodcls.inference.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, weight_arrays
-from foodcls.inference.predict import predictor_from_checkpoint
+from foodcls.inference.predict import NAME_TABLE, predictor_from_checkpoint
 from foodcls.training.calibrate import fit_calibration, held_out, knn_reference, score_kind, store
 from foodcls.training.run import EpochCallback, RunPruned, RunSpec
 from foodcls.training.trainstate import model_meta, restore_state
@@ -189,16 +189,16 @@ def combine(config: Config, member_dirs: list[Path], path: Path) -> Checkpoint:
     axis of K (metadata `ensemble`: K). Saved at path when given."""
     checkpoints = [load_checkpoint(runs.best_checkpoint(d)) for d in member_dirs]
     first = checkpoints[0]
-    arrays = {name: value for name, value in first.arrays.items() if not name.startswith("net.")}
-    names = [name for name in first.arrays if name.startswith("net.")]
+    per_member = [name for name in first.arrays if name.startswith("net.") or name == NAME_TABLE]  # stacked
+    arrays = {name: value for name, value in first.arrays.items() if name not in per_member}
     for checkpoint in checkpoints[1:]:
         if any(not np.array_equal(checkpoint.arrays[n], first.arrays[n]) for n in ("scale", "fill", "shift") if n in first.arrays):
             raise DataError(f"{checkpoint.path}: the members were scaled differently (their training data differ)")
     weight_arrays(first)  # the names and shapes are checked
     if len(checkpoints) == 1:
-        arrays.update({n: first.arrays[n] for n in names})
+        arrays.update({n: first.arrays[n] for n in per_member})
     else:
-        arrays.update({n: np.stack([c.arrays[n] for c in checkpoints]) for n in names})
+        arrays.update({n: np.stack([c.arrays[n] for c in checkpoints]) for n in per_member})
     meta = model_meta(config, max(int(c.meta.get("epoch", 0)) for c in checkpoints), {})
     meta["members"] = [{"epoch": c.meta.get("epoch"), "metrics": c.meta.get("metrics", {})} for c in checkpoints]
     if len(checkpoints) > 1:

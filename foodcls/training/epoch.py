@@ -82,18 +82,24 @@ class EpochRows:
         self.dropout = [dropout_stream(m.config.train.seed, m.progress.epoch + 1) if m.config.train.feature_dropout > 0 else None
                         for m in members]
 
-    def block(self, first: int, end: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Inputs (k, rows, F + 1: the bias's ones last), one-hot targets (k, C, rows) and row weights (k, rows)
-        of the epoch's rows first..end; blocks must be asked for in order (feature dropout draws as it goes)."""
+    def block(self, first: int, end: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Inputs (k, rows, F + 1: the bias's ones last; with the name feature F + dim + 1, the name's columns
+        written step by step), one-hot targets (k, C, rows), row weights (k, rows) and name ids (k, rows, M) of
+        the epoch's rows first..end; blocks must be asked for in order (feature dropout draws as it goes)."""
         stack, index = self.stack, self.index[:, first:end]
         # Inputs keep a row per product: a batch's slice transposed is then a column per product that BLAS
         # reads as it is (a slice of columns is strided, and bmm copied it element by element: 57 µs).
         # index_select per run and gather, not x_train[runs, index]: advanced indexing took 140 µs + 53 µs of the
         # demo epoch, these 28 µs + 7 µs.
         # The last column: ones, the bias's input (backprop.py); the data are kept without it (memory).
-        xs = torch.ones(index.shape[0], index.shape[1], stack.x_train.shape[2] + 1, dtype=stack.x_train.dtype, device=stack.device)
+        nutrients = stack.x_train.shape[2]
+        name_width = stack.hashing.dim if stack.hashing is not None else 0
+        xs = torch.ones(index.shape[0], index.shape[1], nutrients + name_width + 1, dtype=stack.x_train.dtype, device=stack.device)
         for i in range(len(stack.members)):
-            torch.index_select(stack.x_train[i], 0, index[i], out=xs[i, :, :-1])
+            torch.index_select(stack.x_train[i], 0, index[i], out=xs[i, :, :nutrients])
+        ids = None
+        if stack.ids_train is not None:
+            ids = torch.stack([stack.ids_train[i].index_select(0, index[i]) for i in range(len(stack.members))])
         ys = torch.gather(stack.y_train, 1, index)
         # Made in the inputs' dtype directly: F.one_hot's int64 copy was the peak of a million-row run (32 MB).
         one_hot = torch.zeros(ys.shape[0], stack.n_classes, ys.shape[1], dtype=xs.dtype, device=xs.device).scatter_(1, ys.unsqueeze(1), 1.0)
@@ -103,10 +109,10 @@ class EpochRows:
             t = member.config.train
             real = max(0, min(end, member.n_train) - first)  # the run's rows in this block (the rest is padding)
             if self.dropout[i] is not None and real:
-                mask = self.dropout[i].random((real, xs.shape[2] - 1)) < t.feature_dropout
-                rows = xs[i, :real, :-1]
+                mask = self.dropout[i].random((real, nutrients)) < t.feature_dropout
+                rows = xs[i, :real, :nutrients]
                 rows.copy_(torch.where(torch.from_numpy(mask).to(stack.device), torch.from_numpy(member.fill_input).to(stack.device), rows))
             if t.label_smoothing > 0:
                 smooth_targets(one_hot[i], t.label_smoothing)
         weights = torch.gather(stack.w_train, 1, index) if stack.w_train is not None else None
-        return xs, one_hot, weights
+        return xs, one_hot, weights, ids

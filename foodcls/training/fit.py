@@ -14,12 +14,12 @@ from typing import Any
 import torch
 
 from foodcls import runs
-from foodcls.config import Config, config_to_yaml, load_config
+from foodcls.config import Config, config_to_dict, config_to_yaml, load_config
 from foodcls.data import Splits, load_splits
-from foodcls.errors import ConfigError, FoodclsError, ResourceError, WriteError, first_line
+from foodcls.errors import ConfigError, FoodclsError, ResourceError, WriteError
 from foodcls.fileio import atomic_write_text
 from foodcls.inference.checkpoint import Checkpoint, load_checkpoint
-from foodcls.tracking import check_tracking, log_run
+from foodcls.tracking import best_effort, check_tracking, log_run
 from foodcls.training import composite
 from foodcls.training.run import EpochCallback, Run, RunPruned, RunSpec, finish, init_checkpoint, same_network
 from foodcls.training.stack import EVAL_THREADS, TORCH_THREADS, Interrupted, fit_stack, group_key
@@ -159,8 +159,9 @@ def available_memory() -> int | None:
 def check_memory(config: Config, splits: Splits, networks: int = 1) -> None:
     """Refuse, before anything is written, a model that cannot fit in this machine's memory (networks: how
     many a composite run trains at once)."""
-    sizes = [len(config.data.features), *config.model.hidden, len(config.data.classes)]
-    params = sum(i * o + o for i, o in zip(sizes, sizes[1:]))
+    names = config.model.name if config.uses_name else None
+    sizes = [len(config.nutrients) + (names.dim if names else 0), *config.model.hidden, len(config.data.classes)]
+    params = sum(i * o + o for i, o in zip(sizes, sizes[1:])) + (names.buckets * names.dim if names else 0)
     rows = config.train.batch_size + sum(len(d) for d in (splits.train, splits.val, splits.test) if d is not None)
     # Weights, gradients, two optimizer buffers, the in-memory best and last snapshots, float32; and the
     # activations of a batch and of the evaluation pass.
@@ -226,6 +227,8 @@ def _start_composite(run_dir: Path, name: str, splits: Splits) -> None:
                    versions={"foodcls": __version__, "torch": torch.__version__, "numpy": np.__version__,
                              "python": platform.python_version()})
     summary.pop("error", None)
+    if "data_provenance" not in summary:
+        summary["data_provenance"] = runs.data_provenance(config_to_dict(load_config(run_dir / runs.CONFIG_FILE)))
     write_summary(run_dir, summary)
 
 
@@ -275,13 +278,10 @@ def train(config: Config, runs_root: str | Path = "runs", name: str = "run", on_
 
 
 def log_run_safely(uri: str, result: TrainResult) -> None:
-    """Log a finished run to MLflow, best effort: the run is saved whatever the store does; a store that fails
-    now (removed, restarted) is one warning, never a traceback that hides the run's figures."""
-    try:
-        log_run(uri, result.run_dir)
-    except Exception as error:  # MLflow, SQLAlchemy, OSError…: the run directory stays the source of truth
-        result.warnings.append(f"not logged to MLflow ({type(error).__name__}: {first_line(error)[:160]}); "
-                               "the run is saved in its directory")
+    """Log a finished run to MLflow, best effort (tracking.best_effort): a failure is one of its warnings."""
+    warning = best_effort(log_run, uri, result.run_dir)
+    if warning is not None:
+        result.warnings.append(warning)
 
 
 def train_many(items: list[tuple[Config, str]], runs_root: str | Path = "runs", *,
@@ -326,7 +326,8 @@ def _resume_locked(run_dir: Path, lock, overrides: list[str] | tuple[str, ...], 
         restored = restore_state(checkpoint)  # refuses a checkpoint that is not resumable
         if not same_network(checkpoint.meta["model"], config):
             raise ConfigError("--set: the model section cannot change on resume")
-        if list(checkpoint.meta["classes"]) != list(config.data.classes) or list(checkpoint.meta["features"]) != list(config.data.features):
+        if (list(checkpoint.meta["classes"]) != list(config.data.classes) or list(checkpoint.meta["features"]) != list(config.nutrients)
+                or checkpoint.meta.get("name") != (config.model.name.model_dump() if config.uses_name else None)):
             raise ConfigError("--set: data.classes and data.features cannot change on resume (the network's inputs and outputs)")
     splits = load_splits(config)
     _resolve_device(config.train.device)

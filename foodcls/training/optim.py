@@ -29,12 +29,19 @@ class StackedOptimizer:
     kind = ""
     per_parameter_state: tuple[str, ...] = ()  # the state names that hold a tensor per parameter (the others: one in all)
 
-    def __init__(self, params: list[torch.Tensor], lrs: list[float], weight_decays: list[float]) -> None:
+    table_state_names: tuple[str, ...] = ()  # the buffers a bucket table keeps (per row, like the table)
+
+    def __init__(self, params: list[torch.Tensor], lrs: list[float], weight_decays: list[float],
+                 table: torch.Tensor | None = None) -> None:
         self.params = params
         self.state: dict[str, list[torch.Tensor]] = {}
         self.lrs: list[float] = []
         self.set_lrs(lrs)
         self.weight_decay = _per_run(weight_decays, params[0]) if any(weight_decays) else None
+        # The name feature's bucket vectors (k, buckets, dim), updated sparsely (names.py): only the rows a step's
+        # gradient names, each with the same rule as a dense parameter, the others left as they are.
+        self.table = table
+        self.table_state: dict[str, torch.Tensor] = {}
 
     def set_lrs(self, lrs: list[float]) -> None:
         if self.lrs == list(lrs):
@@ -47,23 +54,40 @@ class StackedOptimizer:
             return grads
         return torch._foreach_add(grads, torch._foreach_mul(self.params, [self.weight_decay] * len(self.params)))
 
-    def step(self, grads: list[torch.Tensor], runs: torch.Tensor | None = None) -> None:
+    def step(self, grads: list[torch.Tensor], runs: torch.Tensor | None = None,
+             table_grad: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """Update every run, or only `runs` (indices into the stack; grads then hold just those runs):
-        the others' parameters and state stay exactly as they are."""
-        if runs is None:
-            self._step(grads)
-            return
-        self.begin_subset(runs)
+        the others' parameters and state stay exactly as they are. table_grad: the bucket table's rows (into
+        the k tables laid end to end) and their gradients."""
+        if runs is not None:
+            self.begin_subset(runs)
         try:
             self._step(grads)
+            if table_grad is not None:
+                self._table_step(*table_grad)
         finally:
-            self.end_subset()
+            if runs is not None:
+                self.end_subset()
+
+    def _rows(self, rows: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the table laid flat, each row's run, its gradient with weight decay)."""
+        flat = self.table.view(-1, self.table.shape[2])
+        run = rows // self.table.shape[1]
+        if self.weight_decay is not None:
+            grad = grad + self.weight_decay.view(-1)[run].unsqueeze(1) * flat[rows]
+        return flat, run, grad
+
+    def _table_step(self, rows: torch.Tensor, grad: torch.Tensor) -> None:
+        raise NotImplementedError
 
     def begin_subset(self, runs: torch.Tensor) -> list[torch.Tensor]:
         """From now until end_subset, step only `runs`: their parameters and state are copied out once (and
         returned: the parameters to compute gradients with), stepped as a stack of their own, and written back
         by end_subset — a ragged stack's last steps of an epoch, several steps in one go, not a copy a step."""
-        self._full = (runs, self.params, self.state, self._neg_lr, self._hyper())
+        self._full = (runs, self.params, self.state, self._neg_lr, self._hyper(), self.table, self.table_state)
+        if self.table is not None:
+            self.table = self.table.index_select(0, runs)
+            self.table_state = {name: t.index_select(0, runs) for name, t in self.table_state.items()}
         self.params = [p.index_select(0, runs) for p in self._full[1]]
         self.state = {name: [t.index_select(0, runs) for t in tensors] for name, tensors in self._full[2].items()}
         self._neg_lr = self._full[3].index_select(0, runs)
@@ -71,7 +95,12 @@ class StackedOptimizer:
         return self.params
 
     def end_subset(self) -> None:
-        runs, params, state, neg_lr, hyper = self._full
+        runs, params, state, neg_lr, hyper, table, table_state = self._full
+        if table is not None:
+            table.index_copy_(0, runs, self.table)
+            for name, target in table_state.items():
+                target.index_copy_(0, runs, self.table_state[name])
+            self.table, self.table_state = table, table_state
         for target, updated in zip(params, self.params):
             target.index_copy_(0, runs, updated)
         for name, tensors in state.items():
@@ -81,9 +110,11 @@ class StackedOptimizer:
         self._set_hyper(hyper)
         self._full = None
 
-    def keep(self, runs: torch.Tensor, params: list[torch.Tensor]) -> None:
-        """Drop the runs not listed (they left the stack); params are the already-shrunk parameters."""
+    def keep(self, runs: torch.Tensor, params: list[torch.Tensor], table: torch.Tensor | None = None) -> None:
+        """Drop the runs not listed (they left the stack); params (and table) are the already-shrunk parameters."""
         self.params = params
+        self.table = table
+        self.table_state = {name: t.index_select(0, runs) for name, t in self.table_state.items()}
         self.state = {name: [t.index_select(0, runs) for t in tensors] for name, tensors in self.state.items()}
         self._neg_lr = self._neg_lr.index_select(0, runs)
         self.lrs = [self.lrs[i] for i in runs.tolist()]
@@ -105,12 +136,23 @@ class StackedSGD(StackedOptimizer):
     kind = "sgd"
     per_parameter_state = ("momentum_buffer",)
 
-    def __init__(self, params, lrs, weight_decays, momenta: list[float]) -> None:
-        super().__init__(params, lrs, weight_decays)
+    def __init__(self, params, lrs, weight_decays, momenta: list[float], table: torch.Tensor | None = None) -> None:
+        super().__init__(params, lrs, weight_decays, table)
         self.momentum = _per_run(momenta, params[0]) if any(momenta) else None
         if self.momentum is not None:
             # The first step sets buf = g (torch's convention), as m·0 + g does.
             self.state["momentum_buffer"] = [torch.zeros_like(p) for p in params]
+            if table is not None:
+                self.table_state["momentum_buffer"] = torch.zeros_like(table)
+                self.table_state_names = ("momentum_buffer",)
+
+    def _table_step(self, rows: torch.Tensor, grad: torch.Tensor) -> None:
+        flat, run, grad = self._rows(rows, grad)
+        if self.momentum is not None:
+            buffer = self.table_state["momentum_buffer"].view(-1, flat.shape[1])
+            grad = buffer[rows].mul_(self.momentum.view(-1)[run].unsqueeze(1)).add_(grad)
+            buffer.index_copy_(0, rows, grad)
+        flat.index_add_(0, rows, grad * self._neg_lr.view(-1)[run].unsqueeze(1))
 
     def _hyper(self) -> dict[str, torch.Tensor | None]:
         return {"weight_decay": self.weight_decay, "momentum": self.momentum}
@@ -134,11 +176,30 @@ class StackedAdam(StackedOptimizer):
     kind = "adam"
     per_parameter_state = ("exp_avg", "exp_avg_sq")
 
-    def __init__(self, params, lrs, weight_decays) -> None:
-        super().__init__(params, lrs, weight_decays)
+    table_state_names = ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, params, lrs, weight_decays, table: torch.Tensor | None = None) -> None:
+        super().__init__(params, lrs, weight_decays, table)
         self.state["exp_avg"] = [torch.zeros_like(p) for p in params]
         self.state["exp_avg_sq"] = [torch.zeros_like(p) for p in params]
         self.state["step"] = [torch.zeros(len(lrs), 1, 1, dtype=torch.float64, device=params[0].device)]
+        if table is not None:
+            self.table_state = {name: torch.zeros_like(table) for name in self.table_state_names}
+
+    def _table_step(self, rows: torch.Tensor, grad: torch.Tensor) -> None:
+        """Adam on the rows a step used (lazy, as torch's SparseAdam), with the run's step count of the dense step."""
+        beta1, beta2 = ADAM_BETAS
+        flat, run, grad = self._rows(rows, grad)
+        width = flat.shape[1]
+        exp_avg, exp_avg_sq = (self.table_state[n].view(-1, width) for n in ("exp_avg", "exp_avg_sq"))
+        m = exp_avg[rows].lerp_(grad, 1 - beta1)
+        v = exp_avg_sq[rows].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        exp_avg.index_copy_(0, rows, m)
+        exp_avg_sq.index_copy_(0, rows, v)
+        step = self.state["step"][0].view(-1)[run]
+        step_size = (self._neg_lr.view(-1)[run].double() / (1 - torch.pow(beta1, step))).to(flat.dtype)
+        denominator = v.sqrt().div_(torch.sqrt(1 - torch.pow(beta2, step)).to(flat.dtype).unsqueeze(1)).add_(ADAM_EPS)
+        flat.index_add_(0, rows, m.div(denominator).mul_(step_size.unsqueeze(1)))
 
     def _step(self, grads: list[torch.Tensor]) -> None:
         beta1, beta2 = ADAM_BETAS
@@ -160,10 +221,10 @@ class StackedAdam(StackedOptimizer):
 
 
 def make_optimizer(kind: str, params: list[torch.Tensor], lrs: list[float], weight_decays: list[float],
-                   momenta: list[float]) -> StackedOptimizer:
+                   momenta: list[float], table: torch.Tensor | None = None) -> StackedOptimizer:
     if kind == "adam":
-        return StackedAdam(params, lrs, weight_decays)
-    return StackedSGD(params, lrs, weight_decays, momenta)
+        return StackedAdam(params, lrs, weight_decays, table)
+    return StackedSGD(params, lrs, weight_decays, momenta, table)
 
 
 @dataclass

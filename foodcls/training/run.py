@@ -22,7 +22,11 @@ from foodcls.data import LabelledData, Splits
 from foodcls.preprocessing import Preprocessing
 from foodcls.errors import ConfigError, RunError, WriteError
 from foodcls.fileio import atomic_write_json, atomic_write_text, write_error
+from foodcls.features import NAME
 from foodcls.inference.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, weight_arrays
+from foodcls.inference.predict import NAME_TABLE
+from foodcls.text import NameHashing, ngram_ids
+from foodcls.training.names import initial_table
 from foodcls.training.model import build_model, linear_layers
 from foodcls.training.optim import Schedule
 from foodcls.training.trainstate import Progress, RestoredState, model_arrays, model_meta, restore_state, resumable_state
@@ -107,6 +111,11 @@ class Run:
             raise RunError(f"{self.run_dir}: the training data changed since this run started (feature scaling differs)")
         self.n_layers = len(self.config.model.hidden) + 1
         self.weights, self.biases = self._initial_weights(init or spec.checkpoint)
+        # The name feature: its hashing, each split's ids (computed once), and the run's bucket vectors.
+        self.hashing = NameHashing(**self.config.model.name.model_dump()) if self.config.uses_name else None
+        self.name_ids = ({s: ngram_ids(d.columns[NAME], self.hashing) for s, d in zip(SPLIT_NAMES, (splits.train, splits.val, splits.test))
+                          if d is not None} if self.hashing is not None else {})
+        self.name_table = self._initial_table(init or spec.checkpoint)
         self.schedule = Schedule(t.scheduler, t.lr, t.epochs, t.scheduler_step_size, t.scheduler_gamma)
         self.progress = Progress()
         self.optimizer_state: dict[str, list[np.ndarray]] = {}
@@ -116,7 +125,7 @@ class Run:
         self.y = {s: d.labels for s, d in zip(SPLIT_NAMES, (splits.train, splits.val, splits.test)) if d is not None}
         self.row_weight = row_weights(self.config, splits.train)
         # What feature dropout puts in place of a value: its fill value as the network sees it.
-        n_features = len(self.config.data.features)
+        n_features = len(self.config.nutrients)
         self.fill_input = self.prep.apply(np.full((1, n_features), np.nan, dtype=np.float32))[0]
         self.metric = monitored_metric(self.config, splits.val is not None)
         self.min_delta = t.early_stopping.min_delta if t.early_stopping else 0.0
@@ -134,9 +143,18 @@ class Run:
             pairs = weight_arrays(source)
             return [w.copy() for w, _ in pairs], [b.copy() for _, b in pairs]
         torch.manual_seed(self.config.train.seed)
-        model = build_model(self.config.model, len(self.config.data.features), len(self.config.data.classes))
+        inputs = len(self.config.nutrients) + (self.config.model.name.dim if self.config.uses_name else 0)
+        model = build_model(self.config.model, inputs, len(self.config.data.classes))
         layers = linear_layers(model)
         return [layer.weight.detach().numpy().copy() for layer in layers], [layer.bias.detach().numpy().copy() for layer in layers]
+
+    def _initial_table(self, source: Checkpoint | None) -> np.ndarray | None:
+        """The bucket vectors of the name feature: from the checkpoint resumed or fine-tuned, else a fresh start."""
+        if self.hashing is None:
+            return None
+        if source is not None and NAME_TABLE in source.arrays:
+            return source.arrays[NAME_TABLE].astype(np.float32).copy()
+        return initial_table(self.hashing, self.config.train.seed)
 
     def inputs(self, split: str, out: np.ndarray | None = None) -> np.ndarray:
         """A split's rows as the network sees them (filled, scaled), into `out` if given: made when the stack
@@ -161,6 +179,8 @@ class Run:
             data={"train": len(splits.train), "val": len(splits.val) if splits.val else 0, "test": len(splits.test) if splits.test else 0},
             versions={"foodcls": __version__, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
         )
+        if "data_provenance" not in summary and not self.spec.part:  # as the data were when it started (a resume keeps it)
+            summary["data_provenance"] = runs.data_provenance(config_to_dict(self.config))
         summary.pop("error", None)
         self.summary = summary
         write_summary(self.run_dir, summary)
@@ -191,7 +211,8 @@ class Run:
         epoch = progress.epoch = record["epoch"]
         if _improved(record[self.metric], progress.best_value, self.metric, self.min_delta):
             progress.best_value, progress.best_epoch, progress.bad_epochs = record[self.metric], epoch, 0
-            self.best = {"weights": stack_state["weights"], "biases": stack_state["biases"], "record": record}
+            self.best = {"weights": stack_state["weights"], "biases": stack_state["biases"], "name_table": stack_state["name_table"],
+                         "record": record}
         else:
             progress.bad_epochs += 1
         monitored_loss = record["val_loss" if "val_loss" in record else "train_loss"]
@@ -227,10 +248,10 @@ class Run:
             return
         if self.best is not None:
             best = self.best
-            save_checkpoint(runs.best_checkpoint(self.run_dir), model_arrays(best["weights"], best["biases"], self.prep),
+            save_checkpoint(runs.best_checkpoint(self.run_dir), model_arrays(best["weights"], best["biases"], self.prep, best["name_table"]),
                             model_meta(self.config, best["record"]["epoch"], best["record"]))
             self.best = None
-        model = model_arrays(snap["weights"], snap["biases"], self.prep)
+        model = model_arrays(snap["weights"], snap["biases"], self.prep, snap["name_table"])
         arrays, meta = resumable_state(model, snap["optimizer"], model_meta(self.config, snap["record"]["epoch"], snap["record"]),
                                        snap["progress"], snap["schedule"], optimizer_kind)
         save_checkpoint(runs.last_checkpoint(self.run_dir), arrays, meta)
@@ -243,8 +264,12 @@ def init_checkpoint(config: Config) -> Checkpoint | None:
     if config.train.init_from is None:
         return None
     init = load_checkpoint(config.train.init_from)
-    if list(init.meta["features"]) != list(config.data.features):
-        raise ConfigError(f"train.init_from: {init.path} uses features {', '.join(init.meta['features'])}, the config {', '.join(config.data.features)}")
+    if list(init.meta["features"]) != list(config.nutrients) or (init.meta.get("name") is not None) != config.uses_name:
+        raise ConfigError(f"train.init_from: {init.path} uses features {', '.join(init.meta['features'])}"
+                          f"{' and the name' if init.meta.get('name') is not None else ''}, the config {', '.join(config.data.features)}")
+    if list(init.meta["classes"]) != list(config.data.classes):
+        raise ConfigError(f"train.init_from: {init.path} has classes {', '.join(init.meta['classes'])}, the config "
+                          f"{', '.join(config.data.classes)}: its output layer cannot start this model")
     if not same_network(init.meta["model"], config):
         raise ConfigError(f"train.init_from: {init.path} has model {init.meta['model']}, the config {config_to_dict(config)['model']}")
     if init.meta.get("ensemble") is not None:

@@ -17,6 +17,8 @@ import torch
 from foodcls.config import Config
 from foodcls.errors import FoodclsError, ResourceError, first_line
 from foodcls.training.backprop import Hidden, hidden_buffers, logits, loss_gradients
+from foodcls.training.names import name_vectors
+from foodcls.training.trainstate import TABLE_STATE
 from foodcls.training.epoch import EpochRows, GradientNorms
 from foodcls.training.optim import make_optimizer
 from foodcls.training.run import SPLIT_NAMES, Run, finish
@@ -57,9 +59,16 @@ class Stack:
         self.n_classes = len(first.data.classes)
         self.layers = [torch.from_numpy(np.stack([_with_bias(m.weights[i], m.biases[i]) for m in members])).to(device)
                        for i in range(members[0].n_layers)]
+        # The name feature: each run's bucket vectors, and the ids of its rows' names (names.py).
+        self.hashing = members[0].hashing
+        self.table = torch.from_numpy(np.stack([m.name_table for m in members])).to(device) if self.hashing is not None else None
         t = [m.config.train for m in members]
         self.optimizer = make_optimizer(first.train.optimizer, self.layers, [m.schedule.lr for m in members],
-                                        [x.weight_decay for x in t], [x.momentum for x in t])
+                                        [x.weight_decay for x in t], [x.momentum for x in t], self.table)
+        for name, tensor in self.optimizer.table_state.items():
+            key = TABLE_STATE + name
+            tensor.copy_(torch.from_numpy(np.stack([m.optimizer_state[key][0] if key in m.optimizer_state
+                                                    else np.zeros(tensor.shape[1:], np.float32) for m in members])))
         if any(m.optimizer_state for m in members):
             for name, tensors in self.optimizer.state.items():
                 per_layer = name in self.optimizer.per_parameter_state
@@ -83,28 +92,39 @@ class Stack:
         self.eval_splits = [[s for s in SPLIT_NAMES if s in m.y] for m in members]
         lengths = [[len(m.y[s]) for s in splits] for m, splits in zip(members, self.eval_splits)]
         width = max(sum(row) for row in lengths)
-        n_features = len(members[0].config.data.features)
+        n_features = len(members[0].config.nutrients)
         eval_x = np.zeros((len(members), width, n_features), np.float32)
         eval_y = np.zeros((len(members), width), np.int64)
+        eval_ids = np.full((len(members), width, self.hashing.max_ngrams), self.hashing.pad, np.int32) if self.hashing else None
         self.eval_ranges: list[list[tuple[int, int, int]]] = []  # per run: (split index, first row, end row)
         for i, (m, splits) in enumerate(zip(members, self.eval_splits)):
             ranges, start = [], 0
             for s, rows in zip(splits, lengths[i]):
                 m.inputs(s, out=eval_x[i, start : start + rows])
                 eval_y[i, start : start + rows] = m.y[s]
+                if eval_ids is not None:
+                    eval_ids[i, start : start + rows] = m.name_ids[s]
                 ranges.append((SPLIT_NAMES.index(s), start, start + rows))
                 start += rows
             self.eval_ranges.append(ranges)
         self.eval_x = torch.from_numpy(eval_x).to(self.device)
         self.eval_y = torch.from_numpy(eval_y).to(self.device)
+        self.eval_ids = torch.from_numpy(eval_ids).to(self.device) if eval_ids is not None else None
+        self.ids_train = None
         if self.ragged:  # each run's rows, then one all-zero row that padding indices point at
             x_train = np.zeros((len(members), max(n) + 1, n_features), np.float32)
             y_train = np.zeros((len(members), max(n) + 1), np.int64)
             for i, m in enumerate(members):
                 x_train[i, : n[i]], y_train[i, : n[i]] = eval_x[i, : n[i]], m.y["train"]
             self.x_train, self.y_train = torch.from_numpy(x_train).to(self.device), torch.from_numpy(y_train).to(self.device)
+            if eval_ids is not None:
+                ids_train = np.full((len(members), max(n) + 1, eval_ids.shape[2]), self.hashing.pad, np.int32)
+                for i in range(len(members)):
+                    ids_train[i, : n[i]] = eval_ids[i, : n[i]]
+                self.ids_train = torch.from_numpy(ids_train).to(self.device)
         else:  # the training rows come first in the evaluation rows: a view, not a copy
             self.x_train, self.y_train = self.eval_x[:, : n[0]], self.eval_y[:, : n[0]]
+            self.ids_train = self.eval_ids[:, : n[0]] if self.eval_ids is not None else None
         self.w_train = None
         if any(m.row_weight is not None for m in members):
             w_train = np.zeros((len(members), max(n) + int(self.ragged)), np.float32)
@@ -133,10 +153,12 @@ class Stack:
         self.members = [self.members[i] for i in indices]
         if not self.members:  # let the data go before the last runs draw their plots
             self.x_train = self.y_train = self.w_train = self.eval_x = self.eval_y = self.workspaces = None
+            self.ids_train = self.eval_ids = None
             _return_freed_memory()
             return
         self.layers = [layer.index_select(0, index) for layer in self.layers]
-        self.optimizer.keep(index, self.layers)
+        self.table = self.table.index_select(0, index) if self.table is not None else None
+        self.optimizer.keep(index, self.layers, self.table)
         self._build_data()
 
     def epoch_batches(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
@@ -158,18 +180,20 @@ class Stack:
         tail: _Tail | None = None  # the runs still stepping once some have done their epoch
         for first_step in range(0, steps, block_steps):
             block = range(first_step, min(first_step + block_steps, steps))
-            xs, one_hot, weights = epoch.block(block.start * b, block.stop * b)
+            xs, one_hot, weights, ids = epoch.block(block.start * b, block.stop * b)
             # Every step's slices at once (one op, not three a step).
             x_batches = xs.split(b, dim=1)
             target_batches = one_hot.split(b, dim=2)
             weight_batches = weights.split(b, dim=1) if weights is not None else [None] * len(block)
+            id_batches = ids.split(b, dim=1) if ids is not None else [None] * len(block)
             for j, step in enumerate(block):
                 rows = (self.n_rows - step * b).clamp(0, b).view(-1, 1, 1).to(xs.dtype) if self.ragged else None
                 if step < all_active:
-                    grads = loss_gradients(self.layers, self.activation, x_batches[j], target_batches[j],
-                                           weight_batches[j], rows, weights_t, self._workspace(x_batches[j].shape[1])[0])
+                    grads, table_grad = _split(loss_gradients(self.layers, self.activation, x_batches[j], target_batches[j],
+                                                              weight_batches[j], rows, weights_t, self._workspace(x_batches[j].shape[1])[0],
+                                                              id_batches[j], self.optimizer.table))
                     norms.add(grads)
-                    self.optimizer.step(grads)
+                    self.optimizer.step(grads, table_grad=table_grad)
                 else:
                     # Runs with fewer rows are done with this epoch: step only the others, their parameters and
                     # optimizer state copied out once for as many steps as the same runs remain (not a copy a step).
@@ -179,11 +203,12 @@ class Stack:
                             self.optimizer.end_subset()
                         tail = _Tail(active, torch.tensor(active, dtype=torch.long, device=self.device), self.optimizer)
                     pick = tail.pick
-                    grads = loss_gradients(tail.layers, self.activation, pick(x_batches[j]), pick(target_batches[j]),
-                                           pick(weight_batches[j]) if weights is not None else None, pick(rows),
-                                           tail.weights_t, tail.hidden(x_batches[j].shape[1]))
+                    grads, table_grad = _split(loss_gradients(
+                        tail.layers, self.activation, pick(x_batches[j]), pick(target_batches[j]),
+                        pick(weight_batches[j]) if weights is not None else None, pick(rows), tail.weights_t,
+                        tail.hidden(x_batches[j].shape[1]), pick(id_batches[j]) if ids is not None else None, self.optimizer.table))
                     norms.add_some(grads, tail.index, len(self.members))
-                    self.optimizer.step(grads)
+                    self.optimizer.step(grads, table_grad=table_grad)
         if tail is not None:
             self.optimizer.end_subset()
         counts = torch.tensor(per_run_steps, dtype=torch.float32, device=self.device)
@@ -202,6 +227,8 @@ class Stack:
             for start in range(0, self.eval_x.shape[1], EVAL_CHUNK_ROWS):
                 rows = slice(start, start + EVAL_CHUNK_ROWS)
                 x = self.eval_x[:, rows].transpose(1, 2)
+                if self.table is not None:  # each run's name vectors after its nutrients
+                    x = torch.cat([x, name_vectors(self.table, self.eval_ids[:, rows])[0].transpose(1, 2)], dim=1)
                 n = x.shape[2]
                 hidden, out = self._workspace(n)
                 z = logits(self.layers, self.activation, x, hidden, out)  # (k, C, rows)
@@ -240,7 +267,12 @@ class Stack:
             # Checkpoints hold a buffer per weight and per bias, the bias's as (1, out), as they always have.
             optimizer[name] = ([part for w, b in map(_split_bias, state) for part in (w, b.reshape(1, -1))]
                                if name in self.optimizer.per_parameter_state else [s.copy() for s in state])
-        return {"weights": list(weights), "biases": list(biases), "optimizer": optimizer}
+        name_table = None
+        if self.table is not None:
+            name_table = self.table[i].cpu().numpy().copy()
+            for name, tensor in self.optimizer.table_state.items():
+                optimizer[TABLE_STATE + name] = [tensor[i].cpu().numpy().copy()]
+        return {"weights": list(weights), "biases": list(biases), "optimizer": optimizer, "name_table": name_table}
 
     def set_lrs(self) -> None:
         self.optimizer.set_lrs([m.schedule.lr for m in self.members])
@@ -259,7 +291,8 @@ def _split_bias(layer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def group_key(config: Config) -> tuple:
     """Runs with equal keys can share a stack: same network shape (features, classes), optimizer kind, batch
     size and device."""
-    return (tuple(config.model.hidden), config.model.activation, tuple(config.data.features), len(config.data.classes),
+    return (tuple(config.model.hidden), config.model.activation, tuple(config.data.features),
+            tuple(config.model.name.model_dump().values()) if config.uses_name else None, len(config.data.classes),
             config.train.optimizer, config.train.batch_size, config.train.device)
 
 
@@ -321,6 +354,11 @@ def fit_stack(members: list[Run], device: torch.device, eval_threads: int = EVAL
         if isinstance(error, ResourceError):
             raise error from None
         raise
+
+
+def _split(result) -> tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
+    """loss_gradients' result as (gradients, the name table's sparse gradient or None)."""
+    return result if isinstance(result, tuple) else (result, None)
 
 
 class _Tail:

@@ -12,11 +12,13 @@ import torch
 
 from foodcls import __version__
 from foodcls.inference.checkpoint import WEIGHT_PREFIX, Checkpoint
+from foodcls.inference.predict import NAME_TABLE
 from foodcls.config import Config, config_to_dict
 from foodcls.preprocessing import Preprocessing
 from foodcls.redact import redact_secrets
 from foodcls.errors import RunError
 
+TABLE_STATE = "name."  # an optimizer buffer of the name's bucket table: `name.exp_avg`…, one array (buckets, dim)
 # Bumped when the resumable state changes shape: an older run cannot be resumed (its checkpoints still load).
 TRAIN_STATE_VERSION = 2
 
@@ -37,12 +39,15 @@ def weight_name(layer: int, kind: str) -> str:
     return f"{WEIGHT_PREFIX}{2 * layer}.{kind}"
 
 
-def model_arrays(weights: list[np.ndarray], biases: list[np.ndarray], prep: Preprocessing) -> dict[str, np.ndarray]:
+def model_arrays(weights: list[np.ndarray], biases: list[np.ndarray], prep: Preprocessing,
+                 name_table: np.ndarray | None = None) -> dict[str, np.ndarray]:
     arrays = {}
     for i, (weight, bias) in enumerate(zip(weights, biases)):
         arrays[weight_name(i, "weight")] = weight
         arrays[weight_name(i, "bias")] = bias
     arrays.update(prep.arrays())
+    if name_table is not None:
+        arrays[NAME_TABLE] = name_table
     return arrays
 
 
@@ -50,13 +55,14 @@ def model_meta(config: Config, epoch: int, metrics: dict[str, Any]) -> dict[str,
     as_dict = config_to_dict(config)
     return {  # the config as a shared file may carry it: no credential of a URI (tracking.mlflow)
         "classes": list(config.data.classes),
-        "features": list(config.data.features),
+        "features": list(config.nutrients),  # the numeric inputs; the name's hashing is `name`
         "model": as_dict["model"],
         "config": redact_secrets(as_dict),
         "epoch": epoch,
         "metrics": metrics,
         "foodcls_version": __version__,
         "torch_version": torch.__version__,
+        **({"name": config.model.name.model_dump()} if config.uses_name else {}),
     }
 
 
@@ -65,11 +71,11 @@ def resumable_state(
     schedule: dict[str, Any], optimizer_kind: str,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The last checkpoint's arrays and metadata: the model plus optimizer buffers (`optim.<param>.<name>`,
-    params in the order W0, b0, W1, b1…) and the loop state."""
+    params in the order W0, b0, W1, b1…; the name's bucket table's `optim.name.<name>`) and the loop state."""
     arrays = dict(model)
     for name, tensors in optimizer.items():
         for i, value in enumerate(tensors):
-            arrays[f"optim.{i}.{name}"] = value
+            arrays[f"optim.{name}" if name.startswith(TABLE_STATE) else f"optim.{i}.{name}"] = value
     meta = dict(meta)
     meta["train_state"] = {"version": TRAIN_STATE_VERSION, "progress": dict(vars(progress)), "schedule": schedule,
                            "optimizer": optimizer_kind}
@@ -87,7 +93,9 @@ def restore_state(checkpoint: Checkpoint) -> RestoredState:
     try:
         buffers: dict[str, dict[int, np.ndarray]] = {}
         for name, value in checkpoint.arrays.items():
-            if name.startswith("optim."):
+            if name.startswith("optim." + TABLE_STATE):
+                buffers.setdefault(name.removeprefix("optim."), {})[0] = value  # one buffer: the table's
+            elif name.startswith("optim."):
                 _, index, key = name.split(".", 2)
                 buffers.setdefault(key, {})[int(index)] = value
         optimizer = {key: [values[i] for i in sorted(values)] for key, values in buffers.items()}

@@ -1,0 +1,175 @@
+"""The product's name as a feature: stable hashed n-grams, training (stacked = solo, exact resume), and every
+path that must agree with predict (ONNX, explain, serve, export predict), with the bad names a user sends."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from foodcls.config import load_config
+from foodcls.data import LabelledData, read_labelled_csv, write_labelled_csv
+from foodcls.inference.checkpoint import load_checkpoint
+from foodcls.inference.predict import load_predictor
+from foodcls.text import NameHashing, fold, ngram_ids, ngrams
+from tests.conftest import REPO
+
+CLASS_WORDS = {0: ["Sirop de fraise", "Jus d'orange", "Cola", "Eau gazeuse", "Succo di mela", "عصير برتقال"],
+               1: ["Jambon cuit", "Saucisson sec", "Poulet rôti", "Prosciutto crudo", "Beef jerky"],
+               2: ["Chips salées", "Crackers", "Barre chocolatée", "Biscotti", "Pretzels"],
+               3: ["Crème brûlée", "Mousse au chocolat", "Tiramisù", "Yaourt aux fruits", "Ice cream"]}
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "foodcls", *map(str, args)], capture_output=True, text=True, cwd=cwd or REPO)
+
+
+def test_the_hash_is_stable_and_names_fold_as_documented():
+    hashing = NameHashing()
+    # Written down once: the ids of a name may never change between releases (checkpoints store learnt rows).
+    assert ngram_ids(["Sirop de fraise"], hashing)[0][:8].tolist() == [6468, 20207, 3176, 19200, 11512, 20386, 12993, 23924]
+    assert [text for text, _ in ngrams("Sirop de fraise", hashing)][:7] == ["<s", "si", "ir", "ro", "op", "p>", "<d"]
+    assert fold("CRÈME  Brûlée!") == fold("creme brulee") == "creme brulee"
+    assert fold("Straße\x00\x07Tee\n") == "strasse tee" and fold("عصير برتقال") == "عصير برتقال"
+    ids = ngram_ids(["x" * 100_000, "", None, "\x00\x01", "é"], hashing)
+    assert ids.shape == (5, hashing.max_ngrams) and (ids[0] != hashing.pad).all()  # cut, never an error
+    assert (ids[1:4] == hashing.pad).all() and (ids[4] != hashing.pad).sum() == 3  # empty bags; "<e", "e>", "<e>"
+    assert ngram_ids(["Crème brûlée"], hashing).tolist() == ngram_ids(["creme BRULEE"], hashing).tolist()
+
+
+@pytest.fixture(scope="module")
+def named_dir(tmp_path_factory, demo_dir):
+    """The demo set with a name per product (words of its class, a tenth of them with no name at all)."""
+    root = tmp_path_factory.mktemp("named")
+    for split, seed in (("train", 1), ("test", 2)):
+        data = read_labelled_csv(demo_dir / f"{split}.csv")
+        rng = np.random.default_rng(seed)
+        names = np.array([CLASS_WORDS[label][rng.integers(len(CLASS_WORDS[label]))] if rng.random() > 0.1 else ""
+                          for label in data.labels.tolist()], dtype=object)
+        write_labelled_csv(root / f"{split}.csv", LabelledData(data.features, data.labels, data.feature_names, "", columns={"name": names}),
+                           ("name",))
+    return root
+
+
+def _config(root: Path, path: Path, *overrides: str):
+    raw = yaml.safe_load((REPO / "configs" / "mlp.yaml").read_text())
+    raw["data"] = {"train": str(root / "train.csv"), "test": str(root / "test.csv"), "val_fraction": 0.2,
+                   "features": ["protein", "carbs", "fat", "additives", "name"]}
+    raw["model"] = {"hidden": [16], "name": {"buckets": 512, "dim": 4}}
+    raw["train"].update({"epochs": 8, "optimizer": "adam", "lr": 0.01, "batch_size": 64, "weight_decay": 0.001})
+    path.write_text(yaml.safe_dump(raw))
+    return load_config(path, list(overrides))
+
+
+@pytest.fixture(scope="module")
+def named_run(named_dir, tmp_path_factory):
+    from foodcls.training.fit import train
+
+    tmp = tmp_path_factory.mktemp("named-run")
+    return train(_config(named_dir, tmp / "n.yaml"), runs_root=tmp / "runs", name="named")
+
+
+def test_a_name_model_learns_from_the_names(named_run, named_dir):
+    predictor = load_predictor(named_run.best_checkpoint)
+    assert predictor.name is not None and predictor.features == ("protein", "carbs", "fat", "additives")
+    meta = load_checkpoint(named_run.best_checkpoint).meta
+    assert meta["name"] == {"buckets": 512, "ngram_min": 2, "ngram_max": 4, "max_ngrams": 96, "dim": 4}
+    test = read_labelled_csv(named_dir / "test.csv")
+    with_names = (predictor.predict(test.features, test.columns["name"]) == test.labels).mean()
+    without = (predictor.predict(test.features, None) == test.labels).mean()
+    assert with_names > without  # the names carry the class here; the model reads them
+    assert named_run.test_accuracy == pytest.approx(with_names)
+
+
+def test_name_runs_stacked_match_solo_and_resume_bit_for_bit(named_dir, tmp_path):
+    from foodcls.training.fit import resume, train, train_many
+
+    configs = [_config(named_dir, tmp_path / f"c{i}.yaml", f"train.seed={i}", "data.val_fraction=null") for i in range(2)]
+    together = train_many([(c, f"s{i}") for i, c in enumerate(configs)], tmp_path / "together")
+    alone = train(configs[1], runs_root=tmp_path / "alone", name="solo")
+    a, b = load_checkpoint(together[1].last_checkpoint).arrays, load_checkpoint(alone.last_checkpoint).arrays
+    assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    assert "name.embedding" in a and "optim.name.exp_avg" in a
+    # Four epochs, then resumed to eight: the run ends exactly as one trained for eight at once.
+    short = train(_config(named_dir, tmp_path / "short.yaml", "train.seed=1", "data.val_fraction=null", "train.epochs=4"),
+                  runs_root=tmp_path / "resumed", name="short")
+    resumed = resume(short.run_dir, ["train.epochs=8"])
+    c = load_checkpoint(resumed.last_checkpoint).arrays
+    assert all(np.array_equal(c[k], b[k]) for k in b)
+
+
+def test_onnx_explain_serve_and_export_predict_agree_with_predict_on_named_products(named_run, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from fastapi.testclient import TestClient
+
+    from foodcls.inference.explain import integrated_gradients
+    from foodcls.inference.export import export
+    from foodcls.serve.app import create_app
+
+    predictor = load_predictor(named_run.best_checkpoint)
+    rows = np.array([[0.1, 60, 0, 0], [20, 1, 12, 2], [6, 60, 25, 3]], dtype=np.float32)
+    names = ["Sirop de fraise", "", "Crème brûlée"]
+    expected = predictor.probabilities(rows, names)
+    session = ort.InferenceSession(str(export(named_run.best_checkpoint, tmp_path / "m.onnx")))
+    got, _ = session.run(None, {"features": rows, "name_ids": ngram_ids(names, predictor.name.hashing).astype(np.int64)})
+    assert got == pytest.approx(expected, abs=1e-5)
+    explanation = integrated_gradients(predictor, rows[0].astype(np.float64), name=names[0])
+    total = explanation.contributions.sum() + explanation.name
+    assert total == pytest.approx(explanation.probability - explanation.baseline_probability, abs=2e-3)
+    assert explanation.ngrams and all(isinstance(t, str) for t, _ in explanation.ngrams)
+    client = TestClient(create_app(named_run.best_checkpoint), base_url="http://127.0.0.1")
+    answer = client.post("/predict", json={"protein": 0.1, "carbs": 60, "fat": 0, "additives": 0, "name": names[0], "explain": True}).json()
+    assert list(answer["probabilities"].values()) == pytest.approx(expected[0].tolist(), abs=1e-6)
+    assert answer["contributions"]["name"] == pytest.approx(explanation.name, abs=1e-9) and answer["name_ngrams"]
+    assert client.post("/predict", json={"protein": 1, "carbs": 1, "fat": 1, "additives": 0, "name": 5}).status_code == 422
+    assert client.get("/model").json()["name"]["dim"] == 4
+    cli = run_cli("predict", "--checkpoint", named_run.run_dir, "--protein", 0.1, "--carbs", 60, "--fat", 0, "--additives", 0,
+                  "--name", names[0], "--json")
+    assert json.loads(cli.stdout)["probabilities"] == pytest.approx(answer["probabilities"], abs=1e-7)
+    # An export: the product_name column is the name the model reads.
+    export_file = tmp_path / "export.tsv"
+    export_file.write_text("code\tproduct_name\tcategories_tags\tproteins_100g\tcarbohydrates_100g\tfat_100g\tadditives_n\n"
+                           "1\tSirop de fraise\t\t0.1\t60\t0\t0\n2\t\ten:x\t20\t1\t12\t2\n")
+    out = tmp_path / "out.csv"
+    assert run_cli("predict", "--checkpoint", named_run.run_dir, "--input", export_file, "--output", out).returncode == 0
+    import csv
+
+    written = list(csv.DictReader(out.open()))
+    assert [float(written[0][f"p_{c}"]) for c in predictor.classes] == pytest.approx(expected[0].tolist(), abs=1e-6)
+    assert [float(written[1][f"p_{c}"]) for c in predictor.classes] == pytest.approx(expected[1].tolist(), abs=1e-6)
+
+
+def test_bad_names_are_handled_never_a_traceback(named_run, tmp_path):
+    for name in ("x" * 100_000, "\x01\x1b[31mred\x07", ""):  # (a NUL cannot be an argument: serve gets one below)
+        result = run_cli("predict", "--checkpoint", named_run.run_dir, "--protein", 1, "--carbs", 50, "--fat", 1, "--additives", 0,
+                         "--name", name, "--json")
+        assert result.returncode == 0, result.stderr
+        assert abs(sum(json.loads(result.stdout)["probabilities"].values()) - 1) < 1e-6
+    from fastapi.testclient import TestClient
+
+    from foodcls.serve.app import create_app
+
+    client = TestClient(create_app(named_run.best_checkpoint), base_url="http://127.0.0.1")
+    answer = client.post("/predict", json={"protein": 1, "carbs": 50, "fat": 1, "additives": 0, "name": "\x00" + "y" * 100_000})
+    assert answer.status_code == 200, answer.text
+    broken = tmp_path / "broken.tsv"  # a name that is not UTF-8 (a latin-1 byte in a UTF-8 export)
+    broken.write_bytes(b"code\tproduct_name\tproteins_100g\tcarbohydrates_100g\tfat_100g\tadditives_n\tcategories_tags\n"
+                       b"1\tCr\xe8me br\xfbl\xe9e\t3\t25\t10\t1\t\n")
+    out = tmp_path / "out.csv"
+    result = run_cli("predict", "--checkpoint", named_run.run_dir, "--input", broken, "--output", out)
+    assert result.returncode == 0, result.stderr
+    assert out.read_text().count("\n") == 2
+
+
+def test_a_name_config_on_data_without_names_is_one_line_naming_the_file(config_file, demo_dir, tmp_path):
+    result = run_cli("train", "--config", config_file, "--runs-root", tmp_path / "runs",
+                     "--set", "data.features=[protein,carbs,fat,additives,name]")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"error: {demo_dir / 'train.csv'}: no 'name' column, and data.features asks for the product's "
+                                     "name (`foodcls data build` writes it; the demo and synthetic sets have none)")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
