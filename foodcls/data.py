@@ -106,7 +106,9 @@ def _open_text(path: str | Path) -> tuple[str, io.TextIOBase]:
     try:
         return str(path), open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 - closed by caller
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
+        built = Path(path).name in ("train.csv", "val.csv", "test.csv") and not Path(path).parent.exists()
+        hint = f" (build it first: foodcls data build EXPORT... --other --out {Path(path).parent})" if built else ""
+        raise DataError(f"{path}: file not found{hint}") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, expected a CSV file") from None
     except OSError as error:
@@ -143,7 +145,7 @@ def _parse_labels(body: list[tuple[int, list[str]]], column: int, problems: list
 
 def _parse_columns(
     name: str, body: list[tuple[int, list[str]]], columns: list[int], features: tuple[str, ...],
-    problems: list[tuple[int, str]] | None = None,
+    problems: list[tuple[int, str]] | None = None, required: tuple[str, ...] = REQUIRED_FEATURES,
 ) -> np.ndarray:
     """The feature cells of every row as float32 (n, F), NaN for an empty optional cell. Bad cells
     (and any problems the caller found) raise a DataError naming file:line, the feature and the
@@ -166,7 +168,7 @@ def _parse_columns(
                         break
             continue
         stated_nan = np.isnan(values) & ~empty
-        if feature in REQUIRED_FEATURES and empty.any():
+        if feature in required and empty.any():
             problems.append((int(np.argmax(empty)), f"{feature} is empty (it is required)"))
         bad = stated_nan | invalid_mask(feature, values)
         if bad.any():
@@ -192,7 +194,10 @@ def _feature_columns(name: str, header: list[str], features: tuple[str, ...], wh
     lowered = [c.strip().lower() for c in header]
     missing = [f for f in features if f not in lowered]
     if missing:
-        raise DataError(f"{name}:1: no {', '.join(repr(m) for m in missing)} column ({what} uses {', '.join(features)})")
+        separator = next((s for s in (";", "\t", "|") if len(header) == 1 and s in header[0]), None)
+        hint = (f"; the header looks {'tab' if separator == chr(9) else repr(separator)}-separated: foodcls reads comma-separated CSVs"
+                if separator else "")
+        raise DataError(f"{name}:1: no {', '.join(repr(m) for m in missing)} column ({what} uses {', '.join(features)}){hint}")
     return [lowered.index(f) for f in features]
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from foodcls.data import _feature_columns, _looks_like_header, _parse_columns, _read_rows
 from foodcls.errors import DataError
-from foodcls.features import NAME, SEED_FEATURES
+from foodcls.features import NAME, REQUIRED_FEATURES, SEED_FEATURES
 from foodcls.labels import DEFAULT_CLASSES
 
 
@@ -32,25 +32,34 @@ class FeatureTable:
 
 
 def read_feature_table(path: str | Path, features: tuple[str, ...] = SEED_FEATURES,
-                       classes: tuple[str, ...] = DEFAULT_CLASSES) -> FeatureTable:
+                       classes: tuple[str, ...] = DEFAULT_CLASSES, allow_missing: bool = False) -> FeatureTable:
     """Rows to predict: a CSV whose header names the features (other columns carried through), or
-    the seed's labelled headerless format for a four-feature model (its first cell one of `classes`)."""
+    the seed's labelled headerless format for a four-feature model (its first cell one of `classes`). An
+    optional nutrient's column may be absent or its cells empty (unknown: NaN, filled by the predictor); so
+    may protein, carbs, fat and additives with allow_missing."""
     name, rows = _read_rows(path)
     first = [c.strip() for c in rows[0][1]]
     lowered = [c.lower() for c in first]
-    if all(f in lowered for f in features) or _looks_like_header(first, classes):
+    required = () if allow_missing else REQUIRED_FEATURES
+    if all(f in lowered for f in features if f in REQUIRED_FEATURES) or _looks_like_header(first, classes):
         header = first
-        columns = _feature_columns(name, header, features, "the checkpoint")
+        present = tuple(f for f in features if f in lowered or f in required)
+        columns = _feature_columns(name, header, present, "the checkpoint")
         body = rows[1:]
     else:
         if set(features) - set(SEED_FEATURES):
             raise DataError(f"{name}:1: no header; a header must name the checkpoint's features: {', '.join(features)}")
         header = ["class", *SEED_FEATURES]
         columns = [1 + SEED_FEATURES.index(f) for f in features]
-        body = rows
+        body, present = rows, features
     if not body:
         raise DataError(f"{name}: file has a header but no rows")
     for line, row in body:
         if len(row) != len(header):
             raise DataError(f"{name}:{line}: expected {len(header)} fields, got {len(row)}")
-    return FeatureTable(header, [row for _, row in body], _parse_columns(name, body, columns, features))
+    values = _parse_columns(name, body, columns, present, required=required)
+    if present != features:  # the absent optional columns: every value unknown
+        full = np.full((len(body), len(features)), np.nan, dtype=np.float32)
+        full[:, [features.index(f) for f in present]] = values
+        values = full
+    return FeatureTable(header, [row for _, row in body], values)

@@ -78,9 +78,26 @@ def invalid_mask(name: str, values: np.ndarray) -> np.ndarray:
     return bad
 
 
+KJ_PER_KCAL = 4.184
+# Energy given in kJ where kcal was meant: the macros (4/4/9 kcal per g) decide, the figure being nearer
+# 4.184 × theirs than theirs in ratio (the same rule `data build` uses to mend a kJ figure in a kcal field).
+KJ_RATIO = KJ_PER_KCAL ** 0.5
+KJ_MARGIN_KCAL = 40.0  # and beyond this many kcal (a drink of 0 g and 1 kcal is not a unit mistake)
+
+
+def kcal_of_macros(values: dict[str, float]) -> float:
+    return 4 * values["protein"] + 4 * values["carbs"] + 9 * values["fat"]
+
+
 def consistency_problems(values: dict[str, float]) -> list[str]:
-    """Figures that contradict each other beyond rounding (sum of macros, sugars > carbs, …)."""
+    """Figures that contradict each other beyond rounding (sum of macros, sugars > carbs, energy in kJ, …)."""
     problems = []
+    if "energy" in values and all(n in values and math.isfinite(values[n]) for n in MACROS) and math.isfinite(values["energy"]):
+        macros = kcal_of_macros(values)
+        if values["energy"] > KJ_RATIO * macros + KJ_MARGIN_KCAL:
+            problems.append(f"energy {values['energy']:g} kcal is {values['energy'] / max(macros, 1e-9):.1f} times what protein, carbs and "
+                            f"fat make ({macros:.0f} kcal): was it given in kJ? {values['energy']:g} kJ is "
+                            f"{values['energy'] / KJ_PER_KCAL:.0f} kcal (alcohol and polyols carry energy too)")
     if all(n in values and math.isfinite(values[n]) for n in MACROS):
         total = sum(values[n] for n in MACROS)
         if total > 100:

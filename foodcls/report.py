@@ -142,6 +142,8 @@ def build_tables(card: dict[str, Any], out: Path) -> list[Table]:
 # runs list's columns, most wanted first: a narrow terminal keeps the first ones whole rather than
 # squeezing all of them (`--wide` shows every one).
 RUN_COLUMNS = ("run", "status", "epochs", "val acc", "test acc", "started (UTC)", "config")
+# Left out first when a terminal is narrow: what identifies a run and how good it is stays.
+RUN_COLUMNS_DROPPED = ("config", "started (UTC)", "epochs")
 
 
 def runs_table(overviews: list[dict[str, Any]], runs_root: Path, width: int | None = None) -> Table:
@@ -149,18 +151,24 @@ def runs_table(overviews: list[dict[str, Any]], runs_root: Path, width: int | No
     cells = []
     for o in overviews:
         status = {"finished": "green", "interrupted": "yellow", "failed": "red", "pruned": "cyan"}.get(o["status"], "white")
+        # val acc: the chosen checkpoint's, as test acc is (the best epoch's figure where the run has no summary yet)
+        val = o["val_accuracy"] if o["val_accuracy"] is not None else o["best_val_accuracy"]
         cells.append({"run": str(Path(o["run_dir"]).relative_to(runs_root)), "status": f"[{status}]{o['status']}[/]",
-                      "epochs": str(o["epochs"]), "val acc": fmt(o["best_val_accuracy"]), "test acc": fmt(o["test_accuracy"]),
+                      "epochs": str(o["epochs"]), "val acc": fmt(val), "test acc": fmt(o["test_accuracy"]),
                       "started (UTC)": o["started_at"].replace("T", " ")[:16], "config": o["config"]})
     columns = list(RUN_COLUMNS)
     if width is not None:
         def needed(column: str) -> int:  # widest cell or header, plus the border and padding rich draws
             return max([len(column), *(Text.from_markup(c[column]).cell_len for c in cells)]) + 3
-        while len(columns) > 2 and sum(needed(c) for c in columns) + 1 > width:
-            columns.pop()
+        for dropped in RUN_COLUMNS_DROPPED:
+            if sum(needed(c) for c in columns) + 1 <= width:
+                break
+            columns.remove(dropped)
     table = Table(title=f"{len(overviews)} runs under {runs_root}/")
     for column in columns:
-        table.add_column(column, justify="right" if "acc" in column or column == "epochs" else "left", no_wrap=True)
+        # Still too wide: the run's path folds onto a second line rather than lose its end (its timestamp).
+        table.add_column(column, justify="right" if "acc" in column or column == "epochs" else "left",
+                         no_wrap=column != "run", overflow="fold")
     for row in cells:
         table.add_row(*(row[c] for c in columns))
     return table
@@ -206,7 +214,9 @@ def cv_table(report: dict[str, Any]) -> Table:
     table = Table(title=f"cv {report['cv_dir']} ({kind}); recall per class")
     classes = report.get("classes") or CLASSES
     for column in ("fold", "held out", "rows", "acc", "bal acc", *(c[:5] for c in classes)):
-        table.add_column(column, justify="left" if column in ("fold", "held out") else "right")
+        # The held-out source folds onto more lines rather than become `off-…` for every fold.
+        table.add_column(column, justify="left" if column in ("fold", "held out") else "right", overflow="fold",
+                         min_width=12 if column == "held out" else None)
     for fold in report["folds"]:
         group = fold["group"] or ""
         if fold["status"] == "failed":
@@ -242,14 +252,18 @@ def tune_table(report: dict[str, Any]) -> Table:
     maximize = report["direction"] == "maximize"
     done = sorted((t for t in trials if t["value"] is not None), key=lambda t: -t["value"] if maximize else t["value"])
     states = {s: sum(1 for t in trials if t["state"] == s) for s in ("complete", "pruned", "fail", "running")}
-    table = Table(title=f"study {report['study']}: " + ", ".join(f"{n} {s}" for s, n in states.items() if n) + f"; best {len(done[:10])} by value")
+    best_number = report["best"]["number"] if report["best"] is not None else None
+    shown = [t for t in done if t["state"] == "complete"][:10]
+    table = Table(title=f"study {report['study']}: " + ", ".join(f"{n} {s}" for s, n in states.items() if n)
+                  + (f"; best: trial {best_number}" if best_number is not None else "")
+                  + f"; the {len(shown)} best complete trials below (a pruned trial's value is its last report, not a score)")
     keys = list(dict.fromkeys(k for t in trials for k in t["params"]))
-    for column in ("trial", "value", *keys):
-        table.add_column(column, justify="right" if column in ("trial", "value") else "left")
-    for t in done[:10]:
-        best = report["best"] is not None and t["number"] == report["best"]["number"]
-        table.add_row(str(t["number"]), f"{t['value']:.4f}", *(json.dumps(t["params"].get(k)) for k in keys),
-                      style="bold green" if best else None)
+    for column in ("trial", "state", "value", *keys):
+        # Keys and values fold onto more lines rather than be cut (`train.bat…`).
+        table.add_column(column, justify="right" if column in ("trial", "value") else "left", overflow="fold")
+    for t in shown:
+        table.add_row(str(t["number"]), t["state"], f"{t['value']:.4f}", *(json.dumps(t["params"].get(k)) for k in keys),
+                      style="bold green" if t["number"] == best_number else None)
     if report["best"] is not None:
         table.caption = f"best config: {report['best']['config']}  (storage {report['storage']})"
     return table

@@ -114,12 +114,14 @@ def is_cv_fold(run_dir: Path) -> bool:
 
 
 def newest_best_checkpoint(runs_root: str | Path = "runs") -> Path:
-    """The best checkpoint of the newest run that has one, passing over cv folds: each learnt from part of
-    the data only, to be scored, not used."""
+    """The best checkpoint of the newest finished run, passing over cv folds (each learnt from part of the data
+    only, to be scored, not used) and runs that did not finish (a pruned search trial, an interrupted or
+    failed run: a model stopped early is nobody's default)."""
     for run_dir in reversed(find_runs(runs_root)):
-        if best_checkpoint(run_dir).is_file() and not is_cv_fold(run_dir):
+        if (best_checkpoint(run_dir).is_file() and not is_cv_fold(run_dir)
+                and run_status(run_dir, read_summary(run_dir)) == "finished"):
             return best_checkpoint(run_dir)
-    raise RunError(f"no trained run found under {runs_root}/: {NO_RUN_HINT}")
+    raise RunError(f"no finished run found under {runs_root}/: {NO_RUN_HINT}")
 
 
 def resolve_run_dir(path: str | Path) -> Path:

@@ -57,13 +57,17 @@ class OneLineErrors(typer.core.TyperGroup):
 app = typer.Typer(
     name="foodcls",
     cls=OneLineErrors,
+    # Help strings are plain text: with Rich markup on, "[default: …]" and "[low, high]" in them were read as
+    # markup tags and dropped from --help.
+    rich_markup_mode=None,
     help="Train a small neural network that sorts packaged food into beverages, meats, snacks and desserts.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(help="Make datasets: the synthetic demo set, Open Food Facts downloads and builds.", no_args_is_help=True)
-runs_app = typer.Typer(help="List and compare run directories.", no_args_is_help=True)
+data_app = typer.Typer(help="Make datasets: the synthetic demo set, Open Food Facts downloads and builds.", no_args_is_help=True,
+                       rich_markup_mode=None)
+runs_app = typer.Typer(help="List, show and compare run directories.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 app.add_typer(runs_app, name="runs")
 
@@ -121,9 +125,14 @@ def main(
 
 
 def default_checkpoint(checkpoint: Path | None) -> Path:
+    """--checkpoint, or the newest finished run's best, said on stderr (which model answers is never a guess)."""
     from foodcls.runs import newest_best_checkpoint
 
-    return checkpoint if checkpoint is not None else newest_best_checkpoint("runs")
+    if checkpoint is not None:
+        return checkpoint
+    chosen = newest_best_checkpoint("runs")
+    stderr.print(f"using {chosen} (the newest finished run's best checkpoint)", highlight=False, soft_wrap=True)
+    return chosen
 
 
 class EpochBar:
@@ -160,20 +169,28 @@ class JobBar:
     appears once the plan is validated (start), so that an input mistake stays a single line."""
 
     def __init__(self, label: str) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        self.progress = Progress(TextColumn(label), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(), console=stderr,
-                                 disable=not stderr.is_terminal)
+        self.label, self.done, self.total = label, 0, 0
+        self.piped = not stderr.is_terminal
+        self.progress = Progress(TextColumn(label), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=stderr, disable=self.piped)
         self.task = self.progress.add_task(label, total=None)
 
     def start(self, total: int) -> None:
+        self.total = total
         self.progress.update(self.task, total=total)
         self.progress.start()
+        if self.piped:  # one line per stage where there is no bar (a pipe, a log file)
+            stderr.print(f"{self.label}: {total} to train, side by side in lockstep stacks", highlight=False)
 
-    def advance(self, failure: str | None = None) -> None:
+    def advance(self, failure: str | None = None, what: str | None = None) -> None:
+        self.done += 1
         self.progress.advance(self.task)
         if failure is not None:
             self.progress.console.print(f"[red]failed:[/red] {escape(failure)}", highlight=False)
+        elif self.piped:
+            stderr.print(f"{self.label}: {self.done}/{self.total} done" + (f" ({what})" if what else ""), highlight=False)
 
     def __enter__(self) -> JobBar:
         return self

@@ -101,7 +101,13 @@ def runs_list(runs_root: RunsRootOption = Path("runs"), as_json: JsonOption = Fa
     if as_json:
         print_json(overviews)
         return
-    stdout.print(report_tables.runs_table(overviews, runs_root, None if wide else stdout.width))
+    table = report_tables.runs_table(overviews, runs_root, None if wide else stdout.width)
+    if wide:  # every column at its natural width, however narrow the terminal (no column squeezed to "…")
+        from rich.console import Console
+
+        Console(width=100_000, soft_wrap=True).print(table)
+    else:
+        stdout.print(table)
     for o in overviews:
         if o["status"] == "failed" and o.get("error"):
             stderr.print(f"[red]failed:[/red] {escape(str(Path(o['run_dir']).relative_to(runs_root)))}: {escape(o['error'])}", highlight=False)

@@ -35,7 +35,8 @@ def sweep(
         from foodcls.experiments.sweep import run_sweep
 
         def on_run(run: dict[str, Any]) -> None:
-            bar.advance(f"{run['params']} seed {run['seed']}: {run['error']}" if run["status"] == "failed" else None)
+            bar.advance(f"{run['params']} seed {run['seed']}: {run['error']}" if run["status"] == "failed" else None,
+                        f"{run['params']} seed {run['seed']}: test accuracy {run.get('test_accuracy')}")
 
         report = run_sweep(config, grid or [], seeds=seeds, overrides=overrides or [], workers=workers, runs_root=runs_root,
                            on_run=on_run, on_start=bar.start, cluster=cluster)
@@ -68,7 +69,8 @@ def cv(
             require_extra("sklearn", "baselines", "foodcls cv" + (" --baselines" if baselines else " (stratified folds; --group-by needs nothing)"))
 
         def on_fold(fold: dict[str, Any]) -> None:
-            bar.advance(f"fold {fold['fold']}: {fold['error']}" if fold["status"] == "failed" else None)
+            bar.advance(f"fold {fold['fold']}: {fold['error']}" if fold["status"] == "failed" else None,
+                        f"fold {fold['fold']} {fold.get('group') or ''}: accuracy {fold.get('accuracy', 0):.3f}")
 
         report = run_cv(config, folds=folds, group_by=group_by, overrides=overrides or [], workers=workers, runs_root=runs_root,
                         baselines=baselines, on_fold=on_fold, on_start=bar.start, cluster=cluster)

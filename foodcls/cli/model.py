@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -82,7 +83,9 @@ def eval_(
         if baselines:
             from foodcls.experiments.baselines import baseline_scores
 
-            report["baselines"], report["baseline_details"] = baseline_scores(path, report["data_files"])
+            with stderr.status("training the baselines on the checkpoint's training rows…") if stderr.is_terminal else _stage(
+                    "training the baselines on the checkpoint's training rows…"):
+                report["baselines"], report["baseline_details"] = baseline_scores(path, report["data_files"])
     if as_json:
         print_json(report)
         return
@@ -92,6 +95,13 @@ def eval_(
     print_warnings(report["warnings"])
     if baselines:
         stdout.print(report_tables.baselines_table(report))
+
+
+@contextmanager
+def _stage(text: str):
+    """One line on stderr for a long step where there is no terminal to show a spinner on."""
+    stderr.print(text, highlight=False)
+    yield
 
 
 def _nutrient_option(option: str, help_text: str) -> Any:
@@ -138,7 +148,10 @@ def predict(
                 return
             if uncategorised:
                 raise FoodclsError(f"--uncategorised: {input_path} is not an Open Food Facts export (it has no categories to go by)")
-            _predict_batch(default_checkpoint(checkpoint), input_path, output_path or "-", explain, options)
+            if as_json:
+                raise FoodclsError("--json: a CSV batch's predictions are CSV (--output FILE or stdout); --json summarises "
+                                   "an export's (--input EXPORT --output FILE --json)")
+            _predict_batch(default_checkpoint(checkpoint), input_path, output_path or "-", explain, options, allow_missing)
             return
         if all(v is None for v in values.values()):
             raise FoodclsError("give the product's values (--protein, --carbs, --fat, --additives, …) or --input CSV for a batch")
@@ -221,6 +234,7 @@ def _predict_export(checkpoint: Path, export: str, output_path: str, options, *,
             outcome = []
             atomic_write(output_path, lambda tmp: outcome.append(_write_with(tmp, run)))
             summary = outcome[0]
+    print_warnings(summary.fill_warnings(predictor.fill_values))
     if as_json:
         print_json(summary.to_json())
         return
@@ -239,11 +253,13 @@ def _write_with(path: str, run) -> Any:
         return run(handle)
 
 
-def _predict_batch(checkpoint: Path, input_path: str, output_path: str, explain: bool, options) -> None:
+def _predict_batch(checkpoint: Path, input_path: str, output_path: str, explain: bool, options, allow_missing: bool) -> None:
     from foodcls.fileio import atomic_write_text
     from foodcls.inference.predict import predict_csv
 
-    text = predict_csv(checkpoint, input_path, explain, options)  # everything is read and checked before anything is written
+    # Everything is read and checked before anything is written.
+    text, warnings = predict_csv(checkpoint, input_path, explain, options, allow_missing)
+    print_warnings(warnings)
     if output_path == "-":
         sys.stdout.write(text)
     else:
@@ -273,11 +289,28 @@ def serve(
 
         path = resolve_checkpoint_path(default_checkpoint(checkpoint))
         load_predictor(path)  # a bad checkpoint is one line here, not a traceback in every worker
+        _port_free(host, port)
         os.environ[CHECKPOINT_ENV] = str(path.resolve())
         os.environ[EXPOSE_PATHS_ENV] = "1" if expose_paths else "0"
         os.environ[HOSTS_ENV] = ",".join([*allowed_hosts(host), *(allowed_host or [])])
         stderr.print(f"serving {path} on http://{host}:{port}/  (Ctrl-C to stop)")
     uvicorn.run("foodcls.serve.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
+
+
+def _port_free(host: str, port: int) -> None:
+    """A port already taken is one line before "serving …" is said (uvicorn's own error came after it, exit 3)."""
+    import socket
+
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise FoodclsError(f"--port {port}: cannot listen on {host}:{port} ({error.strerror}); choose another port, "
+                               "or --port 0 for any free one") from None
 
 
 @app.command()

@@ -27,7 +27,7 @@ class Fold:
 def _scored_sets(config: Config) -> tuple[list[tuple[LabelledData, float]], list[tuple[str, float]]]:
     """([(rows cv may score, their file's weight)], [(train-only file, weight)]): data.train's files
     plus data.val; train-only files stay whole in every fold's training data."""
-    features = config.data.features
+    features = config.nutrients
     scored, train_only = [], []
     for entry in config.data.train_files:
         if entry.train_only:

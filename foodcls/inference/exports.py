@@ -47,6 +47,11 @@ class ExportSummary:
     reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
+    def fill_warnings(self, fill: dict[str, float]) -> list[str]:
+        from foodcls.inference.predict import fill_warnings
+
+        return fill_warnings(self.filled, fill, self.scored)
+
     def to_json(self) -> dict[str, Any]:
         return {"export": self.export, "format": self.format, "rows": self.rows, "written": self.written, "scored": self.scored,
                 "missing": self.missing, "invalid": self.invalid, "uncategorised": self.uncategorised, "predicted": self.predicted,

@@ -19,7 +19,7 @@ from foodcls.inference.judge import TrustOptions, check_trust_options, judge
 from foodcls.inference.network import ACTIVATIONS, Calibration, NameModel, OperatingPoint, Predictor
 from foodcls.inference.suggest import OPEN_SET_SCORES, default_score
 from foodcls.errors import CheckpointError, DataError
-from foodcls.features import NUTRIENTS, consistency_problems, value_problem
+from foodcls.features import NUTRIENTS, REQUIRED_FEATURES, consistency_problems, value_problem
 from foodcls.labels import OTHER
 from foodcls.text import NameHashing
 
@@ -160,26 +160,34 @@ def review_product(values: dict[str, float | None], features: tuple[str, ...], f
             problem = value_problem(feature, float(value))
             if problem is not None:
                 problems.append((feature, problem))
-    missing = [f for f in features if values.get(f) is None]
+    unknown = [f for f in features if values.get(f) is None]
+    missing = [f for f in unknown if f in REQUIRED_FEATURES] if not allow_missing else []
     warnings = consistency_problems({k: float(v) for k, v in values.items() if v is not None})
     unused = [f for f, v in values.items() if v is not None and f not in features]
     if unused:
         warnings.append(f"ignored {', '.join(name_of(f) for f in unused)}: this model uses {', '.join(features)}")
-    if missing and allow_missing:
-        fill = fill or {}
-        warnings.append("unknown " + ", ".join(f"{f} (used the training median {fill.get(f, math.nan):g})" for f in missing))
+    if not missing:
+        warnings += fill_warnings({f: 1 for f in unknown}, fill or {})
     row = [math.nan if values.get(f) is None else float(values[f]) for f in features]
     return ProductCheck(row, problems, missing, warnings)
 
 
+def fill_warnings(unknown: dict[str, int], fill: dict[str, float], rows: int | None = None) -> list[str]:
+    """The one wording of filled values, wherever they are filled (one product, a CSV, an export, serve, eval):
+    each nutrient left unknown, in how many of the rows, and the training median that took its place."""
+    return [f"unknown {feature}{'' if rows is None else f' in {count:,} of {rows:,} rows'} "
+            f"(filled with the training median {fill.get(feature, math.nan):g})" for feature, count in unknown.items() if count]
+
+
 def check_product(values: dict[str, float | None], features: tuple[str, ...], fill: dict[str, float] | None = None,
                   allow_missing: bool = False, name_of=lambda f: NUTRIENTS[f].option) -> ProductCheck:
-    """review_product, refusing (one DataError) an impossible value, or a missing one unless allow_missing."""
+    """review_product, refusing (one DataError) an impossible value, or a missing protein, carbs, fat or
+    additives figure unless allow_missing (the optional nutrients may always be unknown: filled, and said so)."""
     checked = review_product(values, features, fill, allow_missing, name_of)
     if checked.problems:
         feature, problem = checked.problems[0]
         raise DataError(f"{name_of(feature)} {problem}")
-    if checked.missing and not allow_missing:
+    if checked.missing:
         raise DataError(f"missing {', '.join(name_of(f) for f in checked.missing)} (this model uses {', '.join(features)}; "
                         "--allow-missing fills unknown values with the training medians)")
     return checked
@@ -219,12 +227,13 @@ def format_csv(header: list[str], rows: list[list[str]]) -> str:
 
 
 def predict_csv(checkpoint_path: str | Path, input_path: str | Path, explain: bool = False,
-                options: TrustOptions = TrustOptions()) -> str:
-    """Batch prediction: the input CSV (or - for stdin) with predicted, p_<class>, decision and suggest (and
-    set) columns, as text."""
+                options: TrustOptions = TrustOptions(), allow_missing: bool = False) -> tuple[str, list[str]]:
+    """Batch prediction: (the input CSV (or - for stdin) with predicted, p_<class>, decision and suggest (and
+    set) columns, as text; the warnings: the unknown values filled)."""
     from foodcls.feature_table import read_feature_table
 
     predictor = load_predictor(checkpoint_path)
     check_trust_options(predictor, options)  # before the input is read
-    table = read_feature_table(input_path, predictor.features, predictor.classes)
-    return format_csv(*predict_table(predictor, table, explain, options))
+    table = read_feature_table(input_path, predictor.features, predictor.classes, allow_missing)
+    unknown = dict(zip(predictor.features, np.isnan(table.features).sum(axis=0).tolist()))
+    return format_csv(*predict_table(predictor, table, explain, options)), fill_warnings(unknown, predictor.fill_values, len(table.rows))

@@ -7,12 +7,11 @@ from typing import TypeVar
 
 import polars as pl
 
-from foodcls.features import ALL_FEATURES, MACROS, NUTRIENTS, PARTS, SEED_FEATURES, TOLERANCE_G
+from foodcls.features import ALL_FEATURES, KJ_PER_KCAL, KJ_RATIO, MACROS, NUTRIENTS, PARTS, SEED_FEATURES, TOLERANCE_G
 from foodcls.offdata.rules import LabelRules, label_expressions
 
 Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
 NUMERIC = ALL_FEATURES  # the nine nutrients, in the column order of the built CSVs
-KJ_PER_KCAL = 4.184
 # Every reason a row can be dropped for, in the order they are checked (a row counts under the first).
 DROP_REASONS = (
     "ragged_row",
@@ -50,7 +49,7 @@ def _energy_copied() -> pl.Expr:
     the kJ reading where it lies nearer them in ratio, i.e. where the figure exceeds √4.184 × theirs."""
     kcal, kj = _number("energy_kcal"), _number("energy_kj")
     from_macros = 4 * pl.col("protein") + 4 * pl.col("carbs") + 9 * pl.col("fat")
-    return ((kcal == kj) & (kcal > 0) & (kcal > KJ_PER_KCAL ** 0.5 * from_macros)).fill_null(False)
+    return ((kcal == kj) & (kcal > 0) & (kcal > KJ_RATIO * from_macros)).fill_null(False)
 
 
 def _energy() -> pl.Expr:

@@ -18,12 +18,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 
-from foodcls.features import NAME, NUTRIENTS, invalid_mask, value_problem
+from foodcls.features import NAME, NUTRIENTS, REQUIRED_FEATURES, invalid_mask, value_problem
 from foodcls.errors import DataError
 from foodcls.redact import redact_secrets
 from foodcls.serve import schema
 from foodcls.inference.judge import TrustOptions, check_trust_options, judge
-from foodcls.inference.predict import Predictor, load_predictor, review_product
+from foodcls.inference.predict import Predictor, fill_warnings, load_predictor, review_product
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
 MAX_BATCH = 10_000
@@ -146,14 +146,20 @@ def _probabilities(predictor: Predictor, row: np.ndarray) -> dict[str, float]:
     return {name: float(p) for name, p in zip(predictor.classes, row)}
 
 
+def _short(path: str) -> str:
+    """A data file as its folder and name (off/train.csv, synth-off/train.csv: two train.csv told apart)."""
+    parts = Path(path).parts
+    return "/".join(parts[-2:]) if len(parts) >= 2 else path
+
+
 def _hidden_paths(config: Any) -> Any:
-    """The training config with every file path cut to its file name: /model shows what a model was trained
-    on without telling a client where this machine keeps its files."""
+    """The training config with every file path cut to its folder and file name: /model shows what a model was
+    trained on without telling a client where this machine keeps its files."""
     if isinstance(config, dict):
-        return {k: (Path(v).name if isinstance(v, str) and k in ("path", "train", "val", "test", "init_from") else _hidden_paths(v))
+        return {k: (_short(v) if isinstance(v, str) and k in ("path", "train", "val", "test", "init_from") else _hidden_paths(v))
                 for k, v in config.items()}
     if isinstance(config, list):
-        return [Path(v).name if isinstance(v, str) else _hidden_paths(v) for v in config]
+        return [_short(v) if isinstance(v, str) else _hidden_paths(v) for v in config]
     return config
 
 
@@ -275,7 +281,8 @@ def create_app(checkpoint: str | Path | None = None, *, expose_paths: bool | Non
         else:
             predictions = [{"class": classes[b], "probabilities": dict(zip(classes, p)), **judged.fields(i)}
                            for i, (b, p) in enumerate(zip(best.tolist(), probabilities.tolist()))]
-        return _json({"predictions": predictions})
+        unknown = dict(zip(predictor.features, np.isnan(features).sum(axis=0).tolist()))
+        return _json({"predictions": predictions, "warnings": fill_warnings(unknown, predictor.fill_values, len(products))})
 
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -326,7 +333,7 @@ def batch_features(predictor: Predictor, products: list[Any], allow_missing: boo
         errors += [_field_error(field, value_problem(field, float(column[i])) or "invalid", ["products", int(i)]) for i in bad[:20]]
         if field not in predictor.features:
             continue
-        if not allow_missing:
+        if not allow_missing and field in REQUIRED_FEATURES:
             errors += [_field_error(field, "missing", ["products", int(i)]) for i in np.flatnonzero(np.isnan(column))[:20]]
         columns.append(column)
     bad_names = [i for i, p in enumerate(products) if p.get(NAME) is not None and not isinstance(p.get(NAME), str)]

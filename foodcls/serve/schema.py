@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from foodcls.features import NAME, NUTRIENTS
+from foodcls.features import NAME, NUTRIENTS, REQUIRED_FEATURES
 from foodcls.inference.network import Predictor
 
 def _nutrient(name: str, known: bool) -> dict[str, Any]:
@@ -23,8 +23,10 @@ def _nutrient(name: str, known: bool) -> dict[str, Any]:
 
 
 def _known(predictor: Predictor) -> dict[str, Any]:
-    """What a product must then hold: every nutrient the model uses, as a number."""
-    return {"required": list(predictor.features), "properties": {f: _nutrient(f, True) for f in predictor.features}}
+    """What a product must then hold: protein, carbs, fat and additives where the model uses them, as numbers
+    (its optional nutrients may always be unknown: filled with the training medians, and said so)."""
+    required = [f for f in predictor.features if f in REQUIRED_FEATURES]
+    return {"required": required, "properties": {f: _nutrient(f, True) for f in required}}
 
 
 def _product(predictor: Predictor, options: bool) -> dict[str, Any]:
@@ -95,6 +97,7 @@ def batch_route(predictor: Predictor, max_batch: int) -> dict[str, Any]:
                            **_options(predictor)},
             # Each product holds the model's nutrients, unless the batch allows missing ones.
             "anyOf": [{"properties": {"products": {"items": _known(predictor)}}}, _allowing_missing()]}
-    answer = {"type": "object", "required": ["predictions"], "properties": {"predictions": {"type": "array", "items": _answer(predictor)}}}
+    answer = {"type": "object", "required": ["predictions"], "properties": {"predictions": {"type": "array", "items": _answer(predictor)},
+                                                                           "warnings": {"type": "array", "items": {"type": "string"}}}}
     return {"openapi_extra": {"requestBody": {"required": True, "content": {"application/json": {"schema": body}}}},
             "responses": {200: _json(answer, "One answer per product, in order."), **ERRORS}}

@@ -16,7 +16,7 @@ import torch
 from foodcls import runs
 from foodcls.config import Config, config_to_dict, config_to_yaml, load_config
 from foodcls.data import Splits, load_splits
-from foodcls.errors import ConfigError, FoodclsError, ResourceError, WriteError
+from foodcls.errors import ConfigError, DataError, FoodclsError, ResourceError, WriteError
 from foodcls.fileio import atomic_write_text
 from foodcls.inference.checkpoint import Checkpoint, load_checkpoint
 from foodcls.tracking import best_effort, check_tracking, log_run
@@ -269,12 +269,26 @@ def train(config: Config, runs_root: str | Path = "runs", name: str = "run", on_
     """Train a new run under runs_root/<name>-<timestamp> and return its figures. With tracking.mlflow (and
     track: a search's trial is logged by the search instead), the finished run is logged there too."""
     inputs = _check_inputs(config)
+    _every_class_taught(config, inputs[0])
     if track:
         check_tracking(config.tracking.mlflow)
     result = _fit_planned([_new_run(config, runs_root, name, inputs, on_epoch)], eval_threads)[0]
     if track and config.tracking.mlflow:
         log_run_safely(config.tracking.mlflow, result)
     return result
+
+
+def _every_class_taught(config: Config, splits: Splits) -> None:
+    """Refuse a class no training row is labelled with: the model could never answer it (configs/off_open.yaml on
+    a build made without --other had only `other: only 0 evaluation rows` to say so). A search's or cv's runs
+    may lack a class (a fold without it); a training of one's own may not."""
+    import numpy as np
+
+    counts = np.bincount(splits.train.labels, minlength=len(config.data.classes))
+    for name, count in zip(config.data.classes, counts.tolist()):
+        if count == 0:
+            hint = " (a build made without --other keeps none: foodcls data build EXPORT... --other --out DIR)" if name == "other" else ""
+            raise DataError(f"data.classes: no training row is labelled {name!r}{hint}")
 
 
 def log_run_safely(uri: str, result: TrainResult) -> None:
