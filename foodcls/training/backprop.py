@@ -137,7 +137,7 @@ def loss_gradients(
     for i in range(len(layers) - 1, -1, -1):
         if i == 0 and names is not None:  # the loss's gradient with respect to each name vector, then its rows'
             vector_grad = torch.bmm(transposed[0][:, first_name : first_name + table.shape[2]], grad).transpose(1, 2)
-            name_grad = table_gradient(bag, bag_weights, vector_grad)
+            name_grad = table_gradient(bag, bag_weights, vector_grad, table.shape[0] * table.shape[1])
         if i == 0 and 5 <= x.shape[1] < 12 <= grad.shape[1]:
             # The same product computed transposed: MKL's sgemm took 13-38 µs for (32 or 64)×256 by 256×(5-10),
             # the demo's first layer, and 6-13 µs for its transpose (both ways measured from 3 to 65 columns).

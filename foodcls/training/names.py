@@ -42,13 +42,17 @@ def name_vectors(table: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, 
     return vectors.view(k, ids.shape[1], dim), index, weights
 
 
-def table_gradient(index: torch.Tensor, weights: torch.Tensor, vector_grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def table_gradient(index: torch.Tensor, weights: torch.Tensor, vector_grad: torch.Tensor, rows_in_tables: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The loss's gradient with respect to the rows the batch read, from its gradient with respect to the name
     vectors (k, B, dim): (rows into the tables laid end to end, sorted, (rows, dim) values). A row read several
-    times sums its contributions, in the batch's order (the same order a run alone or in a stack)."""
-    used = weights > 0
-    rows = index[used]
-    contributions = vector_grad.unsqueeze(2).expand(*index.shape, vector_grad.shape[2])[used] * weights[used].unsqueeze(1)
-    unique, inverse = torch.unique(rows, return_inverse=True)
+    times sums its contributions, in the batch's order (the same order a run alone or in a stack). Empty slots
+    are sent to one row past the tables (rows_in_tables), summed there and left out: no boolean masking, which
+    copied every slot's vector twice."""
+    slots = torch.where(weights > 0, index, rows_in_tables).view(-1)
+    contributions = (vector_grad.unsqueeze(2) * weights.unsqueeze(3)).view(-1, vector_grad.shape[2])
+    unique, inverse = torch.unique(slots, return_inverse=True)
     values = torch.zeros(len(unique), vector_grad.shape[2], dtype=vector_grad.dtype, device=vector_grad.device)
-    return unique, values.index_add_(0, inverse, contributions)
+    values.index_add_(0, inverse, contributions)
+    if len(unique) and int(unique[-1]) == rows_in_tables:  # the empty slots' row: the last, being the largest
+        unique, values = unique[:-1], values[:-1]
+    return unique, values

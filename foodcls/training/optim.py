@@ -72,9 +72,9 @@ class StackedOptimizer:
     def _rows(self, rows: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(the table laid flat, each row's run, its gradient with weight decay)."""
         flat = self.table.view(-1, self.table.shape[2])
-        run = rows // self.table.shape[1]
+        run = torch.div(rows, self.table.shape[1], rounding_mode="floor")
         if self.weight_decay is not None:
-            grad = grad + self.weight_decay.view(-1)[run].unsqueeze(1) * flat[rows]
+            grad = torch.index_select(flat, 0, rows).mul_(self.weight_decay.view(-1)[run].unsqueeze(1)).add_(grad)
         return flat, run, grad
 
     def _table_step(self, rows: torch.Tensor, grad: torch.Tensor) -> None:
@@ -192,14 +192,15 @@ class StackedAdam(StackedOptimizer):
         flat, run, grad = self._rows(rows, grad)
         width = flat.shape[1]
         exp_avg, exp_avg_sq = (self.table_state[n].view(-1, width) for n in ("exp_avg", "exp_avg_sq"))
-        m = exp_avg[rows].lerp_(grad, 1 - beta1)
-        v = exp_avg_sq[rows].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        m = torch.index_select(exp_avg, 0, rows).lerp_(grad, 1 - beta1)
+        v = torch.index_select(exp_avg_sq, 0, rows).mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         exp_avg.index_copy_(0, rows, m)
         exp_avg_sq.index_copy_(0, rows, v)
-        step = self.state["step"][0].view(-1)[run]
-        step_size = (self._neg_lr.view(-1)[run].double() / (1 - torch.pow(beta1, step))).to(flat.dtype)
-        denominator = v.sqrt().div_(torch.sqrt(1 - torch.pow(beta2, step)).to(flat.dtype).unsqueeze(1)).add_(ADAM_EPS)
-        flat.index_add_(0, rows, m.div(denominator).mul_(step_size.unsqueeze(1)))
+        # The bias corrections per run, in float64 as the dense step computes them, then one per row.
+        step = self.state["step"][0].view(-1)
+        step_size = (self._neg_lr.view(-1).double() / (1 - torch.pow(beta1, step))).to(flat.dtype)[run].unsqueeze(1)
+        correction = torch.sqrt(1 - torch.pow(beta2, step)).to(flat.dtype)[run].unsqueeze(1)
+        flat.index_add_(0, rows, m.div_(v.sqrt_().div_(correction).add_(ADAM_EPS)).mul_(step_size))
 
     def _step(self, grads: list[torch.Tensor]) -> None:
         beta1, beta2 = ADAM_BETAS
