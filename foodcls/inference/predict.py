@@ -29,7 +29,7 @@ def predictor_from_checkpoint(checkpoint: Checkpoint) -> Predictor:
         raise CheckpointError(f"{checkpoint.path}: unknown activation {activation!r}")
     features = tuple(checkpoint.meta["features"])
     unknown = [f for f in features if f not in NUTRIENTS]
-    if unknown:
+    if unknown and checkpoint.meta.get("generic_features") is not True:
         raise CheckpointError(f"{checkpoint.path}: unknown feature {unknown[0]!r} in the checkpoint")
     stacked = ensemble_size(checkpoint) is not None
     # Every predictor holds (K, out, in) weights: one network is an ensemble of one.

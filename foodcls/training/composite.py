@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from foodcls import runs
-from foodcls.config import Config, config_to_yaml, derive
+from foodcls.config import Config, config_to_yaml
 from foodcls.data import LabelledData, Splits, concat, read_eval_file, read_training_files, stratified_split
 from foodcls.errors import ConfigError, DataError
 from foodcls.fileio import atomic_write_json, atomic_write_text
@@ -42,10 +42,13 @@ FOLDS_FILE = "folds.json"  # RUN/sources/folds.json: each fold directory's sourc
 
 
 def part_config(config: Config, index: int) -> Config:
-    """A part's config: one network, seed + index, no calibration of its own, logged nowhere."""
-    return derive(config, {"train.seed": config.train.seed + index, "model.ensemble": 1, "train.calibration": "none",
-                           "train.suggest_precision": None, "train.open_set_score": None, "tracking.mlflow": None},
-                  f"member {index + 1}")
+    """A part's config: one network, seed + index, no calibration of its own, logged nowhere. (Copied with these
+    keys set, not validated again: they keep a valid config valid, and a scikit-learn FoodClassifier's columns
+    are not the nutrients' vocabulary.)"""
+    train = config.train.model_copy(update={"seed": config.train.seed + index, "calibration": "none", "suggest_precision": None,
+                                            "open_set_score": None})
+    return config.model_copy(update={"model": config.model.model_copy(update={"ensemble": 1}), "train": train,
+                                     "tracking": config.tracking.model_copy(update={"mlflow": None})})
 
 
 @dataclass(frozen=True)
@@ -241,7 +244,7 @@ def calibrate_composite(composite: Composite, path: Path) -> dict[str, Any] | No
     return fitted.summary()
 
 
-def assemble(composite: Composite) -> dict[str, Any]:
+def assemble(composite: Composite, drawn: bool = True) -> dict[str, Any]:
     """Put the finished parts together: the checkpoint, its calibration, its evaluation; then the plots, the
     card and summary.json (the composite is `finished` only once all of it is written). Returns the summary."""
     from datetime import datetime, timezone
@@ -277,7 +280,7 @@ def assemble(composite: Composite) -> dict[str, Any]:
         summary.update(val_accuracy=scores["val"]["accuracy"] if "val" in scores else None,
                        test_accuracy=scores["test"]["accuracy"] if "test" in scores else None,
                        warnings=scores["test"]["warnings"] if "test" in scores else [], evaluation=scores)
-        write_results(run_dir, summary)
+        write_results(run_dir, summary, drawn=drawn, carded=drawn)
     else:
         write_results(run_dir, summary, drawn=False, carded=False)
     return summary

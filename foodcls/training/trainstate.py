@@ -14,6 +14,7 @@ from foodcls import __version__
 from foodcls.inference.checkpoint import WEIGHT_PREFIX, Checkpoint
 from foodcls.inference.predict import NAME_TABLE
 from foodcls.config import Config, config_to_dict
+from foodcls.features import NUTRIENTS
 from foodcls.preprocessing import Preprocessing
 from foodcls.redact import redact_secrets
 from foodcls.errors import RunError
@@ -63,6 +64,8 @@ def model_meta(config: Config, epoch: int, metrics: dict[str, Any]) -> dict[str,
         "foodcls_version": __version__,
         "torch_version": torch.__version__,
         **({"name": config.model.name.model_dump()} if config.uses_name else {}),
+        # Columns that are not nutrients: a scikit-learn FoodClassifier's (foodcls/sklearn.py), any numbers.
+        **({"generic_features": True} if any(f not in NUTRIENTS for f in config.nutrients) else {}),
     }
 
 
