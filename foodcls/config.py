@@ -170,6 +170,8 @@ class TrackingConfig(_Section):
     # An MLflow tracking URI (sqlite:///mlruns.db, a file store path, http://…): each run is logged there
     # when it ends (foodcls/tracking.py); null: nothing is logged anywhere but the run directory.
     mlflow: StrictStr | None = None
+    # Where logged, the run's MLflow model is also added to the model registry under this name (a new version).
+    register: StrictStr | None = None
 
 
 class Config(_Section):

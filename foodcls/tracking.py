@@ -1,6 +1,7 @@
 """MLflow tracking (`tracking.mlflow: URI` in a config, or `--mlflow URI`): each finished run directory is
 logged as an MLflow run — the resolved config as params (flattened), every epoch's metrics, the final
-figures, and the artifacts (config.yaml, summary.json, MODEL_CARD.md, plots, the best checkpoint). Sweeps,
+figures, the artifacts (config.yaml, summary.json, MODEL_CARD.md, plots, the best checkpoint) and the model
+as an MLflow model (`runs:/<id>/model`, pyfunc; registered under tracking.register / `--register NAME`). Sweeps,
 cv and tune log a parent run with their runs nested under it. The run directory stays the source of truth:
 runs are logged from it once they end, so a worker process never talks to the tracking server and a
 failed log never loses a run. mlflow is imported only when tracking is asked for."""
@@ -57,8 +58,9 @@ def end_parent(uri: str, run_id: str, metrics: dict[str, float | None]) -> None:
     client.set_terminated(run_id, "FINISHED")
 
 
-def log_run(uri: str, run_dir: str | Path, parent_id: str | None = None) -> str:
-    """Log one run directory as an MLflow run (nested under parent_id when given); returns its id."""
+def log_run(uri: str, run_dir: str | Path, parent_id: str | None = None, register: str | None = None) -> str:
+    """Log one run directory as an MLflow run (nested under parent_id when given), with its model as an MLflow
+    model (inference/mlflow_model.py; in the registry under `register` when given); returns its id."""
     from mlflow.entities import Metric, Param
 
     run_dir = Path(run_dir)
@@ -90,6 +92,13 @@ def log_run(uri: str, run_dir: str | Path, parent_id: str | None = None) -> str:
             client.log_artifact(run_id, str(run_dir / name))
     if runs.best_checkpoint(run_dir).is_file():
         client.log_artifact(run_id, str(runs.best_checkpoint(run_dir)), artifact_path="checkpoints")
+        if summary.get("status") == "finished":
+            import mlflow
+
+            from foodcls.inference.mlflow_model import log_model
+
+            mlflow.set_tracking_uri(uri)
+            log_model(run_id, run_dir, runs.best_checkpoint(run_dir), register)
     client.set_terminated(run_id, "FINISHED" if summary.get("status") in ("finished", "pruned") else "FAILED")
     return run_id
 

@@ -60,3 +60,27 @@ def test_an_unusable_store_is_one_line_before_training_and_nothing_imports_mlflo
     code = ("import sys; from foodcls.cli import app; sys.argv = ['foodcls', '--help']\n"
             "try:\n    app()\nexcept SystemExit:\n    pass\nassert 'mlflow' not in sys.modules")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_a_logged_run_is_an_mlflow_model_that_answers_as_predict_and_can_be_registered(config_file, tmp_path, monkeypatch):
+    import json
+
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    trained = json.loads(invoke("train", "--config", config_file, "--set", "train.epochs=3", "--runs-root", tmp_path / "runs",
+                                "--mlflow", uri, "--register", "foodcls-test", "--json").stdout)
+    client = MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("foodcls").experiment_id])
+    mlflow.set_tracking_uri(uri)
+    products = pd.DataFrame({"protein": [20.0, 0.1], "carbs": [1.0, 10.0], "fat": [12.0, 0.0], "additives": [2, 1]})
+    for model_uri in (f"runs:/{run.info.run_id}/model", "models:/foodcls-test/1"):
+        answers = mlflow.pyfunc.load_model(model_uri).predict(products)
+        cli = json.loads(subprocess.run([sys.executable, "-m", "foodcls", "predict", "--checkpoint", trained["run_dir"], "--protein", "20",
+                                         "--carbs", "1", "--fat", "12", "--additives", "2", "--json"], capture_output=True, text=True).stdout)
+        assert answers.iloc[0]["predicted"] == cli["class"] and answers.iloc[0]["decision"] == cli["decision"]
+        assert [answers.iloc[0][f"p_{c}"] for c in cli["probabilities"]] == pytest.approx(list(cli["probabilities"].values()), abs=1e-7)
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"onnx", "checkpoints", "summary.json"}
+    assert client.get_registered_model("foodcls-test").name == "foodcls-test"

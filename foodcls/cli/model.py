@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,10 +26,13 @@ def train(
     runs_root: RunsRootOption = Path("runs"),
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue this run directory from its last checkpoint.")] = None,
     mlflow: MlflowOption = None,
+    register: Annotated[Optional[str], typer.Option("--register", help="Also add the logged MLflow model to the model registry under this name (with --mlflow).")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Train a model from a YAML config into a new run directory (or --resume one)."""
     overrides = with_mlflow(overrides, mlflow)
+    if register is not None:
+        overrides.append(f"tracking.register={json.dumps(register)}")
     from foodcls.signals import exit_code, sigterm_as_interrupt
 
     with reported_errors(), sigterm_as_interrupt() as received:

@@ -274,7 +274,7 @@ def train(config: Config, runs_root: str | Path = "runs", name: str = "run", on_
         check_tracking(config.tracking.mlflow)
     result = _fit_planned([_new_run(config, runs_root, name, inputs, on_epoch)], eval_threads)[0]
     if track and config.tracking.mlflow:
-        log_run_safely(config.tracking.mlflow, result)
+        log_run_safely(config, result)
     return result
 
 
@@ -291,9 +291,9 @@ def _every_class_taught(config: Config, splits: Splits) -> None:
             raise DataError(f"data.classes: no training row is labelled {name!r}{hint}")
 
 
-def log_run_safely(uri: str, result: TrainResult) -> None:
+def log_run_safely(config: Config, result: TrainResult) -> None:
     """Log a finished run to MLflow, best effort (tracking.best_effort): a failure is one of its warnings."""
-    warning = best_effort(log_run, uri, result.run_dir)
+    warning = best_effort(log_run, config.tracking.mlflow, result.run_dir, None, config.tracking.register)
     if warning is not None:
         result.warnings.append(warning)
 
@@ -357,5 +357,5 @@ def _resume_locked(run_dir: Path, lock, overrides: list[str] | tuple[str, ...], 
         planned = _Planned(run_dir, [RunSpec(config, run_dir, name, checkpoint, on_epoch, splits, restored=restored, lock=lock)])
     result = _fit_planned([planned], EVAL_THREADS)[0]
     if config.tracking.mlflow:
-        log_run_safely(config.tracking.mlflow, result)
+        log_run_safely(config, result)
     return result
