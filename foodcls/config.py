@@ -30,16 +30,21 @@ class TrainFile(_Section):
     """One training file: its rows weigh `weight` in the loss; train-only rows are never scored by cv
     (nor held out by val_fraction), e.g. a synthetic set mixed with real rows."""
 
-    path: StrictStr
-    weight: Annotated[StrictFloat, Field(gt=0)] = 1.0
-    train_only: StrictBool = False
+    path: StrictStr  # a labelled CSV
+    weight: Annotated[StrictFloat, Field(gt=0)] = 1.0  # its rows' weight in the loss
+    train_only: StrictBool = False  # never scored by cv nor held out by val_fraction (e.g. a synthetic mix)
+    # Its products have no names (a synthetic mix), and are read as such by a model that reads names: each an
+    # empty bag, which teaches the network the nutrients alone. (Any other file without a `name` column is refused.)
+    nameless: StrictBool = False
 
 
 class DataConfig(_Section):
+    # Training CSV(s): a path, or a list of paths and {path, weight, train_only}.
     train: StrictStr | Annotated[tuple[StrictStr | TrainFile, ...], Field(min_length=1)]
-    test: StrictStr | None = None
-    val: StrictStr | None = None
-    val_fraction: Annotated[StrictFloat, Field(gt=0, lt=1)] | None = None
+    test: StrictStr | None = None  # scored every epoch and at the end; never picks a checkpoint
+    val: StrictStr | None = None  # picks the best checkpoint, drives early stopping and calibration
+    val_fraction: Annotated[StrictFloat, Field(gt=0, lt=1)] | None = None  # instead of val: a stratified, seeded share of train
+    # Nutrients (protein, carbs, fat, additives, sugars, saturated_fat, salt, fiber, energy) and `name`.
     features: tuple[StrictStr, ...] = SEED_FEATURES
     missing: Literal["median", "drop"] = "median"  # unknown optional nutrients: training medians, or drop the row
     # Network inputs: each feature divided by its training maximum, or standardised (mean 0, std 1).
@@ -88,11 +93,11 @@ class NameConfig(_Section):
     n-grams of ngram_min…ngram_max, hashed into `buckets`, at most max_ngrams a name; a learnt vector of `dim`
     per bucket, their mean concatenated with the scaled nutrients."""
 
-    buckets: Annotated[StrictInt, Field(ge=16, le=1 << 22)] = 1 << 15
-    ngram_min: Annotated[StrictInt, Field(ge=1, le=8)] = 2
-    ngram_max: Annotated[StrictInt, Field(ge=1, le=8)] = 4
-    max_ngrams: Annotated[StrictInt, Field(ge=1, le=1024)] = 96
-    dim: Annotated[StrictInt, Field(ge=1, le=256)] = 16
+    buckets: Annotated[StrictInt, Field(ge=16, le=1 << 22)] = 1 << 15  # how many hashed n-gram ids
+    ngram_min: Annotated[StrictInt, Field(ge=1, le=8)] = 2  # the shortest n-gram (in characters, word marks included)
+    ngram_max: Annotated[StrictInt, Field(ge=1, le=8)] = 4  # the longest
+    max_ngrams: Annotated[StrictInt, Field(ge=1, le=1024)] = 96  # a name's n-grams kept (bigrams first)
+    dim: Annotated[StrictInt, Field(ge=1, le=256)] = 16  # each bucket's learnt vector
 
     @model_validator(mode="after")
     def _range(self) -> NameConfig:
@@ -102,8 +107,8 @@ class NameConfig(_Section):
 
 
 class ModelConfig(_Section):
-    hidden: tuple[Annotated[StrictInt, Field(ge=1)], ...] = (32, 32)
-    activation: Literal["relu", "sigmoid", "tanh"] = "relu"
+    hidden: tuple[Annotated[StrictInt, Field(ge=1)], ...] = (32, 32)  # hidden layer widths
+    activation: Literal["relu", "sigmoid", "tanh"] = "relu"  # the hidden layers' activation
     # K networks (seeds train.seed … train.seed + K − 1) trained side by side in one lockstep stack; the
     # checkpoint holds them all and predicts the mean of their probabilities.
     ensemble: Annotated[StrictInt, Field(ge=1, le=64)] = 1
@@ -111,26 +116,26 @@ class ModelConfig(_Section):
 
 
 class EarlyStoppingConfig(_Section):
-    patience: Annotated[StrictInt, Field(ge=1)]
+    patience: Annotated[StrictInt, Field(ge=1)]  # epochs without improvement before training stops
     monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
-    min_delta: Annotated[StrictFloat, Field(ge=0)] = 0.0
+    min_delta: Annotated[StrictFloat, Field(ge=0)] = 0.0  # an improvement smaller than this is none
 
 
 class TrainConfig(_Section):
     optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: Annotated[StrictFloat, Field(gt=0)] = 0.01
-    momentum: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.0
-    weight_decay: Annotated[StrictFloat, Field(ge=0)] = 0.0
+    lr: Annotated[StrictFloat, Field(gt=0)] = 0.01  # learning rate (1e-3 is read as a float)
+    momentum: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.0  # SGD's
+    weight_decay: Annotated[StrictFloat, Field(ge=0)] = 0.0  # L2
     batch_size: Annotated[StrictInt, Field(ge=1)] = 256
     epochs: Annotated[StrictInt, Field(ge=1)] = 1000
-    seed: Annotated[StrictInt, Field(ge=0)] = 0
-    device: Literal["cpu", "cuda", "auto"] = "cpu"
-    early_stopping: EarlyStoppingConfig | None = None
-    scheduler: Literal["none", "cosine", "step", "plateau"] = "none"
+    seed: Annotated[StrictInt, Field(ge=0)] = 0  # weights, data order and val split all follow from it
+    device: Literal["cpu", "cuda", "auto"] = "cpu"  # auto: CUDA when present
+    early_stopping: EarlyStoppingConfig | None = None  # {patience, monitor, min_delta}; needs validation data
+    scheduler: Literal["none", "cosine", "step", "plateau"] = "none"  # the learning rate's schedule
     # step: multiply lr by scheduler_gamma every scheduler_step_size epochs; plateau: when the
     # monitored loss has not improved for scheduler_step_size epochs.
     scheduler_step_size: Annotated[StrictInt, Field(ge=1)] = 100
-    scheduler_gamma: Annotated[StrictFloat, Field(gt=0, lt=1)] = 0.5
+    scheduler_gamma: Annotated[StrictFloat, Field(gt=0, lt=1)] = 0.5  # step and plateau's factor
     # balanced: n / (classes × count of the class); sqrt_balanced: its square root (a milder correction);
     # or {class: weight} by hand.
     class_weights: Literal["none", "balanced", "sqrt_balanced"] | dict[StrictStr, Annotated[StrictFloat, Field(gt=0)]] = "none"
@@ -144,6 +149,9 @@ class TrainConfig(_Section):
     # value becomes) with this probability, drawn anew each epoch: the network learns to read every nutrient
     # on its own and to cope when some are unknown.
     feature_dropout: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.0
+    # With the name feature: each training row's name is left out (an empty bag) with this probability, drawn
+    # anew each epoch, so the network does not lean on the names it saw (new sources name things otherwise).
+    name_dropout: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.0
     # The resumable last checkpoint (and the best) are written when this many seconds have passed since
     # the previous write, at the end and on interrupt; checkpoint_every adds a write every N epochs.
     checkpoint_seconds: Annotated[StrictFloat, Field(ge=0)] = 5.0
@@ -171,7 +179,7 @@ class TrackingConfig(_Section):
     # when it ends (foodcls/tracking.py); null: nothing is logged anywhere but the run directory.
     mlflow: StrictStr | None = None
     # Where logged, the run's MLflow model is also added to the model registry under this name (a new version).
-    register: StrictStr | None = None
+    registered_model: StrictStr | None = None
 
 
 class Config(_Section):
@@ -215,6 +223,12 @@ class Config(_Section):
         if self.model.ensemble > 1 and self.train.init_from is not None:
             raise ValueError("train.init_from: an ensemble's members would all start from the same weights; "
                              "fine-tune one network (model.ensemble: 1)")
+        return self
+
+    @model_validator(mode="after")
+    def _names_to_drop(self) -> Config:
+        if self.train.name_dropout > 0 and not self.uses_name:
+            raise ValueError(f"train.name_dropout: {self.train.name_dropout} without `name` in data.features (no names to drop)")
         return self
 
     @property

@@ -314,8 +314,12 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
 
 
-def named(config: Config, data: LabelledData) -> LabelledData:
-    """The data, checked to have the `name` column a config with the name feature needs (one line naming the file)."""
+def named(config: Config, data: LabelledData, nameless: bool = False) -> LabelledData:
+    """The data, checked to have the `name` column a config with the name feature needs (one line naming the file);
+    a file declared nameless gets one of empty names."""
+    if config.uses_name and nameless:
+        return LabelledData(data.features, data.labels, data.feature_names, data.source, data.weights, data.train_only,
+                            {**data.columns, NAME: np.full(len(data), "", dtype=object)}, data.classes)
     if config.uses_name and NAME not in data.columns:
         raise DataError(f"{data.source}: no {NAME!r} column, and data.features asks for the product's name "
                         "(`foodcls data build` writes it; the demo and synthetic sets have none)")
@@ -325,8 +329,8 @@ def named(config: Config, data: LabelledData) -> LabelledData:
 def read_training_files(config: Config) -> LabelledData:
     """Every data.train file, with its weight and train-only flag, as one set."""
     features = config.nutrients
-    data = concat([named(config, read_labelled_csv(f.path, features, f.weight, f.train_only, config.data.classes, config.data.ignore_labels))
-                   for f in config.data.train_files])
+    data = concat([named(config, read_labelled_csv(f.path, features, f.weight, f.train_only, config.data.classes, config.data.ignore_labels),
+                         f.nameless) for f in config.data.train_files])
     return drop_missing(data) if config.data.missing == "drop" else data
 
 

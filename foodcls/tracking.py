@@ -1,7 +1,7 @@
 """MLflow tracking (`tracking.mlflow: URI` in a config, or `--mlflow URI`): each finished run directory is
 logged as an MLflow run — the resolved config as params (flattened), every epoch's metrics, the final
 figures, the artifacts (config.yaml, summary.json, MODEL_CARD.md, plots, the best checkpoint) and the model
-as an MLflow model (`runs:/<id>/model`, pyfunc; registered under tracking.register / `--register NAME`). Sweeps,
+as an MLflow model (`runs:/<id>/model`, pyfunc; registered under tracking.registered_model / `train --register NAME`). Sweeps,
 cv and tune log a parent run with their runs nested under it. The run directory stays the source of truth:
 runs are logged from it once they end, so a worker process never talks to the tracking server and a
 failed log never loses a run. mlflow is imported only when tracking is asked for."""

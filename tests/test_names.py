@@ -173,3 +173,34 @@ def test_a_name_config_on_data_without_names_is_one_line_naming_the_file(config_
     assert result.stderr.strip() == (f"error: {demo_dir / 'train.csv'}: no 'name' column, and data.features asks for the product's "
                                      "name (`foodcls data build` writes it; the demo and synthetic sets have none)")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_name_dropout_and_nameless_files(named_dir, demo_dir, tmp_path):
+    """A synthetic mix without names trains a name model (declared nameless, each row an empty bag); name
+    dropout empties some names each epoch, reproducibly, stacked as solo and across a resume."""
+    from foodcls.experiments.folds import assign_folds, plan_folds
+    from foodcls.training.fit import resume, train, train_many
+
+    mix = [{"path": str(named_dir / "train.csv")}, {"path": str(demo_dir / "train.csv"), "train_only": True, "nameless": True}]
+    configs = [_config(named_dir, tmp_path / f"d{i}.yaml", f"data.train={json.dumps(mix)}", "data.val_fraction=null",
+                       f"train.name_dropout={rate}", "train.epochs=4") for i, rate in enumerate((0.0, 0.3))]
+    plain, dropped = train_many([(c, f"r{i}") for i, c in enumerate(configs)], tmp_path / "runs")
+    a, b = load_checkpoint(plain.last_checkpoint).arrays, load_checkpoint(dropped.last_checkpoint).arrays
+    assert not np.array_equal(a["name.embedding"], b["name.embedding"])  # the dropout changed what was learnt
+    alone = train(configs[1], runs_root=tmp_path / "alone", name="solo")
+    assert all(np.array_equal(b[k], v) for k, v in load_checkpoint(alone.last_checkpoint).arrays.items())
+    short = train(configs[1].model_copy(update={"train": configs[1].train.model_copy(update={"epochs": 2})}),
+                  runs_root=tmp_path / "short", name="short")
+    resumed = load_checkpoint(resume(short.run_dir, ["train.epochs=4"]).last_checkpoint).arrays
+    assert all(np.array_equal(b[k], v) for k, v in resumed.items())
+    # cv keeps the nameless mark of a train-only file in every fold's config.
+    cv_config = _config(named_dir, tmp_path / "cv.yaml", f"data.train={json.dumps(mix)}", "data.val_fraction=null")
+    fold = plan_folds(cv_config, assign_folds(cv_config, 2, None), tmp_path / "cv")[0]
+    assert [f.nameless for f in fold.config.data.train_files] == [False, True]
+    # Without the mark the file is refused; name_dropout without names is a config error.
+    unmarked = [mix[0], {"path": str(demo_dir / "train.csv"), "train_only": True}]
+    result = run_cli("train", "--config", tmp_path / "d0.yaml", "--runs-root", tmp_path / "r2", "--set", f"data.train={json.dumps(unmarked)}")
+    assert result.returncode == 1 and "no 'name' column" in result.stderr
+    result = run_cli("train", "--config", tmp_path / "d0.yaml", "--runs-root", tmp_path / "r3",
+                     "--set", "data.features=[protein,carbs,fat,additives]", "--set", "train.name_dropout=0.2")
+    assert result.returncode == 1 and "train.name_dropout: 0.2 without `name` in data.features" in result.stderr

@@ -32,7 +32,7 @@ def train(
     """Train a model from a YAML config into a new run directory (or --resume one)."""
     overrides = with_mlflow(overrides, mlflow)
     if register is not None:
-        overrides.append(f"tracking.register={json.dumps(register)}")
+        overrides.append(f"tracking.registered_model={json.dumps(register)}")
     from foodcls.signals import exit_code, sigterm_as_interrupt
 
     with reported_errors(), sigterm_as_interrupt() as received:

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from foodcls.config import Config, derive
-from foodcls.data import LabelledData, concat, drop_missing, read_eval_file, read_labelled_csv, write_labelled_csv
+from foodcls.config import Config, TrainFile, derive
+from foodcls.data import LabelledData, concat, drop_missing, named, read_eval_file, read_labelled_csv, write_labelled_csv
 from foodcls.errors import ConfigError, DataError
 
 
@@ -24,17 +24,17 @@ class Fold:
     n_eval: int
 
 
-def _scored_sets(config: Config) -> tuple[list[tuple[LabelledData, float]], list[tuple[str, float]]]:
-    """([(rows cv may score, their file's weight)], [(train-only file, weight)]): data.train's files
+def _scored_sets(config: Config) -> tuple[list[tuple[LabelledData, float]], list[TrainFile]]:
+    """([(rows cv may score, their file's weight)], [train-only file]): data.train's files
     plus data.val; train-only files stay whole in every fold's training data."""
     features = config.nutrients
     scored, train_only = [], []
     for entry in config.data.train_files:
         if entry.train_only:
-            train_only.append((entry.path, entry.weight))
+            train_only.append(entry)
         else:
-            scored.append((read_labelled_csv(entry.path, features, entry.weight, classes=config.data.classes,
-                                             ignore=config.data.ignore_labels), entry.weight))
+            scored.append((named(config, read_labelled_csv(entry.path, features, entry.weight, classes=config.data.classes,
+                                                           ignore=config.data.ignore_labels), entry.nameless), entry.weight))
     if config.data.val is not None:
         scored.append((read_eval_file(config, config.data.val), 1.0))
     if not scored:
@@ -73,7 +73,7 @@ class Assignment:
     """The rows cv scores, their fold, and the train-only files: read and checked, nothing written yet."""
 
     scored: list[tuple[LabelledData, float]]
-    train_only: list[tuple[str, float]]
+    train_only: list[TrainFile]
     everything: LabelledData
     fold_of_row: np.ndarray
     groups: list[str | None]
@@ -114,7 +114,7 @@ def plan_folds(config: Config, assigned: Assignment, cv_dir: Path) -> list[Fold]
                 path = folder / f"fold{number}-train{i + 1}.csv"
                 write_labelled_csv(path, everything.subset(rows), columns)
                 train_entries.append({"path": str(path), "weight": weight})
-        train_entries += [{"path": path, "weight": weight, "train_only": True} for path, weight in train_only]
+        train_entries += [entry.model_dump() for entry in train_only]
         where = f"cv fold {number}" + (f" ({group})" if group else "")
         fold_config = derive(config, {"data.train": train_entries, "data.val": None, "data.test": str(eval_path),
                                       "data.val_fraction": val_fraction}, where)

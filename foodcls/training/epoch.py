@@ -24,6 +24,12 @@ def dropout_stream(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, 1])
 
 
+def name_dropout_stream(seed: int, epoch: int) -> np.random.Generator:
+    """Name dropout's draws: one per row in the epoch's order, a stream of its own (feature dropout's draws
+    stay what they were)."""
+    return np.random.default_rng([seed, epoch, 2])
+
+
 class GradientNorms:
     """Each step's gradient norm per layer (its weights, not its bias) and run, taken a few dozen steps at a
     time: one norm of the stacked gradients per layer instead of three ops a step (the same values, bit for
@@ -81,6 +87,8 @@ class EpochRows:
         self.index = torch.from_numpy(orders[0][None] if len(orders) == 1 else np.stack(orders)).to(stack.device)
         self.dropout = [dropout_stream(m.config.train.seed, m.progress.epoch + 1) if m.config.train.feature_dropout > 0 else None
                         for m in members]
+        self.name_dropout = [name_dropout_stream(m.config.train.seed, m.progress.epoch + 1)
+                             if stack.ids_train is not None and m.config.train.name_dropout > 0 else None for m in members]
 
     def block(self, first: int, end: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Inputs (k, rows, F + 1: the bias's ones last; with the name feature F + dim + 1, the name's columns
@@ -112,6 +120,10 @@ class EpochRows:
                 mask = self.dropout[i].random((real, nutrients)) < t.feature_dropout
                 rows = xs[i, :real, :nutrients]
                 rows.copy_(torch.where(torch.from_numpy(mask).to(stack.device), torch.from_numpy(member.fill_input).to(stack.device), rows))
+            if self.name_dropout[i] is not None and real and ids is not None:
+                # A dropped name is an empty bag: every id the pad, which reads nothing and learns nothing.
+                dropped = torch.from_numpy(self.name_dropout[i].random(real) < t.name_dropout).to(stack.device)
+                ids[i, :real].masked_fill_(dropped.unsqueeze(1), stack.hashing.pad)
             if t.label_smoothing > 0:
                 smooth_targets(one_hot[i], t.label_smoothing)
         weights = torch.gather(stack.w_train, 1, index) if stack.w_train is not None else None

@@ -293,7 +293,7 @@ def _every_class_taught(config: Config, splits: Splits) -> None:
 
 def log_run_safely(config: Config, result: TrainResult) -> None:
     """Log a finished run to MLflow, best effort (tracking.best_effort): a failure is one of its warnings."""
-    warning = best_effort(log_run, config.tracking.mlflow, result.run_dir, None, config.tracking.register)
+    warning = best_effort(log_run, config.tracking.mlflow, result.run_dir, None, config.tracking.registered_model)
     if warning is not None:
         result.warnings.append(warning)
 
