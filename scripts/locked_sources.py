@@ -3,12 +3,14 @@ score the two locked exports (products of the four classes, and products in none
 
     python scripts/locked_sources.py [--shared ../shared/data/off-exports] [--workdir /tmp/foodcls-locked]
                                      [--locked off-search-2018-mixed.tsv off-search-2019-snacks.tsv]
-                                     [--recipes off off_rich off_open] [--cv]
+                                     [--recipes off off_rich off_open] [--cv] [--seeds N]
 
 In the work directory: data/off (`data build --other` of the design exports), locked/ (the locked exports'
 build, less any barcode the design exports hold, split into in-class.csv and other.csv), runs/. With --cv
 it first prints each recipe's leave-one-source-out figures over the design exports (what recipes are
-chosen by). Prints one JSON object per recipe: the locked figures.
+chosen by). Prints one JSON object per recipe and seed (train.seed 0…N-1): the locked figures; then, per recipe,
+the headline figures' mean and sd over the seeds. Every run of it is a look at the locked exports: say so
+where its figures are reported.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import csv
 import json
 import os
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 LOCKED = ("off-search-2018-mixed.tsv", "off-search-2019-snacks.tsv")
@@ -57,6 +61,7 @@ def main() -> None:
     parser.add_argument("--locked", nargs=2, default=list(LOCKED))
     parser.add_argument("--recipes", nargs="+", default=["off", "off_rich", "off_open"])
     parser.add_argument("--cv", action="store_true", help="first cross-validate each recipe by source on the design exports")
+    parser.add_argument("--seeds", type=int, default=1, help="train each recipe with train.seed 0…N-1")
     args = parser.parse_args()
     from foodcls.config import load_config
     from foodcls.experiments.cv import run_cv
@@ -80,11 +85,26 @@ def main() -> None:
         if args.cv:
             report = run_cv(config_path, group_by="source", runs_root=work / "runs", workers=2)
             print(json.dumps({"recipe": recipe, "cv_pooled": report["pooled"]}))
-        result = train(load_config(config_path), runs_root=work / "runs", name=recipe)
-        figures = evaluate_checkpoint(result.best_checkpoint, [in_class], other)
-        keep = ("n", "accuracy", "balanced_accuracy", "per_class", "temperature", "ece", "nll", "brier", "conformal",
-                "risk_coverage", "open_set", "warnings")
-        print(json.dumps({"recipe": recipe, "run_dir": str(result.run_dir), **{k: figures[k] for k in keep}}))
+        seen = []
+        for seed in range(args.seeds):
+            result = train(load_config(config_path, [f"train.seed={seed}"]), runs_root=work / "runs", name=f"{recipe}-seed{seed}")
+            figures = evaluate_checkpoint(result.best_checkpoint, [in_class], other)
+            keep = ("n", "accuracy", "balanced_accuracy", "per_class", "calibration", "ece", "nll", "brier", "conformal",
+                    "risk_coverage", "open_set", "suggestions", "warnings")
+            print(json.dumps({"recipe": recipe, "seed": seed, "run_dir": str(result.run_dir), **{k: figures.get(k) for k in keep}}))
+            seen.append(headline(figures))
+        print(json.dumps({"recipe": recipe, "seeds": args.seeds, "mean_sd": {
+            key: [round(float(np.mean(v)), 4), round(float(np.std(v, ddof=1)), 4) if len(v) > 1 else 0.0]
+            for key in seen[0] if None not in (v := [s[key] for s in seen])}}))
+
+
+def headline(figures: dict) -> dict:
+    """The figures a recipe is judged by on the locked exports."""
+    open_set, conformal, suggestions = figures.get("open_set") or {}, figures.get("conformal") or {}, figures.get("suggestions") or {}
+    return {"accuracy": figures["accuracy"], "balanced_accuracy": figures["balanced_accuracy"], "ece": figures["ece"],
+            "set_coverage": conformal.get("empirical_coverage"), "set_size": conformal.get("mean_size"),
+            "auroc": open_set.get("auroc"), "suggest_precision": suggestions.get("precision"),
+            "suggest_recall": suggestions.get("recall")}
 
 
 if __name__ == "__main__":

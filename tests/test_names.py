@@ -84,6 +84,9 @@ def test_a_name_model_learns_from_the_names(named_run, named_dir):
     without = (predictor.predict(test.features, None) == test.labels).mean()
     assert with_names > without  # the names carry the class here; the model reads them
     assert named_run.test_accuracy == pytest.approx(with_names)
+    card = (named_run.run_dir / "MODEL_CARD.md").read_text()
+    assert "Layers 8 → 16 → 4 (2,260 parameters)" in card  # 4 nutrients + the name's 4-vector; the 512 × 4 table counted
+    assert "the product's name: hashed character 2–4-grams (512 buckets)" in card
 
 
 def test_name_runs_stacked_match_solo_and_resume_bit_for_bit(named_dir, tmp_path):

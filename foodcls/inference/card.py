@@ -75,8 +75,12 @@ def model_card(run_dir: str | Path, summary: dict[str, Any] | None = None) -> st
     split = "test" if isinstance(evaluation.get("test"), dict) else "val" if isinstance(evaluation.get("val"), dict) else None
     report = evaluation.get(split, {}) if split else {}
     model, train = config.get("model", {}), config.get("train", {})
-    sizes = [len(predictor.features), *[w.shape[1] for w, _ in predictor.layers]]
-    parameters = sum(w.size + b.size for w, b in predictor.layers)  # every member's
+    sizes = [predictor.layers[0][0].shape[2], *[w.shape[1] for w, _ in predictor.layers]]
+    name = predictor.name
+    # every member's, the name's table included
+    parameters = sum(w.size + b.size for w, b in predictor.layers) + (name.tables.size if name is not None else 0)
+    method = predictor.calibration.method if predictor.calibration is not None else "temperature"
+    fitted_on = ("out-of-source predictions: each source predicted by a model trained without it" if method == "sources" else "the validation rows")
     lines = [
         f"# Model card: {summary.get('name', run_dir.name)} ({run_dir.name})",
         "",
@@ -86,10 +90,14 @@ def model_card(run_dir: str | Path, summary: dict[str, Any] | None = None) -> st
         "## Model",
         "",
         f"- Layers {' → '.join(map(str, sizes))} ({parameters:,} parameters), {predictor.activation} activations, softmax output"
-        + (f" divided by a temperature of {predictor.temperature:.3f} (calibrated on the validation rows)" if predictor.temperature != 1.0 else "")
+        + (f" divided by a temperature of {predictor.temperature:.3f} (calibrated on {fitted_on})" if predictor.temperature != 1.0 else "")
+        + (f"; an ensemble of {predictor.members} networks (seeds {train.get('seed')}…), their probabilities averaged" if predictor.members > 1 else "")
         + ".",
         f"- Inputs, per 100 g: {', '.join(predictor.features)}; an unknown value is filled with its training median "
-        f"({', '.join(f'{k} {v:g}' for k, v in predictor.fill_values.items())}).",
+        f"({', '.join(f'{k} {v:g}' for k, v in predictor.fill_values.items())})"
+        + (f"; and the product's name: hashed character {name.hashing.ngram_min}–{name.hashing.ngram_max}-grams "
+           f"({name.hashing.buckets:,} buckets), the mean of their learnt {name.hashing.dim}-vectors (zeros without a name)"
+           if name is not None else "") + ".",
         f"- Classes, in output order: {', '.join(predictor.classes)}."
         + (" `other` stands for products in none of the named classes." if predictor.has_other else
            " It has no `other` class: **every product gets one of these**, including products that are none of them."),
@@ -169,9 +177,11 @@ def model_card(run_dir: str | Path, summary: dict[str, Any] | None = None) -> st
         "- For sorting packaged products by their nutrition label into the classes above, as a learning and comparison "
         "tool. Not for dietary, medical or safety decisions.",
         "- Figures on a split of the training data's own sources overstate what holds on other sources: measured on "
-        "Open Food Facts exports nobody designed against, the shipped recipes lose several points (README, \"Trust on real "
-        "products\"). Small classes (under 20 evaluation rows) give unreliable figures.",
-        "- Probabilities are calibrated on the validation rows only; on a new source they may be over- or under-confident. "
+        "Open Food Facts exports nobody designed against, the shipped recipes lose several points (docs/how-to/trust.md). "
+        "Small classes (under 20 evaluation rows) give unreliable figures.",
+        f"- Probabilities are calibrated on {fitted_on}"
+        + ("; on a new source unlike the training sources they may be over- or under-confident. " if method == "sources" else
+           " only; on a new source they may be over- or under-confident. ") +
         "`foodcls predict --min-confidence P` abstains (`unsure`), `--coverage 0.9` gives a set of classes instead of one.",
         "",
         "## Provenance",
