@@ -65,3 +65,58 @@ def trained_run(tmp_path_factory, demo_dir):
     tmp = tmp_path_factory.mktemp("trained")
     config = load_config(write_config(tmp / "small.yaml", demo_dir, epochs=30, optimizer="adam", lr=0.01))
     return train(config, runs_root=tmp / "runs", name="small")
+
+
+# `foodcls train …` whose every epoch waits, once its metrics line is written, until the test says go on: the
+# real command line (its signal handling, exit codes, progress callback) with the epoch callback wrapped.
+PACED = """
+import sys
+from foodcls.training import fit
+
+def paced(callback):
+    def on_epoch(record, total):
+        if callback is not None:
+            callback(record, total)
+        print(record["epoch"], flush=True)
+        sys.stdin.readline()
+    return on_epoch
+
+train, resume = fit.train, fit.resume
+fit.train = lambda *a, on_epoch=None, **k: train(*a, on_epoch=paced(on_epoch), **k)
+fit.resume = lambda *a, on_epoch=None, **k: resume(*a, on_epoch=paced(on_epoch), **k)
+from foodcls.cli import app
+sys.argv[0] = "foodcls"
+app()
+"""
+
+
+class PacedRun:
+    """A training in a child process that a test stops at an exact epoch (to kill it, signal it, or try to
+    resume it while it lives) — an event, never a race against the clock."""
+
+    def __init__(self, *args: object, cwd: Path | None = None) -> None:
+        import subprocess
+        import sys
+
+        self.process = subprocess.Popen([sys.executable, "-c", PACED, *map(str, args)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd or REPO)
+
+    def next_epoch(self, timeout: float = 120) -> int:
+        """The epoch the run now waits after (it wrote that epoch's metrics line and waits for go_on)."""
+        import select
+
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        assert ready, f"the run reported no epoch in {timeout:g} s"
+        line = self.process.stdout.readline()
+        assert line.strip().isdigit(), f"the run ended before the epoch a test waits for: {line!r} {self.process.stderr.read()[-2000:]}"
+        return int(line)
+
+    def go_on(self) -> None:
+        self.process.stdin.write("\n")
+        self.process.stdin.flush()
+
+    def stop_at(self, epoch: int) -> None:
+        """Let the run go on until it waits after `epoch`."""
+        while (reached := self.next_epoch()) < epoch:
+            self.go_on()
+        assert reached == epoch

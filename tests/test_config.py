@@ -1,5 +1,6 @@
 import re
 
+import pydantic
 import pytest
 
 from foodcls.config import load_config
@@ -91,7 +92,7 @@ def test_empty_config_is_refused(tmp_path):
 
 def test_config_is_frozen(tmp_path):
     config = load_config(write(tmp_path, BASE))
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         config.train.lr = 1.0
 
 

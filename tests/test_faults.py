@@ -23,7 +23,7 @@ from foodcls.errors import FoodclsError, WriteError
 from foodcls.offdata.build import build_dataset
 from foodcls.training.fit import train
 from tests import offexports as off
-from tests.conftest import REPO
+from tests.conftest import REPO, PacedRun
 from tests.test_resume import RESUMABLE, assert_same_model, metric_lines
 
 
@@ -52,23 +52,20 @@ def test_a_model_too_big_for_memory_is_refused_before_anything_is_written(config
 def test_a_signal_mid_run_saves_the_last_epoch_and_the_run_resumes_identically(config_file, tmp_path, sig, code):
     overrides = [*RESUMABLE, "train.epochs=150"]
     reference = train(load_config(config_file, overrides), runs_root=tmp_path / "reference", name="r")
-    args = [sys.executable, "-m", "foodcls", "train", "--config", str(config_file), "--runs-root", str(tmp_path / "killed")]
+    args = ["train", "--config", config_file, "--runs-root", tmp_path / "killed"]
     for override in overrides:
         args += ["--set", override]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        found = list((tmp_path / "killed").glob("small-*"))
-        if found and len(runs.read_metrics(found[0])) >= 10 + np.random.default_rng(sig).integers(20):
-            break
-        time.sleep(0.002)
+    run = PacedRun(*args)
+    process = run.process
+    epoch = 17 if sig == signal.SIGTERM else 23
+    run.stop_at(epoch)  # the signal lands while the run waits after that epoch
     process.send_signal(sig)
     _, err = process.communicate(timeout=60)
     assert process.returncode == code and "Traceback" not in err
-    run_dir = found[0]
+    run_dir = next((tmp_path / "killed").glob("small-*"))
     summary = runs.read_summary(run_dir)
     assert summary["status"] == "interrupted"
-    assert load_checkpoint(runs.last_checkpoint(run_dir)).meta["epoch"] == summary["epochs_run"] == len(runs.read_metrics(run_dir))
+    assert load_checkpoint(runs.last_checkpoint(run_dir)).meta["epoch"] == summary["epochs_run"] == len(runs.read_metrics(run_dir)) == epoch
     assert foodcls_cli("train", "--resume", run_dir).returncode == 0
     assert_same_model(runs.last_checkpoint(run_dir), reference.last_checkpoint)
     assert metric_lines(run_dir) == metric_lines(reference.run_dir)

@@ -4,7 +4,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -12,6 +11,7 @@ from foodcls import runs
 from foodcls.inference.checkpoint import load_checkpoint
 from foodcls.config import load_config
 from foodcls.training.fit import resume, train
+from tests.conftest import PacedRun
 
 # Adam (optimizer state), a cosine schedule (scheduler state), a val split and early stopping that
 # never fires (its counter is state too), feature dropout (random per epoch) and label smoothing.
@@ -31,23 +31,18 @@ def metric_lines(run_dir):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in runs.read_metrics(run_dir)]
 
 
-def kill_mid_run(config_file, runs_root, overrides, ready):
-    """Start `foodcls train` in a subprocess, SIGKILL it once ready(run_dir) holds; the run directory."""
-    args = [sys.executable, "-m", "foodcls", "train", "--config", str(config_file), "--runs-root", str(runs_root)]
+def kill_mid_run(config_file, runs_root, overrides, epoch):
+    """Start `foodcls train`, SIGKILL it while it waits after `epoch` (its metrics line written); the run directory."""
+    args = ["train", "--config", config_file, "--runs-root", runs_root]
     for override in overrides:
         args += ["--set", override]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    run_dir = None
-    while time.time() < deadline and process.poll() is None:
-        found = list(runs_root.glob("small-*"))
-        if found and ready(found[0]):
-            run_dir = found[0]
-            break
-        time.sleep(0.002)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert run_dir is not None, "the run never got going"
+    run = PacedRun(*args)
+    try:
+        run.stop_at(epoch)
+    finally:
+        run.process.send_signal(signal.SIGKILL)
+        run.process.communicate()
+    run_dir = next(runs_root.glob("small-*"))
     assert runs.run_overview(run_dir)["status"] == "interrupted"
     return run_dir
 
@@ -64,25 +59,21 @@ def resume_and_compare(run_dir, reference, epochs):
 
 
 def test_sigkill_between_two_checkpoint_writes_then_resume_ends_identical(config_file, tmp_path):
-    # Checkpoints every 0.3 s: the kill lands after some epochs past the last write, whose work is redone.
-    overrides = [*RESUMABLE, "train.epochs=300", "train.checkpoint_seconds=0.3"]
+    # A checkpoint every 20 epochs (and never by the clock): killed at epoch 47, the run resumes from epoch 40
+    # and redoes 41-47, whose metrics lines it had written.
+    overrides = [*RESUMABLE, "train.epochs=300", "train.checkpoint_seconds=86400", "train.checkpoint_every=20"]
     reference = train(load_config(config_file, overrides), runs_root=tmp_path / "reference", name="r")
-
-    def past_a_checkpoint(run_dir):
-        last = runs.last_checkpoint(run_dir)
-        return last.exists() and len(runs.read_metrics(run_dir)) > load_checkpoint(last).meta["epoch"] + 2
-
-    run_dir = kill_mid_run(config_file, tmp_path / "killed", overrides, past_a_checkpoint)
-    killed_at = load_checkpoint(runs.last_checkpoint(run_dir)).meta["epoch"]
-    assert 1 <= killed_at < len(runs.read_metrics(run_dir)) < 300, "the kill should land between two checkpoint writes"
+    run_dir = kill_mid_run(config_file, tmp_path / "killed", overrides, 47)
+    assert load_checkpoint(runs.last_checkpoint(run_dir)).meta["epoch"] == 40
+    assert len(runs.read_metrics(run_dir)) == 47
     resume_and_compare(run_dir, reference, 300)
 
 
 def test_sigkill_before_the_first_checkpoint_then_resume_starts_over_identically(config_file, tmp_path):
     overrides = [*RESUMABLE, "train.epochs=60", "train.checkpoint_seconds=1000"]
     reference = train(load_config(config_file, overrides), runs_root=tmp_path / "reference", name="r")
-    run_dir = kill_mid_run(config_file, tmp_path / "killed", overrides, lambda d: len(runs.read_metrics(d)) >= 10)
-    assert not runs.last_checkpoint(run_dir).exists()
+    run_dir = kill_mid_run(config_file, tmp_path / "killed", overrides, 10)
+    assert not runs.last_checkpoint(run_dir).exists() and len(runs.read_metrics(run_dir)) == 10
     resume_and_compare(run_dir, reference, 60)
 
 
@@ -139,22 +130,19 @@ def test_resume_of_a_run_still_training_is_refused_naming_its_pid_and_a_killed_r
 
     from foodcls.errors import RunError
 
-    args = [sys.executable, "-m", "foodcls", "train", "--config", str(config_file), "--runs-root", str(tmp_path),
-            "--set", "train.epochs=100000"]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = PacedRun("train", "--config", config_file, "--runs-root", tmp_path, "--set", "train.epochs=100000")
+    process = run.process
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline and not (list(tmp_path.glob("small-*")) and runs.read_metrics(list(tmp_path.glob("small-*"))[0])):
-            time.sleep(0.05)
-        run_dir = list(tmp_path.glob("small-*"))[0]
+        run.stop_at(2)  # it lives, holding its lock, and waits
+        run_dir = next(tmp_path.glob("small-*"))
         metrics_before = (run_dir / runs.METRICS_FILE).stat().st_size
         with pytest.raises(RunError, match=rf"still training in another process \(pid {process.pid}\)"):
             resume(run_dir)
         cli = subprocess.run([sys.executable, "-m", "foodcls", "train", "--resume", str(run_dir)], capture_output=True, text=True)
         assert cli.returncode == 1 and len(cli.stderr.strip().splitlines()) == 1 and f"pid {process.pid}" in cli.stderr
         assert runs.read_summary(run_dir)["pid"] == process.pid  # the live run's files are untouched by the refusals
-        assert (run_dir / runs.METRICS_FILE).stat().st_size >= metrics_before
+        assert (run_dir / runs.METRICS_FILE).stat().st_size == metrics_before
     finally:
         process.send_signal(signal.SIGKILL)
-        process.wait()
+        process.communicate()
     runs.lock_run(run_dir).close()  # the kernel dropped the killed process's lock
