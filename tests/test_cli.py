@@ -207,11 +207,15 @@ def test_a_nine_feature_model_answers_predict_with_all_nine_options(rich_checkpo
     assert answer["class"] in answer["probabilities"] and answer["warnings"] == []
 
 
-def test_a_missing_option_of_a_nine_feature_model_is_one_line_or_filled_on_request(rich_checkpoint):
+def test_a_missing_nutrient_of_a_nine_feature_model_is_filled_or_one_line(rich_checkpoint):
+    # An optional nutrient may always be unknown (filled with its median, and said); a required one needs --allow-missing.
     without_energy = NINE[:-2]
-    one_line_error(run_cli("predict", "--checkpoint", rich_checkpoint, *without_energy), "missing --energy")
-    filled = run_cli("predict", "--checkpoint", rich_checkpoint, *without_energy, "--allow-missing", "--json")
-    assert filled.returncode == 0 and "training median" in json.loads(filled.stdout)["warnings"][-1]
+    filled = run_cli("predict", "--checkpoint", rich_checkpoint, *without_energy, "--json")
+    assert filled.returncode == 0 and json.loads(filled.stdout)["warnings"][-1].startswith("unknown energy (filled with the training median")
+    without_protein = NINE[2:]
+    one_line_error(run_cli("predict", "--checkpoint", rich_checkpoint, *without_protein), "missing --protein")
+    filled = run_cli("predict", "--checkpoint", rich_checkpoint, *without_protein, "--allow-missing", "--json")
+    assert filled.returncode == 0 and "unknown protein (filled with the training median" in json.loads(filled.stdout)["warnings"][-1]
     one_line_error(run_cli("predict", "--checkpoint", rich_checkpoint, *NINE[:-2], "--energy", 1000), "--energy", "0-900 kcal")
 
 
