@@ -54,6 +54,12 @@ def test_the_wheel_without_extras_inits_trains_and_predicts_outside_the_reposito
     assert '"status": "finished"' in trained
     predicted = run(foodcls, "predict", "--protein", 20, "--carbs", 1, "--fat", 12, "--additives", 2, "--json", cwd=project, env=env)
     assert '"decision"' in predicted.stdout
+    # The library from the wheel: a run directory loaded and scored in numpy, torch never imported.
+    library = run(wheel_venv / "python", "-c", "import foodcls, sys, glob; m = foodcls.load(sorted(glob.glob('runs/mlp-*'))[-1]); "
+                  "p = m.predict_proba({'protein': [20.0], 'carbs': [1.0], 'fat': [12.0], 'additives': [2]}); "
+                  "assert 'torch' not in sys.modules; print(m.classes[int(p.argmax())], round(float(p.sum()), 6))",
+                  cwd=project, env=env).stdout.split()
+    assert library[0] in ("beverages", "meats", "snacks", "desserts") and library[1] == "1.0"
 
     for args, extra in ((["serve"], "serve"), (["export", "--format", "onnx", "--out", "m.onnx"], "onnx"),
                         (["tune", "--config", "configs/mlp.yaml", "--space", "configs/space.yaml"], "tune"),
