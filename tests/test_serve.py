@@ -151,7 +151,8 @@ def test_model_hides_paths_unless_asked_and_foreign_host_headers_are_refused(ser
 
     model = httpx.get(server + "/model").json()
     assert model["checkpoint"] == "best.safetensors" and str(trained_run.run_dir) not in json.dumps(model)
-    assert model["config"]["data"]["train"] == "train.csv"
+    shown = model["config"]["data"]["train"]
+    assert shown.endswith("/train.csv") and shown.count("/") == 1  # the file and its folder, never the full path
     assert httpx.get(server + "/health", headers={"host": "attacker.example"}).status_code == 400  # DNS rebinding
     assert httpx.get(server + "/health", headers={"host": "localhost:8000"}).status_code == 200
     exposed = TestClient(create_app(trained_run.best_checkpoint, expose_paths=True), base_url="http://127.0.0.1").get("/model").json()

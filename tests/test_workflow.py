@@ -155,7 +155,8 @@ def test_runs_list_fits_an_80_column_terminal_keeping_whole_run_names(config_fil
     assert max(len(line) for line in narrow.splitlines()) <= 80
     assert all(p.name in narrow for p in root.iterdir()) and "…" not in narrow  # whole names, no squeezed cells
     header = narrow.splitlines()[2]
-    assert all(c in header for c in ("run", "status", "epochs")) and "config" not in header  # the least wanted went first
+    # What a narrow table keeps (issue 31): run, status, val and test accuracy; the least wanted go first.
+    assert all(c in header for c in ("run", "status", "val acc", "test acc")) and "config" not in header
     wide = subprocess.run([sys.executable, "-m", "foodcls", "runs", "list", "--runs-root", str(root), "--wide"],
                           capture_output=True, text=True, env={**env, "COLUMNS": "200"}).stdout
     assert "config" in wide and "started (UTC)" in wide

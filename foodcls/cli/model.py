@@ -85,8 +85,9 @@ def eval_(
         path = default_checkpoint(checkpoint)
         report = evaluate_checkpoint(path, data, out_of_class)
         if baselines:
-            from foodcls.experiments.baselines import baseline_scores
+            from foodcls.experiments.baselines import baseline_scores, stored_training_config
 
+            stored_training_config(path)  # a checkpoint that cannot serve is one line, before the stage line
             with stderr.status("training the baselines on the checkpoint's training rows…") if stderr.is_terminal else _stage(
                     "training the baselines on the checkpoint's training rows…"):
                 report["baselines"], report["baseline_details"] = baseline_scores(path, report["data_files"])
