@@ -3,7 +3,10 @@
 Runs each command N times as a fresh process through the installed console script (next to this
 Python) and prints the median. Needs a trained run: `foodcls train --config configs/mlp.yaml` first.
 
-    python benchmarks/startup.py [--repeat 7]
+    python benchmarks/startup.py [--repeat 7] [--named-checkpoint RUN_OR_CHECKPOINT]
+
+--named-checkpoint adds `foodcls predict --name …` of a model that reads names (configs/off_names.yaml's run):
+its checkpoint holds the name table (32,768 × 16 floats per network), read at every start.
 """
 
 from __future__ import annotations
@@ -29,12 +32,17 @@ def median_wall(command: list[str], repeat: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--named-checkpoint", help="a name model's run or checkpoint: time its predict too")
     args = parser.parse_args()
     script = Path(sys.executable).with_name("foodcls")
     foodcls = [str(script)] if script.exists() else [shutil.which("foodcls") or "foodcls"]
     commands = {
         "foodcls predict (one product)": [*foodcls, "predict", "--protein", "20", "--carbs", "1", "--fat", "12", "--additives", "2"],
         "foodcls --help": [*foodcls, "--help"],
+        **({"foodcls predict --name (name model)": [*foodcls, "predict", "--checkpoint", args.named_checkpoint, "--protein", "0", "--carbs", "84",
+                                                    "--fat", "0", "--additives", "1", "--sugars", "84", "--saturated-fat", "0", "--salt", "0",
+                                                    "--fiber", "0", "--energy", "336", "--name", "Sirop de fraise"]}
+           if args.named_checkpoint else {}),
         "python -c 'import torch'": [sys.executable, "-c", "import torch"],
     }
     results = {name: median_wall(command, args.repeat) for name, command in commands.items()}
