@@ -61,6 +61,7 @@ def main() -> int:
     mutated = {Path(m) for m in args.modules}
     config = ("\n[tool.mutmut]\n"
               f"source_paths = {sorted(map(str, mutated))!r}\n"
+              'pytest_add_cli_args = ["-n", "0", "-p", "no:randomly"]\n'
               f"pytest_add_cli_args_test_selection = {list(args.tests)!r}\n"
               f"also_copy = {also_copy(work, work / 'foodcls', mutated) + ['data/', 'configs', 'tests/']!r}\n").replace("'", '"')
     with open(work / "pyproject.toml", "a", encoding="utf-8") as handle:

@@ -36,6 +36,17 @@ def samples() -> Path:
 
 needs_samples = pytest.mark.usefixtures("samples")
 
+# The longest files (a wheel built and installed, the docs' commands run, clusters started), started first: with two
+# workers each taking a file at a time (pyproject's addopts), one of them last would run on alone for a minute or two.
+LONGEST_FIRST = ("test_wheel.py", "test_docs.py", "test_cluster.py", "test_tune.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+    items.sort(key=rank)  # stable: the order inside each file, and of the other files, is kept
+
 
 def write_config(path: Path, data_dir: Path, **train_overrides) -> Path:
     """The real configs/mlp.yaml with its data pointed at data_dir and training shrunk."""
