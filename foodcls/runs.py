@@ -204,24 +204,29 @@ def _number(value: Any) -> float | int | None:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def datacard_paths(config: dict[str, Any]) -> list[Path]:
+    """The datacard.json beside each of a config's data files (train, val, test) that has one, each once, in
+    the config's order: the `data build` outputs they come from."""
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    train = data.get("train")
+    entries = train if isinstance(train, list) else [train]
+    paths = [e.get("path") if isinstance(e, dict) else e for e in entries] + [data.get("val"), data.get("test")]
+    cards: list[Path] = []
+    for path in paths:
+        card_path = Path(path).parent / "datacard.json" if isinstance(path, str) else None
+        if card_path is not None and card_path not in cards and card_path.is_file():
+            cards.append(card_path)
+    return cards
+
+
 def data_provenance(config: dict[str, Any]) -> list[dict[str, Any]]:
     """What each `data build` output a config's data files come from was, when a run starts: its datacard's
     path, SHA-256 and counts, recorded in summary.json (the card reads them there, not from a build that
     may have been redone since, nor relative to wherever `foodcls card` is run)."""
     import hashlib
 
-    data = config.get("data") if isinstance(config.get("data"), dict) else {}
-    train = data.get("train")
-    entries = train if isinstance(train, list) else [train]
-    paths = [e.get("path") if isinstance(e, dict) else e for e in entries] + [data.get("val"), data.get("test")]
-    out, seen = [], set()
-    for path in paths:
-        if not isinstance(path, str):
-            continue
-        card_path = Path(path).parent / "datacard.json"
-        if card_path in seen or not card_path.is_file():
-            continue
-        seen.add(card_path)
+    out = []
+    for card_path in datacard_paths(config):
         try:
             raw = card_path.read_bytes()
             card = json.loads(raw)

@@ -26,18 +26,8 @@ def _datacards(config: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """The datacard.json of each `data build` output the config's data files come from, read now (relative to
     the current directory): what runs.data_provenance records when a run starts, and the card's fallback for
     runs from before it did."""
-    data = config.get("data") if isinstance(config.get("data"), dict) else {}
-    train = data.get("train")
-    entries = train if isinstance(train, list) else [train]
-    paths = [e.get("path") if isinstance(e, dict) else e for e in entries] + [data.get("val"), data.get("test")]
-    cards, seen = [], set()
-    for path in paths:
-        if not isinstance(path, str):
-            continue
-        card_path = Path(path).parent / "datacard.json"
-        if card_path in seen or not card_path.is_file():
-            continue
-        seen.add(card_path)
+    cards = []
+    for card_path in runs.datacard_paths(config):
         try:
             cards.append((str(card_path), json.loads(card_path.read_text(encoding="utf-8"))))
         except (OSError, ValueError):
