@@ -13,6 +13,7 @@ from foodcls.config import Config, validate_config
 from foodcls.data import LabelledData, read_labelled_csvs, split_training_file
 from foodcls.preprocessing import Preprocessing
 from foodcls.inference.evaluate import classification_report
+from foodcls.inference.network import Predictor
 from foodcls.inference.predict import load_predictor
 
 BASELINES = ("majority", "logistic_regression", "random_forest", "gradient_boosting")
@@ -44,16 +45,17 @@ def baseline_predictions(train: LabelledData, evaluation: np.ndarray, prep: Prep
     return predictions
 
 
-def stored_training_config(checkpoint_path: str | Path) -> Config:
+def stored_training_config(checkpoint_path: str | Path, predictor: Predictor | None = None) -> Config:
     """The checkpoint's training config, checked (the baselines train on its training rows): a one-line error
-    before any work starts when it cannot serve."""
-    return validate_config(load_predictor(checkpoint_path).config, f"{checkpoint_path}: its stored config")
+    before any work starts when it cannot serve. `predictor`: the checkpoint, when already loaded."""
+    predictor = predictor if predictor is not None else load_predictor(checkpoint_path)
+    return validate_config(predictor.config, f"{checkpoint_path}: its stored config")
 
 
 def baseline_scores(checkpoint_path: str | Path, data_files: list[str]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """({name: accuracy}, {name: {accuracy, macro_f1, balanced_accuracy}}) on the evaluation files."""
     predictor = load_predictor(checkpoint_path)
-    config = stored_training_config(checkpoint_path)
+    config = stored_training_config(checkpoint_path, predictor)
     train, _ = split_training_file(config)
     evaluation = read_labelled_csvs(data_files, predictor.features, predictor.classes, predictor.ignored_labels)
     details = {}
