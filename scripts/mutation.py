@@ -1,20 +1,22 @@
-"""Mutation testing with mutmut 3 (`pip install mutmut`), over a scratch copy of the repository (mutmut writes
-its `mutants/` tree and a config beside the code; nothing of that lands here).
+"""Mutation testing with mutmut 3 (`pip install mutmut`) over issue 30's seven modules, each group of modules in a
+scratch copy of the repository of its own (mutmut writes its `mutants/` tree and a config beside the code; nothing
+of that lands here), with the tests that check that group: a mutant runs only the selected tests that reach the
+function it changes, and a module that every training test reaches (calibration, predict) would otherwise re-run
+dozens of trainings per mutant.
 
-    python scripts/mutation.py [--modules foodcls/inference/calibration.py ...] [--tests tests/test_references.py ...]
-                               [--workdir /tmp/foodcls-mutation] [--max-children 2]
+    python scripts/mutation.py                       # every group, one after the other; a table at the end
+    python scripts/mutation.py --group offdata runs  # some of them
+    python scripts/mutation.py --modules foodcls/runs.py --tests tests/test_references.py   # anything else
 
-The modules default to the seven issue 30 names; the tests to the fast, hand-checked references. mutmut copies
-only the mutated files into mutants/, so every other file of the package is listed in `also_copy` (a whole
-directory where it holds no mutated file). Prints mutmut's counts (killed, survived, timeout, no tests) and the
-score killed / (killed + survived + timeout). Slow: a mutant of a function that a test reaches through a trained
-fixture re-trains it; measured, the first 126 mutants of calibration.py took 30 minutes on 2 busy cores.
+Prints, per group, mutmut's counts (killed, survived, timeout, no tests) and the score: caught (killed or timed
+out) over every mutant, those no selected test reaches counted as survivors; then the survivors, each as its
+diff, to read (docs/explanation/reliability.md lists the equivalent ones and why). Slow: hours on two cores.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+import os
 import shutil
 import subprocess
 import sys
@@ -22,13 +24,26 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-MODULES = ["foodcls/inference/calibration.py", "foodcls/inference/predict.py", "foodcls/offdata/clean.py", "foodcls/offdata/rules.py",
-           "foodcls/offdata/dedup.py", "foodcls/training/run.py", "foodcls/runs.py"]
-TESTS = ["tests/test_references.py"]
+REFERENCES = "tests/test_references.py"
+GROUPS = {  # name: (modules, the tests that check them)
+    "offdata": (["foodcls/offdata/clean.py", "foodcls/offdata/rules.py", "foodcls/offdata/dedup.py"],
+                [REFERENCES, "tests/test_offdata.py"]),
+    "runs": (["foodcls/runs.py"], [REFERENCES, "tests/test_run_records.py"]),
+    "calibration": (["foodcls/inference/calibration.py"], [REFERENCES, "tests/test_trust.py", "tests/test_suggest.py"]),
+    "predict": (["foodcls/inference/predict.py"], [REFERENCES, "tests/test_trust.py", "tests/test_checkpoint.py", "tests/test_exports.py"]),
+    "training": (["foodcls/training/run.py"], [REFERENCES, "tests/test_train.py", "tests/test_resume.py"]),
+}
+# Imported once in the process every worker is forked from, which runs nothing: polars' and torch's thread pools,
+# started by running tests, do not survive a fork (forked after the collection, mutmut's default, a worker hung
+# until the timeout on nearly every mutant). Not foodcls: imported there, it would be the copy's unmutated package.
+PRELOAD = ["numpy", "torch", "torch.optim", "polars", "scipy.stats", "sklearn.metrics", "yaml", "pydantic", "safetensors.numpy",
+           "typer", "rich.console", "hypothesis", "schemathesis", "xdist", "pytest"]
+PRELOAD_FILE = "mutmut-preload.txt"
 
 
 def also_copy(root: Path, directory: Path, mutated: set[Path]) -> list[str]:
-    """Everything under directory but the mutated files: whole directories where they hold none."""
+    """Everything under directory but the mutated files (mutmut copies only those): whole directories where they
+    hold none."""
     out = []
     for path in sorted(directory.iterdir()):
         relative = path.relative_to(root)
@@ -44,35 +59,67 @@ def also_copy(root: Path, directory: Path, mutated: set[Path]) -> list[str]:
     return out
 
 
+def run_group(modules: list[str], tests: list[str], work: Path, max_children: int, timeout_multiplier: float) -> Counter:
+    """mutmut over modules with tests, in a fresh copy at work; its results counted, its survivors printed."""
+    if work.exists():
+        shutil.rmtree(work)
+    shutil.copytree(REPO, work, symlinks=True, ignore=shutil.ignore_patterns(".venv", "runs", ".git", "__pycache__", "site", "mutants"))
+    mutated = {Path(m) for m in modules}
+    config = ("\n[tool.mutmut]\n"
+              f"source_paths = {sorted(map(str, mutated))!r}\n"
+              'pytest_add_cli_args = ["-n", "0", "-p", "no:randomly"]\n'
+              f'process_isolation = "forkserver"\nforkserver_warmup = "import"\npreload_modules_file = "{PRELOAD_FILE}"\n'
+              # Two workers on two cores, each building the session's fixtures (a trained run) afresh: a mutant's
+              # tests run slower than in the stats pass, whose test durations (without fixtures) set the budget.
+              f"timeout_multiplier = {timeout_multiplier}\n"
+              f"pytest_add_cli_args_test_selection = {tests!r}\n"
+              f"also_copy = {also_copy(work, work / 'foodcls', mutated) + ['data/', 'configs', 'tests/']!r}\n").replace("'", '"')
+    (work / PRELOAD_FILE).write_text("\n".join(PRELOAD) + "\n", encoding="utf-8")
+    with open(work / "pyproject.toml", "a", encoding="utf-8") as handle:
+        handle.write(config)
+    # The copy has no ../shared beside it: its tests read the real samples from where this checkout's do.
+    env = {"FOODCLS_OFF_SAMPLES": str(REPO.parent / "shared" / "data" / "off-exports"), **os.environ}
+    subprocess.run(["mutmut", "run", "--max-children", str(max_children)], check=False, cwd=work, env=env, stdout=subprocess.DEVNULL)
+    results = subprocess.run(["mutmut", "results", "--all", "true"], check=True, cwd=work, capture_output=True, text=True).stdout
+    statuses = dict(line.strip().rsplit(": ", 1) for line in results.splitlines() if ": " in line)
+    for name, status in statuses.items():
+        if status in ("survived", "no tests"):
+            diff = subprocess.run(["mutmut", "show", name], check=True, cwd=work, capture_output=True, text=True).stdout
+            changed = [line for line in diff.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+            print(f"  {status}: {name}\n    " + "\n    ".join(changed))
+    return Counter(statuses.values())
+
+
+def score_line(name: str, counts: Counter) -> str:
+    # A timeout is a mutant the tests did not let pass (mutmut's own score counts it as killed); a mutant no
+    # selected test reaches counts against the score here, as a survivor would.
+    caught = counts["killed"] + counts["timeout"]
+    total = caught + counts["survived"] + counts["no tests"]
+    return (f"{name:12} {total:5} mutants  killed {counts['killed']:4}  timeout {counts['timeout']:3}  survived {counts['survived']:4}"
+            f"  no tests {counts['no tests']:4}  score {caught / max(total, 1):.1%}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--modules", nargs="+", default=MODULES)
-    parser.add_argument("--tests", nargs="+", default=TESTS)
+    parser.add_argument("--group", nargs="+", choices=sorted(GROUPS), default=list(GROUPS))
+    parser.add_argument("--modules", nargs="+", help="mutate these instead of the groups' modules")
+    parser.add_argument("--tests", nargs="+", default=[REFERENCES], help="with --modules: the tests to run")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/foodcls-mutation"))
     parser.add_argument("--max-children", type=int, default=2)
+    parser.add_argument("--timeout-multiplier", type=float, default=30.0)
     args = parser.parse_args()
     if shutil.which("mutmut") is None:
         print("mutmut is not installed: pip install mutmut", file=sys.stderr)
         return 1
-    work = args.workdir / "repo"
-    if work.exists():
-        shutil.rmtree(work)
-    shutil.copytree(REPO, work, symlinks=True, ignore=shutil.ignore_patterns(".venv", "runs", ".git", "__pycache__", "site", "mutants"))
-    mutated = {Path(m) for m in args.modules}
-    config = ("\n[tool.mutmut]\n"
-              f"source_paths = {sorted(map(str, mutated))!r}\n"
-              'pytest_add_cli_args = ["-n", "0", "-p", "no:randomly"]\n'
-              f"pytest_add_cli_args_test_selection = {list(args.tests)!r}\n"
-              f"also_copy = {also_copy(work, work / 'foodcls', mutated) + ['data/', 'configs', 'tests/']!r}\n").replace("'", '"')
-    with open(work / "pyproject.toml", "a", encoding="utf-8") as handle:
-        handle.write(config)
-    subprocess.run(["mutmut", "run", "--max-children", str(args.max_children)], cwd=work)
-    results = subprocess.run(["mutmut", "results", "--all", "true"], cwd=work, capture_output=True, text=True).stdout
-    counts = Counter(line.rsplit(": ", 1)[-1].strip() for line in results.splitlines() if ": " in line)
-    print(dict(counts))
-    scored = counts["killed"] + counts["survived"] + counts["timeout"]
-    if scored:
-        print(f"score: {counts['killed'] / scored:.1%} of {scored} mutants that a test reaches")
+    groups = {"modules": (args.modules, args.tests)} if args.modules else {g: GROUPS[g] for g in args.group}
+    lines, total = [], Counter()
+    for name, (modules, tests) in groups.items():
+        print(f"{name}: {' '.join(modules)} with {' '.join(tests)}", flush=True)
+        counts = run_group(modules, tests, args.workdir / name, args.max_children, args.timeout_multiplier)
+        lines.append(score_line(name, counts))
+        print(lines[-1], flush=True)
+        total += counts
+    print("\n".join([*lines, score_line("all", total)]))
     return 0
 
 

@@ -245,6 +245,32 @@ def test_open_set_auroc_is_scikit_learns():
     assert auroc(inside, outside) == pytest.approx(expected, abs=1e-12)
 
 
+
+def test_open_set_figures_on_ten_hand_made_products():
+    from sklearn.metrics import roc_auc_score
+
+    from foodcls.inference.calibration import in_class_score, labelled_open_set
+
+    classes = ("beverages", "meats", "other")
+    # Six in-class products (labels 0 / 1) and four `other` ones (label 2); 1 − p(other) is each one's score.
+    p = np.array([[0.90, 0.05, 0.05], [0.60, 0.30, 0.10], [0.20, 0.70, 0.10], [0.10, 0.50, 0.40], [0.45, 0.35, 0.20],
+                  [0.30, 0.60, 0.10], [0.05, 0.05, 0.90], [0.91, 0.04, 0.05], [0.20, 0.10, 0.70], [0.90, 0.00, 0.10]])
+    labels = np.array([0, 0, 1, 1, 0, 0, 2, 0, 2, 2])
+    assert in_class_score(p, classes).tolist() == pytest.approx([0.95, 0.9, 0.9, 0.6, 0.8, 0.9, 0.1, 0.95, 0.3, 0.9])
+    assert in_class_score(p, ("a", "b", "c")).tolist() == pytest.approx(p.max(axis=1).tolist())  # no `other`: the top
+    figures = labelled_open_set(p, labels, classes)
+    inside = np.array([0.95, 0.9, 0.9, 0.6, 0.8, 0.9, 0.95])  # rows 0–5 and 7 (label 0, 0, 1, 1, 0, 0, 0)
+    outside = np.array([0.1, 0.3, 0.9])
+    assert figures["n"] == 3
+    assert figures["auroc"] == pytest.approx(roc_auc_score(np.r_[np.ones(7), np.zeros(3)], np.r_[inside, outside]))
+    # 90 % of 7 in-class: the threshold is the lower 10 % quantile, 0.6 (all 7 kept): two of three outside below it.
+    assert figures["rejected_at_coverage"] == {"0.90": pytest.approx(2 / 3), "0.95": pytest.approx(2 / 3)}
+    # Kept: all seven; their most probable named class: 0, 0, 1, 1, 0, 1 (row 5: 0.3 < 0.6, wrong), 0 → 6 of 7.
+    assert figures["accuracy_of_kept"] == {"0.90": pytest.approx(6 / 7), "0.95": pytest.approx(6 / 7)}
+    assert figures["share_confident_over_0_9"] == pytest.approx(1 / 3)  # row 9, exactly 0.9 (row 7's 0.91 is in-class)
+    with_scores = labelled_open_set(p, labels, classes, scores=np.linspace(1.0, 0.1, 10))  # a score of one's own
+    assert with_scores["auroc"] == pytest.approx(roc_auc_score(labels != 2, np.linspace(1.0, 0.1, 10)))
+
 @needs_samples
 def test_the_shared_exports_build_into_the_counts_written_down(tmp_path):
     """The per-class counts of `data build --other` over the eleven shared exports, written down once (and
@@ -254,3 +280,42 @@ def test_the_shared_exports_build_into_the_counts_written_down(tmp_path):
     card = build_dataset(sorted(SAMPLES.glob("off-*")), tmp_path / "off", other=True)
     assert card["per_class"] == {"beverages": 280, "meats": 196, "snacks": 913, "desserts": 58, "other": 1664}
     assert card["rows_read"] == 12136 and card["dropped"]["no_class"] == 5842 and card["dropped"]["near_class"] == 431
+
+
+# --- batch predictions -------------------------------------------------------------------------------------------
+
+def test_a_batch_is_its_input_with_each_rows_probabilities_decision_and_set(trained_run, tmp_path):
+    from foodcls.feature_table import read_feature_table
+    from foodcls.inference.judge import TrustOptions
+    from foodcls.inference.predict import load_predictor, predict_csv, predict_table
+
+    predictor = load_predictor(trained_run.best_checkpoint)
+    values = np.array([[20, 1, 12, 2], [1, 10, 0, 0], [5, 60, 20, 3]], dtype=np.float32)
+    batch = tmp_path / "in.csv"
+    batch.write_text("code,protein,carbs,fat,additives\n" + "".join(f"c{i},{','.join(f'{v:g}' for v in row)}\n" for i, row in enumerate(values)),
+                     encoding="utf-8")
+    text, warnings = predict_csv(trained_run.best_checkpoint, batch, options=TrustOptions(min_confidence=0.9))
+    assert warnings == []
+    lines = list(csv.reader(text.splitlines()))
+    classes = list(predictor.classes)
+    assert lines[0] == ["code", "protein", "carbs", "fat", "additives", "predicted", *(f"p_{c}" for c in classes), "decision", "suggest"]
+    assert len(lines) == 4
+    p = predictor.probabilities(values)
+    for i, line in enumerate(lines[1:]):
+        top = classes[int(np.argmax(p[i]))]
+        assert line[:5] == [f"c{i}", *(f"{v:g}" for v in values[i])] and line[5] == top
+        assert line[6:6 + len(classes)] == [f"{x:.6f}" for x in p[i]]
+        assert line[6 + len(classes):] == [top if p[i].max() >= 0.9 else "unsure", "false"]
+    # Sets: with conformal scores of ten calibration rows, at 0.8 the 9th smallest (⌈11 · 0.8⌉ = 9) is q.
+    scored = dataclasses.replace(predictor, conformal_scores=np.linspace(0.05, 0.95, 10))
+    header, rows = predict_table(scored, read_feature_table(batch, predictor.features), options=TrustOptions(coverage=0.8))
+    assert header[-1] == "set"
+    for i, row in enumerate(rows):
+        in_set = sorted((k for k in range(len(classes)) if 1 - p[i][k] <= 0.85 + 1e-12), key=lambda k: (-p[i][k], k))
+        assert row[-1] == "|".join(classes[k] for k in in_set or [int(np.argmax(p[i]))])
+    explained, _ = predict_csv(trained_run.best_checkpoint, batch, explain=True)
+    header, *rows = list(csv.reader(explained.splitlines()))
+    assert header[-4:] == [f"contrib_{f}" for f in predictor.features] and "set" not in header
+    for row, line in zip(rows, lines[1:]):
+        assert row[:6 + len(classes)] == line[:6 + len(classes)]  # the same answers, and the contributions after them
+        assert all(math.isfinite(float(c)) for c in row[-4:])

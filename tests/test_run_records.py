@@ -1,0 +1,170 @@
+"""Run directories read back (runs.py), on run directories written by hand: every figure `runs list`, `runs show`
+and `runs compare` print, the statuses, the damaged files, the composite runs' parts and the default checkpoint —
+each value written once here and expected exactly (issue 30: a reference that is not the code under test)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from foodcls import runs
+from foodcls.errors import RunError
+
+
+def make_run(root: Path, name: str, summary: object = None, metrics: list | str | None = None, config: dict | None = None,
+             best: bool = True) -> Path:
+    run_dir = root / name
+    (run_dir / runs.CHECKPOINT_DIR).mkdir(parents=True)
+    (run_dir / runs.CONFIG_FILE).write_text(yaml.safe_dump(config or {"name": name}), encoding="utf-8")
+    if summary is not None:
+        (run_dir / runs.SUMMARY_FILE).write_text(summary if isinstance(summary, str) else json.dumps(summary), encoding="utf-8")
+    if metrics is not None:
+        text = metrics if isinstance(metrics, str) else "".join(json.dumps(m) + "\n" for m in metrics)
+        (run_dir / runs.METRICS_FILE).write_text(text, encoding="utf-8")
+    if best:
+        runs.best_checkpoint(run_dir).write_bytes(b"weights")
+    return run_dir
+
+
+FINISHED = {"status": "finished", "name": "small", "best_epoch": 2, "val_accuracy": 0.75, "test_accuracy": 0.5,
+            "evaluation": {"test": {"macro_f1": 0.4}}, "train_seconds": 1.5, "started_at": "2026-12-01T10:00:00+00:00",
+            "epochs_run": 3}
+EPOCHS = [{"epoch": 1, "train_loss": 1.2, "val_accuracy": 0.5}, {"epoch": 2, "train_loss": 0.9, "val_accuracy": 0.8},
+          {"epoch": 3, "train_loss": 0.7, "val_accuracy": 0.7}]
+
+
+def test_the_overview_of_a_finished_run_holds_each_figure_of_its_files(tmp_path):
+    run_dir = make_run(tmp_path, "small-1", FINISHED, EPOCHS)
+    assert runs.run_overview(run_dir) == {
+        "run_dir": str(run_dir), "run": "small-1", "config": "small", "status": "finished", "epochs": 3, "best_epoch": 2,
+        "best_val_accuracy": 0.8, "val_accuracy": 0.75, "test_accuracy": 0.5, "test_macro_f1": 0.4,
+        "final_train_loss": 0.7, "train_seconds": 1.5, "started_at": "2026-12-01T10:00:00+00:00", "error": None}
+
+
+def test_a_damaged_summary_gives_none_for_every_figure_and_reads_as_interrupted(tmp_path):
+    damaged = {"status": "finished?", "best_epoch": "2", "val_accuracy": True, "evaluation": {"test": []}, "epochs_run": None,
+               "error": 7}
+    run_dir = make_run(tmp_path, "odd", damaged)
+    overview = runs.run_overview(run_dir)
+    assert overview["status"] == "interrupted" and overview["error"] == "7" and overview["config"] == ""
+    assert [overview[k] for k in ("epochs", "best_epoch", "best_val_accuracy", "val_accuracy", "test_macro_f1", "final_train_loss")] == [0, None, None, None, None, None]
+    for text in ("[1, 2]", "{not json", "\udcff"):  # not an object, not JSON, not UTF-8
+        (run_dir / runs.SUMMARY_FILE).write_text(text, encoding="utf-8", errors="surrogateescape")
+        assert runs.read_summary(run_dir) == {}
+    assert runs.run_overview(make_run(tmp_path, "composite", {"epochs_run": 40, "val_accuracy": 0.9}))["epochs"] == 40
+    assert runs.run_overview(make_run(tmp_path, "composite2", {"val_accuracy": 0.9}))["best_val_accuracy"] == 0.9
+
+
+def test_metrics_stop_at_the_first_damaged_line(tmp_path):
+    lines = json.dumps(EPOCHS[0]) + "\n" + json.dumps(EPOCHS[1]) + "\n" + '{"epoch": 3, "train_lo'
+    assert [r["epoch"] for r in runs.read_metrics(make_run(tmp_path, "torn", FINISHED, lines))] == [1, 2]
+    not_epochs = json.dumps(EPOCHS[0]) + "\n" + json.dumps({"epoch": "2"}) + "\n" + json.dumps(EPOCHS[2]) + "\n"
+    assert [r["epoch"] for r in runs.read_metrics(make_run(tmp_path, "odd", FINISHED, not_epochs))] == [1]
+    listed = json.dumps(EPOCHS[0]) + "\n[3]\n" + json.dumps(EPOCHS[2]) + "\n"
+    assert [r["epoch"] for r in runs.read_metrics(make_run(tmp_path, "list", FINISHED, listed))] == [1]
+    assert runs.read_metrics(make_run(tmp_path, "none", FINISHED)) == []
+
+
+@pytest.mark.parametrize(("summary", "status"), [
+    ({"status": "finished"}, "finished"), ({"status": "failed"}, "failed"), ({"status": "pruned"}, "pruned"),
+    ({"status": "interrupted"}, "interrupted"), ({}, "interrupted"), ({"status": "lost"}, "interrupted"),
+    ({"status": "running", "pid": os.getpid()}, "running"),  # this process: alive
+    ({"status": "running", "pid": True}, "interrupted"), ({"status": "running"}, "interrupted"),
+    ({"status": "running", "pid": 2**22 + 1}, "interrupted"),  # above pid_max's default: no such process
+])
+def test_run_status(tmp_path, summary, status):
+    assert runs.run_status(tmp_path, summary) == status
+
+
+def test_process_alive():
+    assert runs.process_alive(os.getpid()) and not runs.process_alive(None) and not runs.process_alive(2**22 + 1)
+
+
+def test_runs_are_found_oldest_first_without_the_parts_of_composite_runs(tmp_path):
+    late = make_run(tmp_path, "b-late", {**FINISHED, "started_at": "2026-12-02T00:00:00+00:00"})
+    early = make_run(tmp_path, "a-early", {**FINISHED, "started_at": "2026-12-01T00:00:00+00:00"})
+    members = [make_run(late / runs.MEMBERS_DIR, name, FINISHED) for name in ("m10", "m2", "m1")]
+    make_run(late / runs.SOURCES_DIR / "off-2024.tsv", "m0", FINISHED)
+    (tmp_path / "no-checkpoints").mkdir()
+    (tmp_path / "no-checkpoints" / runs.CONFIG_FILE).write_text("name: x\n", encoding="utf-8")
+    assert runs.find_runs(tmp_path) == [early, late]
+    assert runs.member_dirs(late) == [members[2], members[1], members[0]]  # m1, m2, m10: by number
+    assert runs.member_dirs(early) == [] and runs.find_runs(tmp_path / "absent") == []
+    assert runs.is_part(members[0]) and not runs.is_part(late)
+
+
+def test_the_default_checkpoint_passes_over_cv_folds_unfinished_runs_and_runs_without_a_best(tmp_path):
+    chosen = make_run(tmp_path, "a", {**FINISHED, "started_at": "2026-12-01T00:00:00+00:00"})
+    make_run(tmp_path, "b", {**FINISHED, "started_at": "2026-12-02T00:00:00+00:00"}, best=False)
+    make_run(tmp_path, "c", {**FINISHED, "status": "pruned", "started_at": "2026-12-03T00:00:00+00:00"})
+    cv = tmp_path / "cv-small-20261204-000000"
+    (cv / "folds").mkdir(parents=True)
+    fold = make_run(cv, "fold-1", {**FINISHED, "started_at": "2026-12-04T00:00:00+00:00"})
+    assert runs.is_cv_fold(fold) and not runs.is_cv_fold(chosen)
+    assert runs.newest_best_checkpoint(tmp_path) == runs.best_checkpoint(chosen)
+    with pytest.raises(RunError, match=r"no finished run found under .*/empty/: run `foodcls train"):
+        runs.newest_best_checkpoint(tmp_path / "empty")
+
+
+def test_unique_dirs_never_reuse_a_name(tmp_path):
+    first, second, third = (runs.create_run_dir(tmp_path, "small") for _ in range(3))
+    assert len({first, second, third}) == 3 and all((d / runs.CHECKPOINT_DIR).is_dir() for d in (first, second, third))
+    if first.name[-2:] == second.name[-2:] == third.name[-2:]:  # the same second: suffixed
+        assert second.name == first.name + "-2" and third.name == first.name + "-3"
+
+
+def test_show_and_compare_redact_credentials_and_list_only_the_keys_that_differ(tmp_path):
+    a = make_run(tmp_path, "a", FINISHED, EPOCHS, {"name": "a", "train": {"lr": 0.1, "seed": 0},
+                                                   "tracking": {"uri": "postgresql://u:secret@h/db"}})
+    b = make_run(tmp_path, "b", {**FINISHED, "status": "failed", "val_accuracy": 0.5}, EPOCHS[:1],
+                 {"name": "b", "train": {"lr": 0.1, "seed": 1}, "tracking": {"uri": "postgresql://u:other@h/db"}})
+    shown = runs.show_run(a)
+    assert shown["config"]["tracking"]["uri"] == "postgresql://u:***@h/db" and shown["best_val_accuracy"] == 0.8
+    compared = runs.compare_runs([a, b])
+    assert compared["config_diff"] == {"name": ["a", "b"], "train.seed": [0, 1],
+                                       "tracking.uri": ["postgresql://u:***@h/db", "postgresql://u:***@h/db"]}
+    assert compared["metrics"]["status"] == ["finished", "failed"] and compared["metrics"]["val_accuracy"] == [0.75, 0.5]
+    assert compared["metrics"]["epochs"] == [3, 1] and compared["metrics"]["final_train_loss"] == [0.7, 1.2]
+    assert list(compared["metrics"]) == ["status", "epochs", "best_epoch", "best_val_accuracy", "val_accuracy", "test_accuracy",
+                                         "test_macro_f1", "final_train_loss", "train_seconds"]
+    assert [r["run"] for r in compared["runs"]] == ["a", "b"]
+    with pytest.raises(RunError, match=r"not a run directory \(no config.yaml\)"):
+        runs.compare_runs([a, tmp_path])
+    (a / runs.CONFIG_FILE).write_bytes(b"\xff\xfe")
+    with pytest.raises(RunError, match=r"config.yaml: unreadable \(UnicodeDecodeError\)"):
+        runs.show_run(a)
+
+
+def test_provenance_names_each_datacard_once_with_its_counts_and_hash(tmp_path):
+    import hashlib
+
+    data = tmp_path / "data"
+    data.mkdir()
+    card = {"rows_kept": 10, "rows_read": 12, "per_class": {"meats": 10}, "sources": [{"path": "/x/off-2024.tsv"}, "odd"]}
+    (data / "datacard.json").write_text(json.dumps(card), encoding="utf-8")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "datacard.json").write_text("[]", encoding="utf-8")  # not an object: left out
+    config = {"data": {"train": [str(data / "train.csv"), {"path": str(tmp_path / "other" / "t.csv")}, str(tmp_path / "none.csv")],
+                       "val": str(data / "val.csv"), "test": None}}
+    assert runs.datacard_paths(config) == [data / "datacard.json", tmp_path / "other" / "datacard.json"]
+    assert runs.data_provenance(config) == [{
+        "datacard": str((data / "datacard.json").resolve()), "rows_kept": 10, "rows_read": 12, "per_class": {"meats": 10},
+        "sources": ["off-2024.tsv"], "sha256": hashlib.sha256((data / "datacard.json").read_bytes()).hexdigest()}]
+    assert runs.datacard_paths({"data": "x"}) == [] and runs.data_provenance({}) == []
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
+    run_dir = make_run(tmp_path, "live", {"status": "running", "pid": 4321})
+    held = runs.lock_run(run_dir)
+    try:
+        with pytest.raises(RunError, match=r"live: still training in another process \(pid 4321\); stop it"):
+            runs.lock_run(run_dir)
+    finally:
+        held.close()
+    runs.lock_run(run_dir).close()  # released: taken again
+    with pytest.raises(RunError, match=r"not a run directory"):
+        runs.resolve_run_dir(tmp_path)
