@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,7 +44,7 @@ def test_leave_one_source_out_scores_every_row_once_and_never_the_train_only_fil
     report = run_cv(sourced, group_by="source", runs_root=tmp_path / "runs", workers=1)
     assert [f["group"] for f in report["folds"]] == ["export-0.tsv", "export-1.tsv", "export-2.tsv"]
     assert report["pooled"]["n"] == 240 + 4 == sum(f["n_eval"] for f in report["folds"])
-    predictions = list(csv.DictReader(open(report["cv_dir"] + "/predictions.csv")))
+    predictions = list(csv.DictReader(Path(report["cv_dir"], "predictions.csv").read_text(encoding="utf-8").splitlines()))
     assert len(predictions) == 244 and {p["source"] for p in predictions} == {"export-0.tsv", "export-1.tsv", "export-2.tsv"}
     for fold in report["folds"]:
         config = yaml.safe_load(open(fold["run_dir"] + "/config.yaml"))
@@ -81,7 +82,7 @@ def test_stratified_folds_keep_class_shares_and_write_the_json_contract(sourced,
     assert report["pooled"]["n"] == 244
     assert set(report["baselines"]) == {"majority", "logistic_regression", "random_forest", "gradient_boosting"}
     # Pooled figures are those of all out-of-fold predictions taken together.
-    predictions = list(csv.DictReader(open(report["cv_dir"] + "/predictions.csv")))
+    predictions = list(csv.DictReader(Path(report["cv_dir"], "predictions.csv").read_text(encoding="utf-8").splitlines()))
     hits = np.mean([p["label"] == p["predicted"] for p in predictions])
     assert report["pooled"]["accuracy"] == pytest.approx(hits)
 
@@ -105,7 +106,7 @@ def test_the_shipped_real_data_recipes_cross_validate_by_source_on_the_shared_ex
     monkeypatch.chdir(tmp_path)  # the configs name data/off and data/synth-off relative to where they run
     report = run_cv(REPO / "configs" / f"{recipe}.yaml", group_by="source", overrides=["train.epochs=2"],
                     runs_root=tmp_path / "runs", workers=1)
-    rows = [r for s in ("train", "val") for r in csv.DictReader(open(tmp_path / "data" / "off" / f"{s}.csv"))]
+    rows = [r for s in ("train", "val") for r in csv.DictReader((tmp_path / "data" / "off" / f"{s}.csv").read_text(encoding="utf-8").splitlines())]
     four = {"beverages", "meats", "snacks", "desserts"}
     classes = four | {"other"} if recipe == "off_open" else four
     assert report["pooled"]["n"] == sum(r["label"] in classes for r in rows)  # every real row of its classes once; no synthetic row

@@ -103,7 +103,7 @@ def test_labels_and_tolerances_on_hand_made_products(tmp_path):
         "\t".join([code, f"product {code}", tags, *map(str, values)]) + "\n" for code, tags, *values, _ in HAND_ROWS), encoding="utf-8")
     card = build_dataset([export], tmp_path / "out", other=True)
     kept = {row["code"]: row["label"] for split in ("train", "val", "test")
-            for row in csv.DictReader(open(tmp_path / "out" / f"{split}.csv", encoding="utf-8"))}
+            for row in csv.DictReader((tmp_path / "out" / f"{split}.csv").read_text(encoding="utf-8").splitlines())}
     expected_kept = {code: what for code, *_, what in HAND_ROWS if what in ("beverages", "meats", "snacks", "desserts", "other")}
     assert kept == expected_kept
     dropped = {reason: n for reason, n in card["dropped"].items() if n}
@@ -129,7 +129,7 @@ def test_en_null_is_no_category_on_the_shared_2026_export(tmp_path):
         null_only = {row[code].lstrip("0") for row in reader if len(row) == len(header) and row[tags].strip() == "en:null"}
     assert len(null_only) > 300
     card = build_dataset([export], tmp_path / "out", other=True)
-    built = [row for split in ("train", "val", "test") for row in csv.DictReader(open(tmp_path / "out" / f"{split}.csv", encoding="utf-8"))]
+    built = [row for split in ("train", "val", "test") for row in csv.DictReader((tmp_path / "out" / f"{split}.csv").read_text(encoding="utf-8").splitlines())]
     assert not {row["code"].lstrip("0") for row in built} & null_only
     assert card["dropped"]["no_class"] >= len(null_only)
 
