@@ -60,10 +60,30 @@ def fold(name: object) -> str:
     return _BREAKS.sub(" ", text.casefold()).strip()[:MAX_NAME_CHARS].rstrip()
 
 
+# ASCII names (most are) take a quicker road to the same words: what is not a letter or a digit becomes a space
+# (str.translate), split on the spaces; no regex, no NFKD. Both roads are compared on random strings (tests).
+_ASCII_BREAKS = str.maketrans({c: " " for c in range(128) if not chr(c).isalnum()})
+_WORD_JOIN = WORD_END + WORD_START
+
+
+def _words(name: object) -> list[str]:
+    """fold(name)'s words."""
+    if not isinstance(name, str) or not name:
+        return []
+    text = name[: MAX_NAME_CHARS * 2]
+    if not text.isascii():
+        folded = fold(text)
+        return folded.split(" ") if folded else []
+    words = text.lower().translate(_ASCII_BREAKS).split()
+    if sum(map(len, words)) + len(words) - 1 > MAX_NAME_CHARS:  # longer than fold keeps: cut as it cuts
+        words = " ".join(words)[:MAX_NAME_CHARS].split()
+    return words
+
+
 def _marked(name: object) -> str:
     """The folded name's words each wrapped in the boundary marks, run together: <sirop><de><fraise>."""
-    folded = fold(name)
-    return f"{WORD_START}{folded.replace(' ', WORD_END + WORD_START)}{WORD_END}" if folded else ""
+    words = _words(name)
+    return f"{WORD_START}{_WORD_JOIN.join(words)}{WORD_END}" if words else ""
 
 
 def ngram_ids(names: Sequence[object], hashing: NameHashing) -> np.ndarray:
@@ -110,13 +130,15 @@ def ngrams(name: object, hashing: NameHashing) -> list[tuple[str, int]]:
     return list(zip(shown, ids[: len(shown)].tolist()))
 
 
-def bag_means(table: np.ndarray, ids: np.ndarray, pad: int, chunk: int = 8192) -> np.ndarray:
-    """Each row's mean vector of its ids' rows of table (buckets, D); an empty bag gives zeros. In chunks of
-    rows (a bag's vectors are gathered before they are summed)."""
-    out = np.zeros((len(ids), table.shape[1]), dtype=np.float32)
+def bag_means(table: np.ndarray, ids: np.ndarray, pad: int) -> np.ndarray:
+    """Each row's mean vector of its ids' rows of table (buckets, D); an empty bag gives zeros. Summed a slot
+    at a time (one (rows, D) gather each, up to the fullest bag's slots): no (rows, slots, D) array, and half
+    the time of gathering one."""
     padded = np.concatenate([table, np.zeros((1, table.shape[1]), table.dtype)])  # the pad id's row: zeros
-    for start in range(0, len(ids), chunk):
-        block = ids[start : start + chunk]
-        counts = (block != pad).sum(axis=1, keepdims=True)
-        out[start : start + chunk] = padded[block].sum(axis=1) / np.maximum(counts, 1)
+    real = ids != pad
+    counts = real.sum(axis=1)
+    out = np.zeros((len(ids), table.shape[1]), dtype=np.float32)
+    for slot in np.flatnonzero(real.any(axis=0)):
+        out += padded[ids[:, slot]]
+    out /= np.maximum(counts, 1)[:, None]
     return out

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from foodcls.config import load_config
 from foodcls.data import LabelledData, read_labelled_csv, write_labelled_csv
@@ -41,6 +43,24 @@ def test_the_hash_is_stable_and_names_fold_as_documented():
     assert (ids[1:4] == hashing.pad).all() and (ids[4] != hashing.pad).sum() == 3  # empty bags; "<e", "e>", "<e>"
     assert ngram_ids(["Crème brûlée"], hashing).tolist() == ngram_ids(["creme BRULEE"], hashing).tolist()
 
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=450))
+def test_ascii_names_take_a_quicker_road_to_the_same_words(name):
+    from foodcls.text import _words
+
+    assert _words(name) == (fold(name).split(" ") if fold(name) else [])
+
+
+def test_bag_means_are_the_mean_of_each_names_rows():
+    from foodcls.text import bag_means
+
+    hashing = NameHashing(buckets=50, max_ngrams=12)
+    table = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+    ids = ngram_ids(["ab", "", "Sirop de fraise", "é", None], hashing)
+    expected = [table[[i for i in row if i != hashing.pad]].mean(axis=0) if (row != hashing.pad).any() else np.zeros(3) for row in ids]
+    assert np.allclose(bag_means(table, ids, hashing.pad), expected, atol=1e-6)
+    assert bag_means(table, ids[:0], hashing.pad).shape == (0, 3)
 
 @pytest.fixture(scope="module")
 def named_dir(tmp_path_factory, demo_dir):
