@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 REFERENCES = "tests/test_references.py"
 GROUPS = {  # name: (modules, the tests that check them)
     "offdata": (["foodcls/offdata/clean.py", "foodcls/offdata/rules.py", "foodcls/offdata/dedup.py"],
-                [REFERENCES, "tests/test_offdata.py"]),
+                [REFERENCES, "tests/test_cleaning_references.py", "tests/test_offdata.py"]),
     "runs": (["foodcls/runs.py"], [REFERENCES, "tests/test_run_records.py"]),
     "calibration": (["foodcls/inference/calibration.py"], [REFERENCES, "tests/test_trust.py", "tests/test_suggest.py"]),
     "predict": (["foodcls/inference/predict.py"], [REFERENCES, "tests/test_trust.py", "tests/test_checkpoint.py", "tests/test_exports.py"]),

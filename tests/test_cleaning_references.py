@@ -1,0 +1,113 @@
+"""Cleaning references, on hand-made export rows with each figure worked out by hand: the kJ figure copied into the
+kcal field (the 4 / 4 / 9 kcal per gram of the macros at their edge), each plausibility limit exactly at its
+value and just over it, the duplicate keys (leading zeros, empty and all-zero barcodes, nameless products), and
+which checks apply to a model's features (issue 30: references that are not the code under test)."""
+
+from __future__ import annotations
+
+import csv
+
+import polars as pl
+import pytest
+
+from foodcls.features import KJ_PER_KCAL
+
+HEADER = ["code", "product_name", "brands", "categories_tags", "proteins_100g", "carbohydrates_100g", "fat_100g", "additives_n",
+          "energy-kcal_100g", "energy_100g"]
+
+
+def build(tmp_path, rows):
+    """data build --other of rows (code, name, brand, tags, protein, carbs, fat, additives, kcal, kJ): (the kept
+    rows, the datacard)."""
+    from foodcls.offdata.build import build_dataset
+
+    export = tmp_path / "hand.tsv"
+    export.write_text("\t".join(HEADER) + "\n" + "".join("\t".join(map(str, row)) + "\n" for row in rows), encoding="utf-8")
+    card = build_dataset([export], tmp_path / "out", other=True)
+    kept = [row for split in ("train", "val", "test")
+            for row in csv.DictReader((tmp_path / "out" / f"{split}.csv").read_text(encoding="utf-8").splitlines())]
+    return kept, card
+
+
+def test_a_kj_figure_copied_into_the_kcal_field_is_read_as_kj_only_above_the_root_of_4_184_times_the_macros(tmp_path):
+    # The macros' energy, 4·protein + 4·carbs + 9·fat; the copied figure V is kJ when V > √4.184 · that (2.0455·).
+    rows = [
+        ("1", "p", "", "en:meats", 10, 0, 0, 0, 90, 90),        # 40 kcal of protein: 90 > 81.8 → kJ (5 /g: 102.3, kcal)
+        ("2", "c", "", "en:beverages", 0, 10, 0, 0, 90, 90),    # 40 of carbs: the same
+        ("3", "f", "", "en:snacks", 0, 0, 10, 0, 190, 190),     # 90 of fat: 190 > 184.1 → kJ (10 /g: 204.6, kcal)
+        ("4", "k", "", "en:beverages", 0, 30, 0, 0, 200, 200),  # 120 of carbs: 200 < 245.5 → kcal
+        ("5", "w", "", "en:beverages", 0, 0, 0, 0, 1, 1),       # water: 1 > 0 → kJ, 0.239 kcal
+        ("6", "z", "", "en:beverages", 0, 0, 0, 0, 0, 0),       # nothing at all: 0 kcal
+        ("7", "d", "", "en:beverages", 0, 10, 0, 0, 90, 376.56),  # two figures: the kcal one
+        ("8", "j", "", "en:beverages", 0, 10, 0, 0, "", 376.56),  # the kJ one only: ÷ 4.184
+    ]
+    kept, card = build(tmp_path, rows)
+    expected = {"1": 90 / KJ_PER_KCAL, "2": 90 / KJ_PER_KCAL, "3": 190 / KJ_PER_KCAL, "4": 200, "5": 1 / KJ_PER_KCAL, "6": 0,
+                "7": 90, "8": 90}
+    assert {row["code"]: float(row["energy"]) for row in kept} == pytest.approx(expected, abs=1e-4)
+    assert card["corrected"] == {"energy_kj_as_kcal": 4}
+
+
+def test_each_plausibility_limit_keeps_its_own_value_and_drops_what_lies_over_it(tmp_path):
+    rows = [
+        ("11", "a", "", "en:snacks", 0, 0, 100, 0, 900, ""),          # 100 g of fat and 900 kcal: both at the limit, kept
+        ("12", "b", "", "en:snacks", 0, 0, 100.5, 0, 900, ""),        # 100.5 g
+        ("13", "c", "", "en:snacks", 0, 0, 99, 0, 900.5, ""),         # 900.5 kcal
+        ("14", "d", "", "en:snacks", 5, 50, 20, 100, 400, ""),        # 100 additives, kept
+        ("15", "e", "", "en:snacks", 5, 50, 20, 101, 400, ""),        # 101
+        ("16", "f", "", "en:snacks", -0.5, 50, 20, 1, 400, ""),
+    ]
+    kept, card = build(tmp_path, rows)
+    assert sorted(row["code"] for row in kept) == ["11", "14"]
+    assert {reason: n for reason, n in card["dropped"].items() if n} == {
+        "nutrient_over_100": 1, "energy_over_900": 1, "additives_over_100": 1, "negative_value": 1}
+
+
+def test_duplicates_by_barcode_without_its_leading_zeros_and_by_name_brand_and_nutrients(tmp_path):
+    rows = [
+        ("0012", "Jus", "B", "en:beverages", 0, 10, 0, 0, 40, ""),
+        ("12", "Jus", "B", "en:beverages", 0, 11, 0, 0, 44, ""),       # 0012 again
+        ("000", "Zero", "B", "en:beverages", 0, 12, 0, 0, 48, ""),
+        ("0", "Zero bis", "B", "en:beverages", 0, 13, 0, 0, 52, ""),   # 000 again: every all-zero code is one
+        ("", "Sans code", "B", "en:snacks", 5, 50, 20, 1, 400, ""),
+        ("", "Autre", "B", "en:snacks", 5, 50, 20, 1, 400, ""),        # no barcode either, another name: kept
+        ("", "Sans code", "B", "en:snacks", 5, 50, 20, 1, 400, ""),    # the same name, brand and nutrients: dropped
+        ("8.01E+12", "Autre", "B", "en:snacks", 5, 50, 20, 1, 400, ""),  # a mangled barcode: its content decides
+        ("21", "", "C", "en:meats", 20, 1, 10, 1, 170, ""),
+        ("22", "", "C", "en:meats", 20, 1, 10, 1, 170, ""),            # nameless, its own barcode: kept
+        ("23", "Autre", "B", "en:snacks", 5, 50, 20, 1, 400, ""),      # a good barcode, a named copy: dropped
+    ]
+    kept, card = build(tmp_path, rows)
+    # Kept, in file order: 0012 (12 is it), 000 (0 is it), the two nameless-barcode products by name (the second
+    # "Sans code" is the first again; the mangled "Autre" is the first "Autre"), 21 and 22 (no name, so no content
+    # key: only their barcodes, which differ); 23 is a good barcode whose name, brand and nutrients were seen.
+    assert sorted((row["code"], row["name"]) for row in kept) == [("", "Autre"), ("", "Sans code"), ("000", "Zero"), ("0012", "Jus"),
+                                                                  ("21", ""), ("22", "")]
+    assert card["dropped"]["duplicate"] == 5
+
+
+def test_which_checks_a_models_features_bring():
+    from foodcls.offdata.clean import value_checks
+
+    def reasons(features, required=("protein", "carbs", "fat", "additives")):
+        return [reason for reason, _ in value_checks(features, required)]
+
+    assert reasons(("protein", "carbs", "fat")) == ["missing_protein", "missing_carbs", "missing_fat", "negative_value",
+                                                    "nutrient_over_100", "nutrients_sum_over_105"]
+    assert reasons(("carbs", "sugars"), required=()) == ["negative_value", "nutrient_over_100", "sugars_over_carbs"]
+    assert reasons(("sugars", "fat", "energy"), required=()) == ["negative_value", "nutrient_over_100", "energy_over_900"]
+
+
+def test_no_categories_is_null_empty_commas_or_en_null():
+    from foodcls.offdata.rules import has_categories
+
+    tags = pl.Series("t", [None, "", " , ", "en:null", "en:null, en:null", "en:nullable", "en:juices"])
+    assert pl.select(has_categories(pl.lit(tags))).to_series().to_list() == [False, False, False, False, False, True, True]
+
+
+def test_decimal_commas_and_non_numbers():
+    from foodcls.offdata.clean import _number
+
+    frame = pl.DataFrame({"x": [" 1,5 ", "2.25", "abc", "nan", "inf", "", None, "1,2,3", "1.5e1"]})
+    values = frame.select(_number("x")).to_series().to_list()
+    assert values[:2] == [1.5, 2.25] and values[2:8] == [None] * 6 and values[8] == 15.0  # NaN, inf: unknown
