@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
+
 import polars as pl
 import pytest
 
@@ -111,3 +113,52 @@ def test_decimal_commas_and_non_numbers():
     frame = pl.DataFrame({"x": [" 1,5 ", "2.25", "abc", "nan", "inf", "", None, "1,2,3", "1.5e1"]})
     values = frame.select(_number("x")).to_series().to_list()
     assert values[:2] == [1.5, 2.25] and values[2:8] == [None] * 6 and values[8] == 15.0  # NaN, inf: unknown
+
+
+def test_the_name_joins_a_generic_name_that_says_more_and_cleans_control_characters():
+    from foodcls.offdata.clean import product_name
+
+    frame = pl.DataFrame({"product_name": ["Jus", "Jus", "Jus", None, " Sirop\tde\x00fraise ", "Thé"],
+                          "generic_name": ["Jus d'orange", "", "JUS", "Boisson", None, "thé"]})
+    assert frame.select(product_name()).to_series().to_list() == ["Jus Jus d'orange", "Jus", "Jus", "Boisson", "Sirop de fraise", "Thé"]
+
+
+def test_the_classified_columns_keep_their_small_types():
+    # A build holds a batch of a million rows at a time: a label in one byte, a drop reason in one byte.
+    from foodcls.offdata.clean import classify
+    from foodcls.offdata.rules import load_rules
+
+    frame = pl.DataFrame({c: ["1"] for c in ("code", "proteins_100g", "carbohydrates_100g", "fat_100g", "additives_n")}
+                         | {"categories_tags": ["en:meats"], "product_name": ["x"], "brands": [""]})
+    frame = frame.rename({"proteins_100g": "protein", "carbohydrates_100g": "carbs", "fat_100g": "fat", "additives_n": "additives"})
+    frame = frame.with_columns(*(pl.lit(None, pl.String).alias(c) for c in ("sugars", "saturated_fat", "salt", "fiber", "energy_kcal",
+                                                                              "energy_kj", "generic_name")))
+    out = classify(frame, load_rules(other=True))
+    assert (out.schema["label"], out.schema["reason"]) == (pl.Int8, pl.UInt8)
+    assert out["reason"].to_list() == [0] and out["label"].to_list() == [1]
+
+
+def test_seen_keys_find_the_largest_key_of_a_level_and_never_round_a_hash():
+    from foodcls.offdata.dedup import SeenKeys
+
+    seen = SeenKeys()
+    seen.add(np.array([1, 2, 3], np.uint64))
+    assert seen.contains(np.array([3, 4, 0, 2], np.uint64)).tolist() == [True, False, False, True]
+    big = SeenKeys()
+    big.add(np.array([2**63], np.uint64))
+    assert big.contains(np.array([2**63, 2**63 + 2], np.uint64)).tolist() == [True, False]  # as float64 they are one
+    many = SeenKeys()
+    for key in range(1000):
+        many.add(np.array([key], np.uint64))
+    assert len(many) == 1000 and many.contains(np.arange(1001, dtype=np.uint64)).sum() == 1000
+    assert len(many.levels) <= 10  # each level at least twice the next: log2(1000) of them at most
+
+
+def test_the_datacard_names_the_rules_it_labelled_with(tmp_path):
+    from foodcls.offdata.rules import load_rules
+
+    _, card = build(tmp_path, [("1", "Jus", "", "en:beverages", 0, 10, 0, 0, 40, "")])
+    rules = load_rules(other=True)
+    assert card["rules"] == {"file": rules.source, "classes": {k: list(v) for k, v in rules.classes.items()},
+                             "precedence": list(rules.precedence), "other": True, "near": list(rules.near)}
+    assert set(card["rules"]["classes"]) == {"beverages", "meats", "snacks", "desserts"} and card["rules"]["near"]
