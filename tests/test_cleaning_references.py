@@ -18,14 +18,14 @@ HEADER = ["code", "product_name", "brands", "categories_tags", "proteins_100g", 
           "energy-kcal_100g", "energy_100g"]
 
 
-def build(tmp_path, rows):
+def build(tmp_path, rows, rules=None):
     """data build --other of rows (code, name, brand, tags, protein, carbs, fat, additives, kcal, kJ): (the kept
     rows, the datacard)."""
     from foodcls.offdata.build import build_dataset
 
     export = tmp_path / "hand.tsv"
     export.write_text("\t".join(HEADER) + "\n" + "".join("\t".join(map(str, row)) + "\n" for row in rows), encoding="utf-8")
-    card = build_dataset([export], tmp_path / "out", other=True)
+    card = build_dataset([export], tmp_path / "out", rules_path=rules, other=True)
     kept = [row for split in ("train", "val", "test")
             for row in csv.DictReader((tmp_path / "out" / f"{split}.csv").read_text(encoding="utf-8").splitlines())]
     return kept, card
@@ -162,3 +162,17 @@ def test_the_datacard_names_the_rules_it_labelled_with(tmp_path):
     assert card["rules"] == {"file": rules.source, "classes": {k: list(v) for k, v in rules.classes.items()},
                              "precedence": list(rules.precedence), "other": True, "near": list(rules.near)}
     assert set(card["rules"]["classes"]) == {"beverages", "meats", "snacks", "desserts"} and card["rules"]["near"]
+
+
+def test_precedence_settles_only_its_own_classes_and_no_near_tags_means_none_is_near(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("classes:\n  beverages: [en:beverages]\n  meats: [en:meats]\n  snacks: [en:snacks]\n  desserts: [en:desserts]\n"
+                     "precedence: [desserts, snacks]\nother: true\nnear: []\n", encoding="utf-8")
+    rows = [("1", "a", "", "en:snacks,en:desserts", 5, 50, 20, 1, 400, ""),     # desserts first
+            ("2", "b", "", "en:beverages,en:meats", 5, 50, 20, 1, 400, ""),     # neither in the precedence: ambiguous
+            ("3", "c", "", "en:snacks", 5, 50, 20, 1, 400, ""),
+            ("4", "d", "", "en:cheeses", 5, 50, 20, 1, 400, ""),                # other: no near tags to hold it back
+            ("5", "e", "", "en:cheeses, ,en:teas", 5, 50, 20, 1, 400, "")]      # an empty tag is no tag
+    kept, card = build(tmp_path, rows, rules)
+    assert sorted((row["code"], row["label"]) for row in kept) == [("1", "desserts"), ("3", "snacks"), ("4", "other"), ("5", "other")]
+    assert {reason: n for reason, n in card["dropped"].items() if n} == {"ambiguous_class": 1}
