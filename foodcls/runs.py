@@ -119,7 +119,7 @@ def newest_best_checkpoint(runs_root: str | Path = "runs") -> Path:
     failed run: a model stopped early is nobody's default)."""
     for run_dir in reversed(find_runs(runs_root)):
         if (best_checkpoint(run_dir).is_file() and not is_cv_fold(run_dir)
-                and run_status(run_dir, read_summary(run_dir)) == "finished"):
+                and run_status(read_summary(run_dir)) == "finished"):
             return best_checkpoint(run_dir)
     raise RunError(f"no finished run found under {runs_root}/: {NO_RUN_HINT}")
 
@@ -165,7 +165,7 @@ def process_alive(pid: int | None) -> bool:
     return True
 
 
-def run_status(run_dir: Path, summary: dict[str, Any]) -> str:
+def run_status(summary: dict[str, Any]) -> str:
     """finished / interrupted / failed / pruned / running; a run still marked running whose process is gone was
     killed; a status this release does not write reads as interrupted."""
     status = summary.get("status", "interrupted")
@@ -186,7 +186,7 @@ def run_overview(run_dir: Path) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "run": run_dir.name,
         "config": str(summary.get("name", "")),
-        "status": run_status(run_dir, summary),
+        "status": run_status(summary),
         "epochs": records[-1]["epoch"] if records else _number(summary.get("epochs_run")) or 0,  # a composite: its members' most
         "best_epoch": _number(summary.get("best_epoch")),
         "best_val_accuracy": max(val) if val else _number(summary.get("val_accuracy")),

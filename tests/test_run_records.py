@@ -50,7 +50,7 @@ def test_a_damaged_summary_gives_none_for_every_figure_and_reads_as_interrupted(
                "error": 7}
     run_dir = make_run(tmp_path, "odd", damaged)
     overview = runs.run_overview(run_dir)
-    assert overview["status"] == "interrupted" and overview["error"] == "7" and overview["config"] == ""
+    assert overview["status"] == "interrupted" and overview["error"] == "7" and overview["config"] == "" and overview["started_at"] == ""
     assert [overview[k] for k in ("epochs", "best_epoch", "best_val_accuracy", "val_accuracy", "test_macro_f1", "final_train_loss")] == [0, None, None, None, None, None]
     for text in ("[1, 2]", "{not json", "\udcff"):  # not an object, not JSON, not UTF-8
         (run_dir / runs.SUMMARY_FILE).write_text(text, encoding="utf-8", errors="surrogateescape")
@@ -76,25 +76,53 @@ def test_metrics_stop_at_the_first_damaged_line(tmp_path):
     ({"status": "running", "pid": True}, "interrupted"), ({"status": "running"}, "interrupted"),
     ({"status": "running", "pid": 2**22 + 1}, "interrupted"),  # above pid_max's default: no such process
 ])
-def test_run_status(tmp_path, summary, status):
-    assert runs.run_status(tmp_path, summary) == status
+def test_run_status(summary, status):
+    assert runs.run_status(summary) == status
 
 
-def test_process_alive():
-    assert runs.process_alive(os.getpid()) and not runs.process_alive(None) and not runs.process_alive(2**22 + 1)
+def test_process_alive_asks_without_signalling():
+    import subprocess
+    import sys
+
+    # A child that exits 3 on SIGHUP (the signal 1 a slip of the pen would send), once it says it is ready.
+    child = subprocess.Popen([sys.executable, "-c", "import signal, sys, time\n"
+                              "signal.signal(signal.SIGHUP, lambda *a: sys.exit(3))\nprint('ready', flush=True)\ntime.sleep(30)"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "ready\n"
+        assert runs.process_alive(child.pid)
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(timeout=0.5)  # still sleeping: it was asked about, not signalled
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+    assert not runs.process_alive(child.pid) and not runs.process_alive(None) and not runs.process_alive(2**22 + 1)
 
 
 def test_runs_are_found_oldest_first_without_the_parts_of_composite_runs(tmp_path):
-    late = make_run(tmp_path, "b-late", {**FINISHED, "started_at": "2026-12-02T00:00:00+00:00"})
-    early = make_run(tmp_path, "a-early", {**FINISHED, "started_at": "2026-12-01T00:00:00+00:00"})
+    # Names, creation order and start times disagree: the start time orders; a run that never said when it
+    # started (no summary) counts as the oldest.
+    late = make_run(tmp_path, "a-late", {**FINISHED, "started_at": "2026-12-02T00:00:00+00:00"})
+    early = make_run(tmp_path, "b-early", {**FINISHED, "started_at": "2026-12-01T00:00:00+00:00"})
+    unknown = make_run(tmp_path, "c-unknown")
     members = [make_run(late / runs.MEMBERS_DIR, name, FINISHED) for name in ("m10", "m2", "m1")]
     make_run(late / runs.SOURCES_DIR / "off-2024.tsv", "m0", FINISHED)
     (tmp_path / "no-checkpoints").mkdir()
     (tmp_path / "no-checkpoints" / runs.CONFIG_FILE).write_text("name: x\n", encoding="utf-8")
-    assert runs.find_runs(tmp_path) == [early, late]
+    assert runs.find_runs(tmp_path) == [unknown, early, late]
     assert runs.member_dirs(late) == [members[2], members[1], members[0]]  # m1, m2, m10: by number
     assert runs.member_dirs(early) == [] and runs.find_runs(tmp_path / "absent") == []
     assert runs.is_part(members[0]) and not runs.is_part(late)
+
+
+def test_a_config_yaml_above_the_runs_makes_no_run_a_part(tmp_path):
+    # A project folder that keeps its own config.yaml beside its runs: only members/ and sources/<s>/ hold parts.
+    (tmp_path / runs.CONFIG_FILE).write_text("name: project\n", encoding="utf-8")
+    grouped = make_run(tmp_path / "group", "r1", FINISHED)
+    deeper = make_run(tmp_path / "a" / "b", "r2", FINISHED)
+    assert not runs.is_part(grouped) and not runs.is_part(deeper)
+    assert set(runs.find_runs(tmp_path)) == {grouped, deeper}
 
 
 def test_the_default_checkpoint_passes_over_cv_folds_unfinished_runs_and_runs_without_a_best(tmp_path):
@@ -108,6 +136,12 @@ def test_the_default_checkpoint_passes_over_cv_folds_unfinished_runs_and_runs_wi
     assert runs.newest_best_checkpoint(tmp_path) == runs.best_checkpoint(chosen)
     with pytest.raises(RunError, match=r"no finished run found under .*/empty/: run `foodcls train"):
         runs.newest_best_checkpoint(tmp_path / "empty")
+
+
+def test_the_default_runs_root_is_runs_in_the_working_directory(tmp_path, monkeypatch):
+    chosen = make_run(tmp_path / "runs", "a", FINISHED)
+    monkeypatch.chdir(tmp_path)
+    assert runs.newest_best_checkpoint().resolve() == runs.best_checkpoint(chosen).resolve()
 
 
 def test_unique_dirs_never_reuse_a_name(tmp_path):
@@ -155,6 +189,8 @@ def test_provenance_names_each_datacard_once_with_its_counts_and_hash(tmp_path):
         "datacard": str((data / "datacard.json").resolve()), "rows_kept": 10, "rows_read": 12, "per_class": {"meats": 10},
         "sources": ["off-2024.tsv"], "sha256": hashlib.sha256((data / "datacard.json").read_bytes()).hexdigest()}]
     assert runs.datacard_paths({"data": "x"}) == [] and runs.data_provenance({}) == []
+    assert runs.provenance_entry("p", {"sources": None})["sources"] == []  # damaged: no sources, not an error
+    assert runs.provenance_entry("p", {"sources": [{"file": "x"}, {"path": "/a/b.tsv"}]})["sources"] == ["?", "b.tsv"]
 
 
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path):

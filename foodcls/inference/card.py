@@ -122,7 +122,7 @@ def model_card(run_dir: str | Path, summary: dict[str, Any] | None = None) -> st
                          f"sources: {', '.join(map(str, entry.get('sources') or []))}"
                          + ("." if isinstance(recorded, list) else " (read when this card was written: the build may have changed since)."))
     lines += ["", "## Evaluation", ""]
-    status = runs.run_status(run_dir, summary)
+    status = runs.run_status(summary)
     if not report and status != "finished":
         lines.append({"running": "The run is still training: it is scored when it ends, and its card written again.",
                       "failed": f"The run failed before it was scored: {summary.get('error')}",
