@@ -144,11 +144,33 @@ def test_the_default_runs_root_is_runs_in_the_working_directory(tmp_path, monkey
     assert runs.newest_best_checkpoint().resolve() == runs.best_checkpoint(chosen).resolve()
 
 
-def test_unique_dirs_never_reuse_a_name(tmp_path):
-    first, second, third = (runs.create_run_dir(tmp_path, "small") for _ in range(3))
-    assert len({first, second, third}) == 3 and all((d / runs.CHECKPOINT_DIR).is_dir() for d in (first, second, third))
-    if first.name[-2:] == second.name[-2:] == third.name[-2:]:  # the same second: suffixed
-        assert second.name == first.name + "-2" and third.name == first.name + "-3"
+def test_run_directories_are_named_by_the_utc_second_and_suffixed_when_taken(tmp_path, monkeypatch):
+    from datetime import datetime, timezone
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            assert tz is timezone.utc  # never the machine's local time
+            return datetime(2026, 12, 7, 5, 4, 3, tzinfo=tz)
+
+    monkeypatch.setattr(runs, "datetime", Frozen)
+    made = [runs.create_run_dir(tmp_path / "deep" / "runs", "small") for _ in range(3)]  # its parents made too
+    assert [d.name for d in made] == ["small-20261207-050403", "small-20261207-050403-2", "small-20261207-050403-3"]
+    assert all((d / runs.CHECKPOINT_DIR).is_dir() for d in made)
+
+    def always_taken(self, *args, exist_ok=False, **kwargs):
+        if not exist_ok:
+            raise FileExistsError(self)
+
+    monkeypatch.setattr(Path, "mkdir", always_taken)
+    with pytest.raises(RunError, match=r"runs: cannot create a unique directory for small-20261207-050403$"):
+        runs.unique_dir(tmp_path / "deep" / "runs", "small")
+
+
+def test_cv_folds_need_both_the_name_and_the_folds_beside_them(tmp_path):
+    (tmp_path / "cv-x").mkdir()
+    (tmp_path / "plain" / "folds").mkdir(parents=True)
+    assert not runs.is_cv_fold(tmp_path / "cv-x" / "r") and not runs.is_cv_fold(tmp_path / "plain" / "r")
 
 
 def test_show_and_compare_redact_credentials_and_list_only_the_keys_that_differ(tmp_path):
@@ -189,6 +211,14 @@ def test_provenance_names_each_datacard_once_with_its_counts_and_hash(tmp_path):
         "datacard": str((data / "datacard.json").resolve()), "rows_kept": 10, "rows_read": 12, "per_class": {"meats": 10},
         "sources": ["off-2024.tsv"], "sha256": hashlib.sha256((data / "datacard.json").read_bytes()).hexdigest()}]
     assert runs.datacard_paths({"data": "x"}) == [] and runs.data_provenance({}) == []
+    # The val and the test files' cards count too; a damaged card is passed over, not the end of the list.
+    for name, text in (("v", json.dumps(card)), ("t", json.dumps(card)), ("bad", "{not json")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "datacard.json").write_text(text, encoding="utf-8")
+    split_config = {"data": {"train": [str(tmp_path / "bad" / "train.csv")], "val": str(tmp_path / "v" / "val.csv"),
+                             "test": str(tmp_path / "t" / "test.csv")}}
+    assert runs.datacard_paths(split_config) == [tmp_path / d / "datacard.json" for d in ("bad", "v", "t")]
+    assert [entry["datacard"] for entry in runs.data_provenance(split_config)] == [str((tmp_path / d / "datacard.json").resolve()) for d in ("v", "t")]
     assert runs.provenance_entry("p", {"sources": None})["sources"] == []  # damaged: no sources, not an error
     assert runs.provenance_entry("p", {"sources": [{"file": "x"}, {"path": "/a/b.tsv"}]})["sources"] == ["?", "b.tsv"]
 
@@ -202,5 +232,14 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     finally:
         held.close()
     runs.lock_run(run_dir).close()  # released: taken again
+    quiet = make_run(tmp_path, "quiet")  # no summary: no pid to name
+    held = runs.lock_run(quiet)
+    try:
+        with pytest.raises(RunError, match=r"quiet: still training in another process; stop it \(Ctrl-C or kill\) or wait for it"):
+            runs.lock_run(quiet)
+    finally:
+        held.close()
+    with pytest.raises(RunError, match=r"missing: cannot open its lock file \(No such file or directory\)"):
+        runs.lock_run(tmp_path / "missing")
     with pytest.raises(RunError, match=r"not a run directory"):
         runs.resolve_run_dir(tmp_path)
