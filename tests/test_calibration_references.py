@@ -103,3 +103,24 @@ def test_open_set_figures_without_labels_and_without_outside_products():
     figures = cal.open_set(inside, inside[:0], classes)
     assert figures == {"n": 0, "auroc": None, "rejected_at_coverage": {"0.90": None, "0.95": None}, "share_confident_over_0_9": None}
     assert math.isnan(cal.auroc(np.array([0.5]), np.array([])))
+
+
+def test_edges_of_the_threshold_auroc_and_empty_inputs_without_warnings():
+    import warnings
+
+    assert cal.conformal_threshold(np.array([0.3]), 0.5) == 0.3  # n = 1: ⌈2 · 0.5⌉ = 1st
+    assert cal.auroc(np.array([0.9]), np.array([0.1, 0.2])) == 1.0  # one positive
+    assert cal.auroc(np.array([0.5, 0.9]), np.array([0.7])) == 0.5  # one negative
+    classes = ("a", "b", "other")
+    # An outside score exactly at the threshold (0.6, the lower 10 % quantile of the inside ones) is kept, not rejected.
+    inside = np.array([[0.5, 0.1, 0.4], [0.8, 0.1, 0.1], [0.45, 0.45, 0.1]])  # 1 − p(other): 0.6, 0.9, 0.9
+    outside = np.array([[0.3, 0.3, 0.4], [0.1, 0.1, 0.8]])  # 0.6, 0.2
+    assert cal.open_set(inside, outside, classes)["rejected_at_coverage"] == {"0.90": 0.5, "0.95": 0.5}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # empty inputs give None or NaN quietly, never "mean of empty slice"
+        assert math.isnan(cal.auroc(np.array([]), np.array([0.5]))) and math.isnan(cal.auroc(np.array([0.5]), np.array([])))
+        figures = cal.open_set(inside[:0], outside, classes, in_class_labels=np.array([], dtype=int))
+        assert figures["rejected_at_coverage"] == {"0.90": 1.0, "0.95": 1.0}  # no threshold: every outside product rejected
+        assert figures["accuracy_of_kept"] == {"0.90": None, "0.95": None} and figures["auroc"] is None
+        empty = cal.set_figures(inside[:0], np.array([], dtype=int), np.linspace(0.1, 0.9, 9), 0.8)
+        assert math.isnan(empty.empirical_coverage) and math.isnan(empty.mean_size)
