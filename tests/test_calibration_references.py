@@ -23,6 +23,10 @@ def test_softmax_of_a_network_at_a_temperature_and_of_an_ensemble():
     assert cal.softmax(np.array([[0.0, ln3]]), 2.0)[0].tolist() == pytest.approx([1 / (1 + 3**0.5), 3**0.5 / (1 + 3**0.5)])
     assert cal.softmax(np.array([[[0.0, ln3]], [[ln3, 0.0]]]))[0].tolist() == pytest.approx([0.5, 0.5])  # the members' mean
     assert cal.softmax(np.array([[1000.0, 0.0]])).tolist() == [[1.0, 0.0]]  # no overflow
+    # Each row shifted by its own largest logit: a row of 1000s beside a row of small ones leaves the latter intact.
+    assert cal.softmax(np.array([[1000.0, 0.0], [0.0, ln3]]))[1].tolist() == pytest.approx([0.25, 0.75])
+    assert cal.softmax(np.array([[[1000.0, 0.0], [0.0, ln3]]]))[1].tolist() == pytest.approx([0.25, 0.75])
+    assert cal.softmax(np.array([[0.0, ln3]], np.float32)).dtype == np.float64  # float64 from float32 logits
 
 
 def test_nll_and_brier_by_hand():
@@ -71,6 +75,7 @@ def test_ece_and_its_bins_by_hand():
     # Bins of 0.1: bin 9 holds 0.95, 0.95, 1.0 (2 of 3 right, confidence 0.9667), bin 6 the 0.65 (right), bin 3
     # the 0.3 (right): 3/5·|2/3 − 0.9667| + 1/5·|1 − 0.65| + 1/5·|1 − 0.3| = 0.18 + 0.07 + 0.14.
     assert cal.expected_calibration_error(P, LABELS) == pytest.approx(0.39)
+    assert cal.expected_calibration_error(np.array([[1.0, 0.0]]), np.array([1])) == 1.0  # a certain, wrong answer: the last bin
     # Bins of 0.5: 0.95, 0.95, 0.65, 1.0 (3 of 4 right, confidence 0.8875) and the 0.3: 4/5·0.1375 + 1/5·0.7.
     assert cal.expected_calibration_error(P, LABELS, bins=2) == pytest.approx(0.25)
     bins = cal.reliability(P, LABELS)
@@ -119,6 +124,7 @@ def test_edges_of_the_threshold_auroc_and_empty_inputs_without_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # empty inputs give None or NaN quietly, never "mean of empty slice"
         assert math.isnan(cal.auroc(np.array([]), np.array([0.5]))) and math.isnan(cal.auroc(np.array([0.5]), np.array([])))
+        assert math.isnan(cal.nll(inside[:0], np.array([], dtype=int))) and math.isnan(cal.brier(inside[:0], np.array([], dtype=int)))
         figures = cal.open_set(inside[:0], outside, classes, in_class_labels=np.array([], dtype=int))
         assert figures["rejected_at_coverage"] == {"0.90": 1.0, "0.95": 1.0}  # no threshold: every outside product rejected
         assert figures["accuracy_of_kept"] == {"0.90": None, "0.95": None} and figures["auroc"] is None
