@@ -6,6 +6,7 @@ message (issue 30: a reference that is not the code under test)."""
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +150,30 @@ def test_a_name_model_and_an_ensemble_are_read_as_members():
     p = predictor.probabilities(np.array([[21, 1, np.nan, 0]] * 2, np.float32), ["Jus", ""])
     assert p[0].tolist() == pytest.approx((np.exp([1.9, 6, 0]) / np.exp([1.9, 6, 0]).sum()).tolist(), abs=1e-6)
     assert p[1].tolist() == pytest.approx((np.exp([1.9, 4, 0]) / np.exp([1.9, 4, 0]).sum()).tolist(), abs=1e-6)
+
+
+def test_one_products_values_checked_as_predict_and_serve_check_them():
+    from foodcls.errors import DataError
+    from foodcls.inference.predict import check_product, review_product
+
+    features = ("protein", "carbs", "fat", "additives")
+    fill = {"protein": 1.0, "carbs": 2.0, "fat": 20.0, "additives": 0.0}
+    # Every problem at once (serve names each bad field): a negative, a fractional count; fat unknown; sugars unused.
+    review = review_product({"protein": -1, "carbs": 10, "fat": None, "additives": 1.5, "sugars": 3}, features, fill)
+    assert review.problems == [("protein", "must lie within 0-100 g per 100 g, got -1"), ("additives", "must be a whole number within 0-100, got 1.5")]
+    assert review.missing == ["fat"] and review.values[:2] == [-1.0, 10.0] and math.isnan(review.values[2])
+    assert review.warnings == ["ignored --sugars: this model uses protein, carbs, fat, additives"]  # no fill warning: fat is missing
+    allowed = review_product({"protein": 5, "carbs": 80, "fat": None, "additives": 0, "sugars": 90}, features, fill, allow_missing=True)
+    assert allowed.missing == [] and allowed.problems == []
+    assert allowed.warnings == ["sugars (90 g) exceeds carbs (80 g); check the label", "ignored --sugars: this model uses protein, carbs, fat, additives",
+                                "unknown fat (filled with the training median 20)"]
+    with pytest.raises(DataError, match=r"^--protein must lie within 0-100 g per 100 g, got -1$"):
+        check_product({"protein": -1, "carbs": 10, "fat": 1, "additives": 1}, features, fill)
+    with pytest.raises(DataError, match=r"^missing --fat, --additives \(this model uses protein, carbs, fat, additives; --allow-missing fills"):
+        check_product({"protein": 1, "carbs": 10}, features, fill)
+    checked = check_product({"protein": 1, "carbs": 10}, features, fill, allow_missing=True, name_of=lambda f: f"`{f}`")
+    assert checked.warnings == ["unknown fat (filled with the training median 20)", "unknown additives (filled with the training median 0)"]
+    assert check_product({"protein": 1, "carbs": 10, "fat": 1, "additives": 0}, features, fill).warnings == []
+    # An optional nutrient the model uses may be unknown without --allow-missing: filled, and said so.
+    optional = check_product({"protein": 1, "carbs": 10, "fat": 1, "additives": 0}, (*features, "sugars"), {**fill, "sugars": 4.5})
+    assert optional.warnings == ["unknown sugars (filled with the training median 4.5)"] and math.isnan(optional.values[4])
