@@ -7,6 +7,7 @@ dozens of trainings per mutant.
     python scripts/mutation.py                       # every group, one after the other; a table at the end
     python scripts/mutation.py --group offdata runs  # some of them
     python scripts/mutation.py --modules foodcls/runs.py --tests tests/test_references.py   # anything else
+    python scripts/mutation.py --group training --sample 150   # 150 of the group's mutants, drawn at random
 
 Prints, per group, mutmut's counts (killed, survived, timeout, no tests) and the score: caught (killed or timed
 out) over every mutant, those no selected test reaches counted as survivors; then the survivors, each as its
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -72,8 +74,11 @@ def also_copy(root: Path, directory: Path, mutated: set[Path]) -> list[str]:
     return out
 
 
-def run_group(modules: list[str], tests: list[str], work: Path, max_children: int, timeout_multiplier: float) -> Counter:
-    """mutmut over modules with tests, in a fresh copy at work; its results counted, its survivors printed."""
+def run_group(modules: list[str], tests: list[str], work: Path, max_children: int, timeout_multiplier: float,
+              sample: int | None = None, seed: int = 0) -> Counter:
+    """mutmut over modules with tests, in a fresh copy at work; its results counted, its survivors printed. With
+    sample, only that many of the mutants, drawn at random (seed): the rest stay "not checked", left out of the
+    counts."""
     if work.exists():
         shutil.rmtree(work)
     shutil.copytree(REPO, work, symlinks=True, ignore=shutil.ignore_patterns(".venv", "runs", ".git", "__pycache__", "site", "mutants"))
@@ -92,9 +97,20 @@ def run_group(modules: list[str], tests: list[str], work: Path, max_children: in
         handle.write(config)
     # The copy has no ../shared beside it: its tests read the real samples from where this checkout's do.
     env = {"FOODCLS_OFF_SAMPLES": str(REPO.parent / "shared" / "data" / "off-exports"), **os.environ}
-    subprocess.run(["mutmut", "run", "--max-children", str(max_children)], check=False, cwd=work, env=env, stdout=subprocess.DEVNULL)
+    names: list[str] = []
+    if sample is not None:
+        # Generate the mutants and measure the tests (a filter that matches nothing stops mutmut right after), then
+        # draw the sample from the names it lists.
+        subprocess.run(["mutmut", "run", "--max-children", str(max_children), "no-such-mutant-*"], check=False, cwd=work, env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        listed = subprocess.run(["mutmut", "results", "--all", "true"], check=True, cwd=work, capture_output=True, text=True).stdout
+        every = sorted(line.strip().rsplit(": ", 1)[0] for line in listed.splitlines() if ": " in line)
+        names = random.Random(seed).sample(every, min(sample, len(every)))
+        print(f"  a sample of {len(names)} of its {len(every)} mutants (seed {seed})", flush=True)
+    subprocess.run(["mutmut", "run", "--max-children", str(max_children), *names], check=False, cwd=work, env=env, stdout=subprocess.DEVNULL)
     results = subprocess.run(["mutmut", "results", "--all", "true"], check=True, cwd=work, capture_output=True, text=True).stdout
-    statuses = dict(line.strip().rsplit(": ", 1) for line in results.splitlines() if ": " in line)
+    statuses = {name: status for name, status in (line.strip().rsplit(": ", 1) for line in results.splitlines() if ": " in line)
+                if status != "not checked"}
     for name, status in statuses.items():
         if status in ("survived", "no tests"):
             diff = subprocess.run(["mutmut", "show", name], check=True, cwd=work, capture_output=True, text=True).stdout
@@ -120,6 +136,8 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/foodcls-mutation"))
     parser.add_argument("--max-children", type=int, default=2)
     parser.add_argument("--timeout-multiplier", type=float, default=30.0)
+    parser.add_argument("--sample", type=int, help="test only this many mutants of each group, drawn at random")
+    parser.add_argument("--seed", type=int, default=0, help="of --sample's draw")
     args = parser.parse_args()
     if shutil.which("mutmut") is None:
         print("mutmut is not installed: pip install mutmut", file=sys.stderr)
@@ -128,7 +146,7 @@ def main() -> int:
     lines, total = [], Counter()
     for name, (modules, tests) in groups.items():
         print(f"{name}: {' '.join(modules)} with {' '.join(tests)}", flush=True)
-        counts = run_group(modules, tests, args.workdir / name, args.max_children, args.timeout_multiplier)
+        counts = run_group(modules, tests, args.workdir / name, args.max_children, args.timeout_multiplier, args.sample, args.seed)
         lines.append(score_line(name, counts))
         print(lines[-1], flush=True)
         total += counts
