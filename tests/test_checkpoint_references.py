@@ -114,6 +114,7 @@ DAMAGES = {
     "operating point": (dict(meta__operating_point={"precision": 0.9, "thresholds": {"cereals": 0.5}}),
                         "operating_point must give a precision and a threshold per class"),
     "operating point bool": (dict(meta__operating_point={"precision": True, "thresholds": {}}), "operating_point must give a precision"),
+    "operating point list": (dict(meta__operating_point=[0.9]), "operating_point must give a precision and a threshold per class"),
     "operating point text": (dict(meta__operating_point={"precision": 0.9, "thresholds": {"meats": "0.5"}}), "operating_point must give"),
 }
 
@@ -174,6 +175,49 @@ def test_one_products_values_checked_as_predict_and_serve_check_them():
     checked = check_product({"protein": 1, "carbs": 10}, features, fill, allow_missing=True, name_of=lambda f: f"`{f}`")
     assert checked.warnings == ["unknown fat (filled with the training median 20)", "unknown additives (filled with the training median 0)"]
     assert check_product({"protein": 1, "carbs": 10, "fat": 1, "additives": 0}, features, fill).warnings == []
+    from foodcls.inference.predict import fill_warnings
+
+    assert fill_warnings({"salt": 3, "fiber": 0}, {}, 10) == ["unknown salt in 3 of 10 rows (filled with the training median nan)"]
     # An optional nutrient the model uses may be unknown without --allow-missing: filled, and said so.
     optional = check_product({"protein": 1, "carbs": 10, "fat": 1, "additives": 0}, (*features, "sugars"), {**fill, "sugars": 4.5})
     assert optional.warnings == ["unknown sugars (filled with the training median 4.5)"] and math.isnan(optional.values[4])
+
+
+def test_a_batch_from_a_named_checkpoint_with_an_operating_point(tmp_path):
+    from foodcls.errors import DataError
+    from foodcls.inference.checkpoint import save_checkpoint
+    from foodcls.inference.explain import integrated_gradients
+    from foodcls.inference.judge import TrustOptions
+    from foodcls.inference.predict import load_predictor, predict_csv
+
+    hashing = {"buckets": 8, "ngram_min": 2, "ngram_max": 3, "max_ngrams": 4, "dim": 1}
+    checkpoint = _damage(meta__name=hashing, meta__operating_point={"precision": 0.9, "thresholds": {"beverages": 0.9, "meats": 0.5}},
+                         **{"arrays__name.embedding": np.ones((8, 1), np.float32)})
+    checkpoint.arrays["net.0.weight"] = np.array([[1, -1, 0, 0, 0], [0, 0, 1, 0, 2]], np.float32)
+    path = tmp_path / "named.safetensors"
+    save_checkpoint(path, checkpoint.arrays, checkpoint.meta)
+    batch = tmp_path / "in.csv"
+    # Row 1: h = [1.9, 4 + 2] (fat unknown: 20) → meats, 1 − p(other) = 0.9975 ≥ 0.5: suggested. Row 2: all logits 0
+    # → beverages (the first of three equal), 1 − 1/3 < 0.9: not suggested.
+    batch.write_text("protein,carbs,fat,additives,name\n21,1,,0,Jus\n1,0,0,0,\n", encoding="utf-8")
+    with pytest.raises(DataError, match="fat"):
+        predict_csv(path, batch)  # an unknown fat without allow_missing
+    text, warnings = predict_csv(path, batch, allow_missing=True, explain=True)
+    assert "\r" not in text and warnings == ["unknown fat in 1 of 2 rows (filled with the training median 20)"]
+    header, first, second = [line.split(",") for line in text.splitlines()]
+    assert header == ["protein", "carbs", "fat", "additives", "name", "predicted", "p_beverages", "p_meats", "p_other", "decision",
+                      "suggest", "contrib_protein", "contrib_carbs", "contrib_fat", "contrib_additives", "contrib_name"]
+    p = np.exp([1.9, 6.0, 0.0]) / np.exp([1.9, 6.0, 0.0]).sum()
+    assert first[5:11] == ["meats", *(f"{x:.6f}" for x in p), "meats", "true"]
+    assert second[5:11] == ["beverages", "0.333333", "0.333333", "0.333333", "unsure", "false"]  # 1/3 < min_confidence 0.6
+    predictor = load_predictor(path)
+    expected = integrated_gradients(predictor, np.array([21, 1, np.nan, 0], np.float32), target=1, name="Jus")
+    assert first[11:] == [*(f"{c:.6f}" for c in expected.contributions), f"{expected.name:.6f}"]
+    assert float(first[-1]) > 0  # the name pushed towards meats
+    with pytest.raises(DataError, match="--coverage: this checkpoint holds no calibration scores"):
+        predict_csv(path, batch, options=TrustOptions(coverage=0.9), allow_missing=True)
+    labelled = tmp_path / "seed.csv"  # the seed's headerless format: the first cell one of the checkpoint's classes
+    labelled.write_text("other,21,1,20,0\n", encoding="utf-8")
+    nameless = np.exp([1.9, 4.0, 0.0]) / np.exp([1.9, 4.0, 0.0]).sum()  # no name column: an empty bag
+    assert predict_csv(path, labelled)[0].splitlines()[1].split(",")[:9] == ["other", "21", "1", "20", "0", "meats",
+                                                                           *(f"{x:.6f}" for x in nameless)]
