@@ -31,6 +31,38 @@ def test_run_directory_holds_config_metrics_checkpoints_summary_and_plots(traine
     assert records[-1]["train_loss"] < records[0]["train_loss"]
 
 
+def test_the_summary_says_while_running_and_after_what_the_run_is_and_how_it_ended(tmp_path):
+    import os
+    import platform
+    from datetime import datetime, timedelta, timezone
+
+    rows = ["beverages,0.2,5,0.1,0", "meats,20,1,12,2", "snacks,7,60,22,1", "desserts,4,15,3,3"] * 3
+    (tmp_path / "tiny.csv").write_text("\n".join(rows) + "\n")
+    config = load_config(write_config(tmp_path / "c.yaml", tmp_path), [f"data.train={tmp_path / 'tiny.csv'}", "data.val=null",
+                                                                       "data.test=null", "train.epochs=2"])
+    seen = []
+
+    def look(record, total):
+        run_dir = next((tmp_path / "runs").iterdir())
+        seen.append(runs.read_summary(run_dir))
+        if len(seen) == 2:
+            raise RuntimeError("the callback broke")
+
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    with pytest.raises(RuntimeError, match="the callback broke"):
+        train(config, runs_root=tmp_path / "runs", name="tiny", on_epoch=look)
+    running = seen[0]
+    assert running["status"] == "running" and running["pid"] == os.getpid() and running["name"] == "tiny"
+    assert running["monitor"] == "train_loss" and running["data"] == {"train": 12, "val": 0, "test": 0}
+    assert running["versions"]["python"] == platform.python_version() and set(running["versions"]) == {"foodcls", "torch", "numpy", "python"}
+    started = datetime.fromisoformat(running["started_at"])
+    assert started.utcoffset() == timedelta(0) and started.microsecond == 0 and before <= started <= before + timedelta(minutes=5)
+    run_dir = next((tmp_path / "runs").iterdir())
+    failed = runs.read_summary(run_dir)
+    assert failed["status"] == "failed" and failed["error"] == "RuntimeError: the callback broke"
+    assert failed["started_at"] == running["started_at"] and datetime.fromisoformat(failed["finished_at"]) >= started
+
+
 def test_model_fits_a_tiny_dataset(tmp_path):
     rows = ["beverages,0.2,5,0.1,0", "meats,20,1,12,2", "snacks,7,60,22,1", "desserts,4,15,3,3"] * 5
     (tmp_path / "tiny.csv").write_text("\n".join(rows) + "\n")
