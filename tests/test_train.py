@@ -63,6 +63,31 @@ def test_the_summary_says_while_running_and_after_what_the_run_is_and_how_it_end
     assert failed["started_at"] == running["started_at"] and datetime.fromisoformat(failed["finished_at"]) >= started
 
 
+def test_how_a_run_ends_pruned_early_stopped_and_with_the_rate_lowered_on_a_plateau(tmp_path):
+    from foodcls.training.run import RunPruned
+
+    rows = ["beverages,0.2,5,0.1,0", "meats,20,1,12,2", "snacks,7,60,22,1", "desserts,4,15,3,3"] * 3
+    (tmp_path / "tiny.csv").write_text("\n".join(rows) + "\n")
+    base = [f"data.train={tmp_path / 'tiny.csv'}", f"data.val={tmp_path / 'tiny.csv'}", "data.test=null", "train.optimizer=sgd"]
+
+    def prune_at_two(record, total):
+        if record["epoch"] == 2:
+            raise RunPruned
+
+    pruned = train(load_config(write_config(tmp_path / "c.yaml", tmp_path), [*base, "train.epochs=5"]), runs_root=tmp_path / "runs",
+                   name="pruned", on_epoch=prune_at_two)
+    summary = runs.read_summary(pruned.run_dir)
+    assert (summary["status"], summary["stop_reason"], summary["epochs_run"]) == ("pruned", "pruned", 2)
+    # A rate of 1e-9 leaves the validation loss where it was: no improvement from epoch 2 on. Early stopping after
+    # 3 such epochs; the plateau schedule halves the rate once 1 epoch has passed without one (after epochs 3, 5).
+    flat = [*base, "train.lr=1e-9", "train.epochs=20", "train.early_stopping={patience: 4, monitor: val_loss, min_delta: 0.000001}",
+            "train.scheduler=plateau", "train.scheduler_step_size=1"]
+    stopped = train(load_config(write_config(tmp_path / "c.yaml", tmp_path), flat), runs_root=tmp_path / "runs", name="flat")
+    summary = runs.read_summary(stopped.run_dir)
+    assert (summary["status"], summary["stop_reason"], summary["epochs_run"]) == ("finished", "early_stopping", 5)
+    assert [r["lr"] for r in runs.read_metrics(stopped.run_dir)] == pytest.approx([1e-9, 1e-9, 1e-9, 5e-10, 5e-10], rel=1e-6)
+
+
 def test_model_fits_a_tiny_dataset(tmp_path):
     rows = ["beverages,0.2,5,0.1,0", "meats,20,1,12,2", "snacks,7,60,22,1", "desserts,4,15,3,3"] * 5
     (tmp_path / "tiny.csv").write_text("\n".join(rows) + "\n")
