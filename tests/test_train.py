@@ -85,7 +85,17 @@ def test_how_a_run_ends_pruned_early_stopped_and_with_the_rate_lowered_on_a_plat
     stopped = train(load_config(write_config(tmp_path / "c.yaml", tmp_path), flat), runs_root=tmp_path / "runs", name="flat")
     summary = runs.read_summary(stopped.run_dir)
     assert (summary["status"], summary["stop_reason"], summary["epochs_run"]) == ("finished", "early_stopping", 5)
-    assert [r["lr"] for r in runs.read_metrics(stopped.run_dir)] == pytest.approx([1e-9, 1e-9, 1e-9, 5e-10, 5e-10], rel=1e-6)
+    records = runs.read_metrics(stopped.run_dir)
+    assert [r["lr"] for r in records] == pytest.approx([1e-9, 1e-9, 1e-9, 5e-10, 5e-10], rel=1e-6)
+    # The finished run's figures: its time (summed from the epochs' records), the evaluation of its splits, the
+    # calibration its validation rows give (train.calibration: auto), and its plots.
+    seconds = sum(r["seconds"] for r in records)
+    assert summary["train_seconds"] == pytest.approx(seconds, abs=2e-3) and summary["train_seconds"] > 0
+    assert summary["seconds_per_epoch"] == pytest.approx(seconds / 5, abs=2e-4)
+    assert set(summary["evaluation"]) == {"val"} and summary["warnings"] == []
+    assert load_checkpoint(stopped.best_checkpoint).meta["temperature"] > 0
+    assert "conformal_scores" in load_checkpoint(stopped.best_checkpoint).arrays
+    assert (stopped.run_dir / "learning_curves.png").is_file() and (stopped.run_dir / "MODEL_CARD.md").is_file()
 
 
 def test_model_fits_a_tiny_dataset(tmp_path):
