@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import sys
 
@@ -9,7 +10,9 @@ from foodcls.inference.checkpoint import load_checkpoint
 from foodcls.config import load_config
 from foodcls.errors import DataError
 from foodcls.training.fit import train
-from tests.conftest import write_config
+from tests.conftest import REPO, write_config
+
+REPO_CONFIG = REPO / "configs" / "mlp.yaml"
 
 
 def metrics_without_time(run_dir):
@@ -70,14 +73,14 @@ def test_how_a_run_ends_pruned_early_stopped_and_with_the_rate_lowered_on_a_plat
     (tmp_path / "tiny.csv").write_text("\n".join(rows) + "\n")
     base = [f"data.train={tmp_path / 'tiny.csv'}", f"data.val={tmp_path / 'tiny.csv'}", "data.test=null", "train.optimizer=sgd"]
 
-    def prune_at_two(record, total):
-        if record["epoch"] == 2:
-            raise RunPruned
+    def prune_at_once(record, total):
+        raise RunPruned
 
     pruned = train(load_config(write_config(tmp_path / "c.yaml", tmp_path), [*base, "train.epochs=5"]), runs_root=tmp_path / "runs",
-                   name="pruned", on_epoch=prune_at_two)
+                   name="pruned", on_epoch=prune_at_once)
     summary = runs.read_summary(pruned.run_dir)
-    assert (summary["status"], summary["stop_reason"], summary["epochs_run"]) == ("pruned", "pruned", 2)
+    assert (summary["status"], summary["stop_reason"], summary["epochs_run"]) == ("pruned", "pruned", 1)
+    assert (pruned.run_dir / "learning_curves.png").is_file()  # one epoch is enough to draw
     # A rate of 1e-9 leaves the validation loss where it was: no improvement from epoch 2 on. Early stopping after
     # 3 such epochs; the plateau schedule halves the rate once 1 epoch has passed without one (after epochs 3, 5).
     flat = [*base, "train.lr=1e-9", "train.epochs=20", "train.early_stopping={patience: 4, monitor: val_loss, min_delta: 0.000001}",
@@ -96,6 +99,20 @@ def test_how_a_run_ends_pruned_early_stopped_and_with_the_rate_lowered_on_a_plat
     assert load_checkpoint(stopped.best_checkpoint).meta["temperature"] > 0
     assert "conformal_scores" in load_checkpoint(stopped.best_checkpoint).arrays
     assert (stopped.run_dir / "learning_curves.png").is_file() and (stopped.run_dir / "MODEL_CARD.md").is_file()
+
+
+def test_each_rows_weight_is_its_files_times_its_classs():
+    from foodcls.data import LabelledData
+    from foodcls.training.run import row_weights
+
+    config = load_config(REPO_CONFIG, ["train.class_weights=balanced"])
+    data = LabelledData(np.zeros((3, 4), np.float32), np.array([0, 0, 1]), ("protein", "carbs", "fat", "additives"), "",
+                        weights=np.array([1.0, 2.0, 1.0], np.float32))
+    # Balanced over 4 classes: n / (4 · count) = 3/8 for class 0 (2 rows), 3/4 for class 1; times the file weights.
+    assert row_weights(config, data).tolist() == pytest.approx([0.375, 0.75, 0.75])
+    plain = load_config(REPO_CONFIG)
+    assert row_weights(plain, data).tolist() == [1.0, 2.0, 1.0]
+    assert row_weights(plain, dataclasses.replace(data, weights=np.ones(3, np.float32))) is None  # all 1: no weights at all
 
 
 def test_model_fits_a_tiny_dataset(tmp_path):
