@@ -8,6 +8,7 @@ dozens of trainings per mutant.
     python scripts/mutation.py --group offdata runs  # some of them
     python scripts/mutation.py --modules foodcls/runs.py --tests tests/test_references.py   # anything else
     python scripts/mutation.py --group training --sample 150   # 150 of the group's mutants, drawn at random
+    python scripts/mutation.py --group training --again        # after adding tests: only the last run's survivors
 
 Prints, per group, mutmut's counts (killed, survived, timeout, no tests) and the score: caught (killed or timed
 out) over every mutant, those no selected test reaches counted as survivors; then the survivors, each as its
@@ -75,14 +76,29 @@ def also_copy(root: Path, directory: Path, mutated: set[Path]) -> list[str]:
     return out
 
 
+def _statuses(work: Path) -> dict[str, str]:
+    """Every mutant mutmut has checked in work, and its status."""
+    results = subprocess.run(["mutmut", "results", "--all", "true"], check=True, cwd=work, capture_output=True, text=True).stdout
+    return {name: status for name, status in (line.strip().rsplit(": ", 1) for line in results.splitlines() if ": " in line)
+            if status != "not checked"}
+
+
 def run_group(modules: list[str], tests: list[str], work: Path, max_children: int, timeout_multiplier: float,
-              sample: int | None = None, seed: int = 0) -> Counter:
+              sample: int | None = None, seed: int = 0, again: bool = False) -> Counter:
     """mutmut over modules with tests, in a fresh copy at work; its results counted, its survivors printed. With
     sample, only that many of the mutants, drawn at random (seed): the rest stay "not checked", left out of the
-    counts."""
-    if work.exists():
-        shutil.rmtree(work)
-    shutil.copytree(REPO, work, symlinks=True, ignore=shutil.ignore_patterns(".venv", "runs", ".git", "__pycache__", "site", "mutants"))
+    counts. With again, work's earlier run is kept: its tests are refreshed from this checkout and only the mutants
+    that survived it (or that no test reached) run again — after tests were added for them."""
+    survivors = [n for n, status in _statuses(work).items() if status in ("survived", "no tests")] if again else []
+    if again:
+        shutil.rmtree(work / "tests")
+        shutil.copytree(REPO / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+        (work / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text(encoding="utf-8"), encoding="utf-8")
+        (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)  # which tests reach what: measured anew
+    else:
+        if work.exists():
+            shutil.rmtree(work)
+        shutil.copytree(REPO, work, symlinks=True, ignore=shutil.ignore_patterns(".venv", "runs", ".git", "__pycache__", "site", "mutants"))
     mutated = {Path(m) for m in modules}
     config = ("\n[tool.mutmut]\n"
               f"source_paths = {sorted(map(str, mutated))!r}\n"
@@ -98,8 +114,12 @@ def run_group(modules: list[str], tests: list[str], work: Path, max_children: in
         handle.write(config)
     # The copy has no ../shared beside it: its tests read the real samples from where this checkout's do.
     env = {"FOODCLS_OFF_SAMPLES": str(REPO.parent / "shared" / "data" / "off-exports"), **os.environ}
-    names: list[str] = []
-    if sample is not None:
+    names: list[str] = survivors
+    if again:
+        print(f"  again: the {len(survivors)} mutants that survived or that no test reached", flush=True)
+        if not survivors:
+            return Counter(_statuses(work).values())
+    elif sample is not None:
         # Generate the mutants and measure the tests (a filter that matches nothing stops mutmut right after), then
         # draw the sample from the names it lists.
         subprocess.run(["mutmut", "run", "--max-children", str(max_children), "no-such-mutant-*"], check=False, cwd=work, env=env,
@@ -109,9 +129,7 @@ def run_group(modules: list[str], tests: list[str], work: Path, max_children: in
         names = random.Random(seed).sample(every, min(sample, len(every)))
         print(f"  a sample of {len(names)} of its {len(every)} mutants (seed {seed})", flush=True)
     subprocess.run(["mutmut", "run", "--max-children", str(max_children), *names], check=False, cwd=work, env=env, stdout=subprocess.DEVNULL)
-    results = subprocess.run(["mutmut", "results", "--all", "true"], check=True, cwd=work, capture_output=True, text=True).stdout
-    statuses = {name: status for name, status in (line.strip().rsplit(": ", 1) for line in results.splitlines() if ": " in line)
-                if status != "not checked"}
+    statuses = _statuses(work)
     for name, status in statuses.items():
         if status in ("survived", "no tests"):
             diff = subprocess.run(["mutmut", "show", name], check=True, cwd=work, capture_output=True, text=True).stdout
@@ -139,6 +157,7 @@ def main() -> int:
     parser.add_argument("--timeout-multiplier", type=float, default=30.0)
     parser.add_argument("--sample", type=int, help="test only this many mutants of each group, drawn at random")
     parser.add_argument("--seed", type=int, default=0, help="of --sample's draw")
+    parser.add_argument("--again", action="store_true", help="rerun only the survivors of the last run in --workdir, with this checkout's tests")
     args = parser.parse_args()
     if shutil.which("mutmut") is None:
         print("mutmut is not installed: pip install mutmut", file=sys.stderr)
@@ -147,7 +166,8 @@ def main() -> int:
     lines, total = [], Counter()
     for name, (modules, tests) in groups.items():
         print(f"{name}: {' '.join(modules)} with {' '.join(tests)}", flush=True)
-        counts = run_group(modules, tests, args.workdir / name, args.max_children, args.timeout_multiplier, args.sample, args.seed)
+        counts = run_group(modules, tests, args.workdir / name, args.max_children, args.timeout_multiplier, args.sample, args.seed,
+                           args.again)
         lines.append(score_line(name, counts))
         print(lines[-1], flush=True)
         total += counts
