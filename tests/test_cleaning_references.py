@@ -176,3 +176,29 @@ def test_precedence_settles_only_its_own_classes_and_no_near_tags_means_none_is_
     kept, card = build(tmp_path, rows, rules)
     assert sorted((row["code"], row["label"]) for row in kept) == [("1", "desserts"), ("3", "snacks"), ("4", "other"), ("5", "other")]
     assert {reason: n for reason, n in card["dropped"].items() if n} == {"ambiguous_class": 1}
+
+
+TWO = "classes: {a: [en:a], b: [en:b]}\n"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (None, "rules file not found"),
+    ("- a\n- b\n", "a rules file needs a 'classes' mapping of class → list of category tags"),
+    ("classes: [a]\n", "a rules file needs a 'classes' mapping of class → list of category tags"),
+    (TWO + "colour: red\nzebra: 1\n", r"unknown key 'colour' \(expected classes, precedence, other, near\)"),
+    (TWO + "other: yes please\n", "other: expected true or false, got 'yes please'"),
+    ("classes: {a: [5], b: [en:b]}\n", "classes.a: expected a non-empty list of category tags"),
+    ("classes: {a: [en:a], b: ['  ']}\n", "classes.b: expected a non-empty list of category tags"),
+    (TWO + "precedence: [c]\n", r"precedence: expected a list of class names from 'classes', got \['c'\]"),
+    (TWO + "near: en:b\n", "near: expected a list of category tags, got 'en:b'"),
+])
+def test_each_mistake_in_a_rules_file_is_one_line(tmp_path, text, message):
+    from foodcls.errors import ConfigError
+    from foodcls.offdata.rules import load_rules
+
+    path = tmp_path / "rules.yaml"
+    if text is not None:
+        path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"^" + str(path) + ": " + message + "$"):
+        load_rules(path)
+    assert set(load_rules().classes) == {"beverages", "meats", "snacks", "desserts"}  # the shipped rules
