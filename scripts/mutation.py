@@ -34,7 +34,8 @@ REFERENCES = "tests/test_references.py"
 # and resume in subprocesses, whose code mutmut's stats do not see anyway) are left out of the training group.
 TRAINING_TESTS = [f"tests/test_train.py::test_{name}" for name in (
     "model_fits_a_tiny_dataset", "the_summary_says_while_running_and_after_what_the_run_is_and_how_it_ended",
-    "how_a_run_ends_pruned_early_stopped_and_with_the_rate_lowered_on_a_plateau", "each_rows_weight_is_its_files_times_its_classs", "run_directory_holds_config_metrics_checkpoints_summary_and_plots",
+    "how_a_run_ends_pruned_early_stopped_and_with_the_rate_lowered_on_a_plateau", "each_rows_weight_is_its_files_times_its_classs",
+    "a_checkpoint_to_fine_tune_must_fit_the_config", "run_directory_holds_config_metrics_checkpoints_summary_and_plots",
     "same_config_and_seed_give_identical_metrics_and_weights", "interrupt_leaves_a_valid_run_whose_last_checkpoint_is_the_last_completed_epoch",
     "the_model_card_says_what_the_run_is_how_it_scored_and_which_file_it_describes", "bad_data_writes_nothing",
     "feature_dropout_puts_fill_values_in_about_its_share_of_the_inputs_and_leaves_the_rest",

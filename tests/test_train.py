@@ -285,3 +285,38 @@ def test_the_model_card_says_what_the_run_is_how_it_scored_and_which_file_it_des
     (trained_run.run_dir / "MODEL_CARD.md").unlink()
     result = CliRunner().invoke(app, ["card", str(trained_run.run_dir)])
     assert result.exit_code == 0 and (trained_run.run_dir / "MODEL_CARD.md").read_text() == card
+
+
+def test_a_checkpoint_to_fine_tune_must_fit_the_config(tmp_path):
+    from foodcls.errors import ConfigError
+    from foodcls.inference.checkpoint import save_checkpoint
+    from foodcls.training.run import init_checkpoint
+
+    four = ["protein", "carbs", "fat", "additives"]
+    classes = ["beverages", "meats", "snacks", "desserts"]
+
+    def saved(stem, features=four, out=classes, hidden=2, **meta):
+        arrays = {"net.0.weight": np.zeros((hidden, len(features)), np.float32), "net.0.bias": np.zeros(hidden, np.float32),
+                  "net.2.weight": np.zeros((len(out), hidden), np.float32), "net.2.bias": np.zeros(len(out), np.float32),
+                  **{k: np.ones(len(features), np.float32) for k in ("scale", "shift", "fill")}}
+        path = tmp_path / f"{stem}.safetensors"
+        save_checkpoint(path, arrays, {"features": features, "classes": out, "model": {"hidden": [hidden], "activation": "relu"},
+                                       "config": {}, **meta})
+        return path
+
+    def config(path):
+        return load_config(REPO_CONFIG, [f"train.init_from={path}", "model.hidden=[2]"])
+
+    good = saved("good")
+    assert init_checkpoint(config(good)).path == good
+    assert init_checkpoint(load_config(REPO_CONFIG)) is None
+    cases = {
+        saved("three", features=four[:3]): "uses features protein, carbs, fat, the config protein, carbs, fat, additives$",
+        saved("named", name={"buckets": 8}): "uses features protein, carbs, fat, additives and the name, the config protein, carbs, fat, additives$",
+        saved("two", out=classes[:2]): "has classes beverages, meats, the config beverages, meats, snacks, desserts: its output layer cannot",
+        saved("wide", hidden=3): r"has model \{'hidden': \[3\], 'activation': 'relu'\}, the config \{'hidden': \[2\], 'activation': 'relu'",
+        saved("ensemble", ensemble=1): "is an ensemble; start from one network",
+    }
+    for path, message in cases.items():
+        with pytest.raises(ConfigError, match=r"^train.init_from: " + str(path) + " " + message):
+            init_checkpoint(config(path))
