@@ -224,21 +224,19 @@ def test_provenance_names_each_datacard_once_with_its_counts_and_hash(tmp_path):
 
 
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
-    run_dir = make_run(tmp_path, "live", {"status": "running", "pid": 4321})
-    held = runs.lock_run(run_dir)
-    try:
-        with pytest.raises(RunError, match=r"live: still training in another process \(pid 4321\); stop it"):
-            runs.lock_run(run_dir)
-    finally:
-        held.close()
-    runs.lock_run(run_dir).close()  # released: taken again
-    quiet = make_run(tmp_path, "quiet")  # no summary: no pid to name
-    held = runs.lock_run(quiet)
-    try:
-        with pytest.raises(RunError, match=r"quiet: still training in another process; stop it \(Ctrl-C or kill\) or wait for it"):
-            runs.lock_run(quiet)
-    finally:
-        held.close()
+    def refused_while_held(run_dir, message):
+        held = runs.lock_run(run_dir)
+        try:
+            with pytest.raises(RunError, match=message):
+                runs.lock_run(run_dir)
+        finally:
+            held.close()
+
+    live = make_run(tmp_path, "live", {"status": "running", "pid": 4321})
+    refused_while_held(live, r"live: still training in another process \(pid 4321\); stop it")
+    runs.lock_run(live).close()  # released: taken again
+    refused_while_held(make_run(tmp_path, "quiet"),  # no summary: no pid to name
+                       r"quiet: still training in another process; stop it \(Ctrl-C or kill\) or wait for it")
     with pytest.raises(RunError, match=r"missing: cannot open its lock file \(No such file or directory\)"):
         runs.lock_run(tmp_path / "missing")
     with pytest.raises(RunError, match=r"not a run directory"):
