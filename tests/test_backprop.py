@@ -122,9 +122,10 @@ def test_the_name_tables_gradients_match_autograd_of_an_embedding_bag_before_the
     ids[:, 2, :2] = 7  # a bucket used twice in a name
     x, y = torch.rand(k, rows, 4, dtype=torch.float64), torch.randint(0, 4, (k, rows))
     inputs = with_ones(torch.cat([x, torch.zeros(k, rows, dim, dtype=torch.float64)], dim=2))
-    grads, (table_rows, table_values) = loss_gradients(stacked(models), "relu", inputs, columns(F.one_hot(y, 4).double()),
+    grads, (table_rows, table_values, table_runs) = loss_gradients(stacked(models), "relu", inputs, columns(F.one_hot(y, 4).double()),
                                                        None, names=ids, table=tables.clone())
-    assert torch.equal(name_vectors(tables, ids)[0][:, 1], torch.zeros(k, dim, dtype=torch.float64))
+    assert torch.equal(name_vectors(tables, ids)[:, 1], torch.zeros(k, dim, dtype=torch.float64))
+    assert torch.equal(table_runs, table_rows // buckets)
     for i, model in enumerate(models):
         table = tables[i].clone().requires_grad_(True)
         padded = torch.cat([table, torch.zeros(1, dim, dtype=torch.float64)])
@@ -137,3 +138,36 @@ def test_the_name_tables_gradients_match_autograd_of_an_embedding_bag_before_the
         dense = torch.zeros(k * buckets, dim, dtype=torch.float64).index_add_(0, table_rows, table_values)[i * buckets:(i + 1) * buckets]
         torch.testing.assert_close(dense, table.grad, rtol=1e-10, atol=1e-12)
         assert set((table_rows[table_rows // buckets == i] % buckets).tolist()) == set(ids[i][ids[i] != buckets].tolist())
+
+
+def test_a_blocks_step_bags_are_each_steps_own():
+    """A block's steps worked out at once (names.step_bags): each step reads the same vectors as its slice of
+    names read alone, with pads, empty names and a shorter last step; its table gradient sums each row's
+    contributions as a dense one-hot sum does."""
+    from foodcls.training.names import bag_vectors, name_vectors, step_bags, table_gradient
+
+    torch.manual_seed(3)
+    k, rows, buckets, dim, m, batch = 3, 23, 40, 4, 5, 6
+    tables = torch.randn(k, buckets, dim, dtype=torch.float64)
+    ids = torch.randint(0, buckets, (k, rows, m))
+    ids[:, ::2, 3:] = buckets
+    ids[0, 4] = buckets  # an empty name
+    ids[:, 6:12] = buckets  # a step of empty names
+    bags = step_bags(ids, batch, buckets, torch.float64)
+    assert len(bags) == 4  # 6 + 6 + 6 + 5 rows
+    for step, bag in enumerate(bags):
+        part = ids[:, step * batch : (step + 1) * batch]
+        alone = step_bags(part, part.shape[1], buckets, torch.float64)[0]
+        assert all(torch.equal(a, b) for a, b in zip(bag, alone))
+        torch.testing.assert_close(bag_vectors(tables, bag), name_vectors(tables, part), rtol=0, atol=1e-15)
+        vector_grad = torch.randn(k, part.shape[1], dim, dtype=torch.float64)
+        grad = table_gradient(bag, vector_grad, buckets)
+        real = (part != buckets).double()
+        per_id = real / real.sum(2, keepdim=True).clamp(min=1)
+        flat = (part + torch.arange(k).view(-1, 1, 1) * buckets).where(part != buckets, k * buckets)
+        dense = torch.zeros(k * buckets + 1, dim, dtype=torch.float64).index_add_(
+            0, flat.reshape(-1), (vector_grad.unsqueeze(2) * per_id.unsqueeze(3)).reshape(-1, dim))[:-1]
+        assert torch.equal(grad.rows, torch.unique(flat[part != buckets]))
+        torch.testing.assert_close(grad.values, dense[grad.rows], rtol=0, atol=1e-12)
+        assert torch.equal(grad.run, grad.rows // buckets)
+    assert len(bags[1].rows) == 0 and not bag_vectors(tables, bags[1]).any()

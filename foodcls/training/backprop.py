@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from foodcls.training.names import name_vectors, table_gradient
+from foodcls.training.names import StepBag, TableGradient, bag_vectors, step_bags, table_gradient
 
 # The torch side of inference/network.py's ACTIVATIONS (same keys, checked by tests/test_layout.py):
 # forward; dL/d(pre-activation) from dL/d(output) and the output (grad may be overwritten); the forward in place.
@@ -91,7 +91,8 @@ def loss_gradients(
     layers: list[torch.Tensor], activation: str, x_rows: torch.Tensor, one_hot: torch.Tensor,
     row_weight: torch.Tensor | None, rows: torch.Tensor | None = None, weights_t: list[torch.Tensor] | None = None,
     hidden: list[Hidden] | None = None, names: torch.Tensor | None = None, table: torch.Tensor | None = None,
-) -> list[torch.Tensor] | tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    bag: StepBag | None = None,
+) -> list[torch.Tensor] | tuple[list[torch.Tensor], TableGradient]:
     """Gradients of the (weighted) mean cross-entropy of each model, one per layer (k, out, in + 1): the
     weights' gradient, then the bias's in the last column.
 
@@ -107,11 +108,14 @@ def loss_gradients(
 
     names (k, B, M) and table (k, buckets, dim): the batch's name ids and the runs' bucket vectors (names.py);
     x_rows then has dim columns before the ones, where the names' vectors are written, and the result is
-    (gradients, the sparse gradient of the tables: rows, values)."""
+    (gradients, the sparse gradient of the tables). bag: the batch's names already worked out (names.step_bags),
+    in place of names."""
     act_in_place = TORCH_ACTIVATIONS[activation][2]
     n = x_rows.shape[1]
-    if names is not None:
-        vectors, bag, bag_weights = name_vectors(table, names)
+    if names is not None and bag is None:
+        bag = step_bags(names, names.shape[1], table.shape[1], table.dtype)[0]
+    if bag is not None:
+        vectors = bag_vectors(table, bag)
         first_name = x_rows.shape[2] - 1 - table.shape[2]  # the name's columns: after the nutrients, before the ones
         x_rows[:, :, first_name:-1] = vectors
     hidden = hidden if hidden is not None else hidden_buffers(layers, n)
@@ -135,9 +139,9 @@ def loss_gradients(
     grads: list[torch.Tensor] = [torch.empty(0)] * len(layers)
     name_grad = None
     for i in range(len(layers) - 1, -1, -1):
-        if i == 0 and names is not None:  # the loss's gradient with respect to each name vector, then its rows'
+        if i == 0 and bag is not None:  # the loss's gradient with respect to each name vector, then its rows'
             vector_grad = torch.bmm(transposed[0][:, first_name : first_name + table.shape[2]], grad).transpose(1, 2)
-            name_grad = table_gradient(bag, bag_weights, vector_grad, table.shape[0] * table.shape[1])
+            name_grad = table_gradient(bag, vector_grad, table.shape[1])
         if i == 0 and 5 <= x.shape[1] < 12 <= grad.shape[1]:
             # The same product computed transposed: MKL's sgemm took 13-38 µs for (32 or 64)×256 by 256×(5-10),
             # the demo's first layer, and 6-13 µs for its transpose (both ways measured from 3 to 65 columns).

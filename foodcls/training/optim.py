@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from foodcls.training.names import TableGradient
+
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
@@ -55,29 +57,33 @@ class StackedOptimizer:
         return torch._foreach_add(grads, torch._foreach_mul(self.params, [self.weight_decay] * len(self.params)))
 
     def step(self, grads: list[torch.Tensor], runs: torch.Tensor | None = None,
-             table_grad: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+             table_grad: TableGradient | None = None) -> None:
         """Update every run, or only `runs` (indices into the stack; grads then hold just those runs):
         the others' parameters and state stay exactly as they are. table_grad: the bucket table's rows (into
-        the k tables laid end to end) and their gradients."""
+        the k tables laid end to end), their gradients and their runs."""
         if runs is not None:
             self.begin_subset(runs)
         try:
             self._step(grads)
             if table_grad is not None:
-                self._table_step(*table_grad)
+                self._table_step(table_grad)
         finally:
             if runs is not None:
                 self.end_subset()
 
-    def _rows(self, rows: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(the table laid flat, each row's run, its gradient with weight decay)."""
+    def _rows(self, table_grad: TableGradient) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the table laid flat, the rows' gradient with weight decay)."""
         flat = self.table.view(-1, self.table.shape[2])
-        run = torch.div(rows, self.table.shape[1], rounding_mode="floor")
+        grad = table_grad.values
         if self.weight_decay is not None:
-            grad = torch.index_select(flat, 0, rows).mul_(self.weight_decay.view(-1)[run].unsqueeze(1)).add_(grad)
-        return flat, run, grad
+            grad = torch.index_select(flat, 0, table_grad.rows).mul_(self._per_row(self.weight_decay, table_grad.run)).add_(grad)
+        return flat, grad
 
-    def _table_step(self, rows: torch.Tensor, grad: torch.Tensor) -> None:
+    def _per_row(self, per_run: torch.Tensor, run: torch.Tensor | None) -> torch.Tensor:
+        """A per-run value (k, 1, 1) as a column for the rows of `run` (one run: the value itself, no gather)."""
+        return per_run.view(1, 1) if run is None else per_run.view(-1)[run].unsqueeze(1)
+
+    def _table_step(self, table_grad: TableGradient) -> None:
         raise NotImplementedError
 
     def begin_subset(self, runs: torch.Tensor) -> list[torch.Tensor]:
@@ -146,13 +152,14 @@ class StackedSGD(StackedOptimizer):
                 self.table_state["momentum_buffer"] = torch.zeros_like(table)
                 self.table_state_names = ("momentum_buffer",)
 
-    def _table_step(self, rows: torch.Tensor, grad: torch.Tensor) -> None:
-        flat, run, grad = self._rows(rows, grad)
+    def _table_step(self, table_grad: TableGradient) -> None:
+        flat, grad = self._rows(table_grad)
+        rows = table_grad.rows
         if self.momentum is not None:
             buffer = self.table_state["momentum_buffer"].view(-1, flat.shape[1])
-            grad = buffer[rows].mul_(self.momentum.view(-1)[run].unsqueeze(1)).add_(grad)
+            grad = buffer[rows].mul_(self._per_row(self.momentum, table_grad.run)).add_(grad)
             buffer.index_copy_(0, rows, grad)
-        flat.index_add_(0, rows, grad * self._neg_lr.view(-1)[run].unsqueeze(1))
+        flat.index_add_(0, rows, grad * self._per_row(self._neg_lr, table_grad.run))
 
     def _hyper(self) -> dict[str, torch.Tensor | None]:
         return {"weight_decay": self.weight_decay, "momentum": self.momentum}
@@ -186,21 +193,20 @@ class StackedAdam(StackedOptimizer):
         if table is not None:
             self.table_state = {name: torch.zeros_like(table) for name in self.table_state_names}
 
-    def _table_step(self, rows: torch.Tensor, grad: torch.Tensor) -> None:
-        """Adam on the rows a step used (lazy, as torch's SparseAdam), with the run's step count of the dense step."""
+    def _table_step(self, table_grad: TableGradient) -> None:
+        """Adam on the rows a step used (lazy, as torch's SparseAdam), with the run's step count and bias
+        corrections of the dense step (_step, just before)."""
         beta1, beta2 = ADAM_BETAS
-        flat, run, grad = self._rows(rows, grad)
-        width = flat.shape[1]
+        flat, grad = self._rows(table_grad)
+        rows, width = table_grad.rows, flat.shape[1]
         exp_avg, exp_avg_sq = (self.table_state[n].view(-1, width) for n in ("exp_avg", "exp_avg_sq"))
         m = torch.index_select(exp_avg, 0, rows).lerp_(grad, 1 - beta1)
         v = torch.index_select(exp_avg_sq, 0, rows).mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         exp_avg.index_copy_(0, rows, m)
         exp_avg_sq.index_copy_(0, rows, v)
-        # The bias corrections per run, in float64 as the dense step computes them, then one per row.
-        step = self.state["step"][0].view(-1)
-        step_size = (self._neg_lr.view(-1).double() / (1 - torch.pow(beta1, step))).to(flat.dtype)[run].unsqueeze(1)
-        correction = torch.sqrt(1 - torch.pow(beta2, step)).to(flat.dtype)[run].unsqueeze(1)
-        flat.index_add_(0, rows, m.div_(v.sqrt_().div_(correction).add_(ADAM_EPS)).mul_(step_size))
+        step_size, correction = self._corrections
+        flat.index_add_(0, rows, m.div_(v.sqrt_().div_(self._per_row(correction, table_grad.run)).add_(ADAM_EPS))
+                        .mul_(self._per_row(step_size, table_grad.run)))
 
     def _step(self, grads: list[torch.Tensor]) -> None:
         beta1, beta2 = ADAM_BETAS
@@ -215,8 +221,10 @@ class StackedAdam(StackedOptimizer):
         bias_correction1 = 1 - torch.pow(beta1, step)
         bias_correction2_sqrt = torch.sqrt(1 - torch.pow(beta2, step))
         step_size = (self._neg_lr.double() / bias_correction1).to(self.params[0].dtype)
+        correction = bias_correction2_sqrt.to(self.params[0].dtype)
+        self._corrections = (step_size, correction)  # the table's rows take the same (_table_step)
         denominator = torch._foreach_sqrt(exp_avg_sq)
-        torch._foreach_div_(denominator, [bias_correction2_sqrt.to(self.params[0].dtype)] * len(denominator))
+        torch._foreach_div_(denominator, [correction] * len(denominator))
         torch._foreach_add_(denominator, ADAM_EPS)
         torch._foreach_addcmul_(self.params, torch._foreach_div(exp_avg, denominator), [step_size] * len(self.params))
 

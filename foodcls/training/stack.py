@@ -17,7 +17,7 @@ import torch
 from foodcls.config import Config
 from foodcls.errors import FoodclsError, ResourceError, first_line
 from foodcls.training.backprop import Hidden, hidden_buffers, logits, loss_gradients
-from foodcls.training.names import name_vectors
+from foodcls.training.names import TableGradient, name_vectors, step_bags
 from foodcls.training.trainstate import TABLE_STATE
 from foodcls.training.epoch import EpochRows, GradientNorms
 from foodcls.training.optim import make_optimizer
@@ -186,12 +186,15 @@ class Stack:
             target_batches = one_hot.split(b, dim=2)
             weight_batches = weights.split(b, dim=1) if weights is not None else [None] * len(block)
             id_batches = ids.split(b, dim=1) if ids is not None else [None] * len(block)
+            # The names of the steps every run takes, worked out for the block at once (names.step_bags).
+            active_steps = max(0, min(block.stop, all_active) - block.start)
+            bags = step_bags(ids[:, : active_steps * b], b, self.hashing.buckets, xs.dtype) if ids is not None and active_steps else []
             for j, step in enumerate(block):
                 rows = (self.n_rows - step * b).clamp(0, b).view(-1, 1, 1).to(xs.dtype) if self.ragged else None
                 if step < all_active:
                     grads, table_grad = _split(loss_gradients(self.layers, self.activation, x_batches[j], target_batches[j],
                                                               weight_batches[j], rows, weights_t, self._workspace(x_batches[j].shape[1])[0],
-                                                              id_batches[j], self.optimizer.table))
+                                                              table=self.optimizer.table, bag=bags[j] if bags else None))
                     norms.add(grads)
                     self.optimizer.step(grads, table_grad=table_grad)
                 else:
@@ -228,7 +231,7 @@ class Stack:
                 rows = slice(start, start + EVAL_CHUNK_ROWS)
                 x = self.eval_x[:, rows].transpose(1, 2)
                 if self.table is not None:  # each run's name vectors after its nutrients
-                    x = torch.cat([x, name_vectors(self.table, self.eval_ids[:, rows])[0].transpose(1, 2)], dim=1)
+                    x = torch.cat([x, name_vectors(self.table, self.eval_ids[:, rows]).transpose(1, 2)], dim=1)
                 n = x.shape[2]
                 hidden, out = self._workspace(n)
                 z = logits(self.layers, self.activation, x, hidden, out)  # (k, C, rows)
@@ -356,7 +359,7 @@ def fit_stack(members: list[Run], device: torch.device, eval_threads: int = EVAL
         raise
 
 
-def _split(result) -> tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
+def _split(result) -> tuple[list[torch.Tensor], TableGradient | None]:
     """loss_gradients' result as (gradients, the name table's sparse gradient or None)."""
     return result if isinstance(result, tuple) else (result, None)
 
