@@ -77,8 +77,11 @@ def _bags(ids: torch.Tensor, buckets: int, dtype: torch.dtype) -> list[StepBag]:
     counts = real.sum(dim=3)  # (S, k, B): each name's n-grams
     offsets = torch.arange(k, device=ids.device).view(1, k, 1, 1) * buckets
     rows = (ids.long() + offsets).masked_select(real)  # in step, run, row, slot order
-    weights = torch.ones(counts.shape, dtype=dtype, device=ids.device).div_(counts.clamp(min=1)).unsqueeze(3).expand(-1, -1, -1, width).masked_select(real)
-    names = torch.arange(k * b, device=ids.device).view(1, k, b, 1).expand(steps, -1, -1, width).masked_select(real.view(steps, k, b, width))
+    # Each n-gram's name (its place among the block's names), then that name's weight and place in its step:
+    # from the names' counts, not two more masks over every slot.
+    name_of = torch.repeat_interleave(torch.arange(counts.numel(), device=ids.device), counts.view(-1))
+    weights = torch.ones(counts.numel(), dtype=dtype, device=ids.device).div_(counts.view(-1).clamp(min=1))[name_of]
+    names = name_of.remainder_(k * b)
     per_name = counts.view(steps, k * b)
     starts = per_name.cumsum(dim=1).sub_(per_name)
     sizes = per_name.sum(dim=1).tolist()
