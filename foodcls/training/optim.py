@@ -71,13 +71,16 @@ class StackedOptimizer:
             if runs is not None:
                 self.end_subset()
 
-    def _rows(self, table_grad: TableGradient) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the table laid flat, the rows' gradient with weight decay)."""
+    def _rows(self, table_grad: TableGradient) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the table laid flat, the rows' values, their gradient with weight decay). The rows are distinct:
+        each is written back once (index_put_), not added into (index_add_ took half as long again on an
+        11-run stack's 23 MB of tables, where every row read is a cache miss)."""
         flat = self.table.view(-1, self.table.shape[2])
+        values = torch.index_select(flat, 0, table_grad.rows)
         grad = table_grad.values
         if self.weight_decay is not None:
-            grad = torch.index_select(flat, 0, table_grad.rows).mul_(self._per_row(self.weight_decay, table_grad.run)).add_(grad)
-        return flat, grad
+            grad = (values * self._per_row(self.weight_decay, table_grad.run)).add_(grad)
+        return flat, values, grad
 
     def _per_row(self, per_run: torch.Tensor, run: torch.Tensor | None) -> torch.Tensor:
         """A per-run value (k, 1, 1) as a column for the rows of `run` (one run: the value itself, no gather)."""
@@ -153,13 +156,13 @@ class StackedSGD(StackedOptimizer):
                 self.table_state_names = ("momentum_buffer",)
 
     def _table_step(self, table_grad: TableGradient) -> None:
-        flat, grad = self._rows(table_grad)
+        flat, values, grad = self._rows(table_grad)
         rows = table_grad.rows
         if self.momentum is not None:
             buffer = self.table_state["momentum_buffer"].view(-1, flat.shape[1])
             grad = buffer[rows].mul_(self._per_row(self.momentum, table_grad.run)).add_(grad)
-            buffer.index_copy_(0, rows, grad)
-        flat.index_add_(0, rows, grad * self._per_row(self._neg_lr, table_grad.run))
+            buffer.index_put_((rows,), grad)
+        flat.index_put_((rows,), values.add_(grad * self._per_row(self._neg_lr, table_grad.run)))
 
     def _hyper(self) -> dict[str, torch.Tensor | None]:
         return {"weight_decay": self.weight_decay, "momentum": self.momentum}
@@ -197,16 +200,16 @@ class StackedAdam(StackedOptimizer):
         """Adam on the rows a step used (lazy, as torch's SparseAdam), with the run's step count and bias
         corrections of the dense step (_step, just before)."""
         beta1, beta2 = ADAM_BETAS
-        flat, grad = self._rows(table_grad)
+        flat, values, grad = self._rows(table_grad)
         rows, width = table_grad.rows, flat.shape[1]
         exp_avg, exp_avg_sq = (self.table_state[n].view(-1, width) for n in ("exp_avg", "exp_avg_sq"))
         m = torch.index_select(exp_avg, 0, rows).lerp_(grad, 1 - beta1)
         v = torch.index_select(exp_avg_sq, 0, rows).mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        exp_avg.index_copy_(0, rows, m)
-        exp_avg_sq.index_copy_(0, rows, v)
+        exp_avg.index_put_((rows,), m)
+        exp_avg_sq.index_put_((rows,), v)
         step_size, correction = self._corrections
-        flat.index_add_(0, rows, m.div_(v.sqrt_().div_(self._per_row(correction, table_grad.run)).add_(ADAM_EPS))
-                        .mul_(self._per_row(step_size, table_grad.run)))
+        flat.index_put_((rows,), values.add_(m.div_(v.sqrt_().div_(self._per_row(correction, table_grad.run)).add_(ADAM_EPS))
+                                             .mul_(self._per_row(step_size, table_grad.run))))
 
     def _step(self, grads: list[torch.Tensor]) -> None:
         beta1, beta2 = ADAM_BETAS
