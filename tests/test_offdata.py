@@ -6,6 +6,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from foodcls.errors import ConfigError, DataError
 from foodcls.offdata.build import build_dataset, parse_split, split_of
@@ -351,6 +353,22 @@ def test_compensating_tab_errors_in_one_block_are_both_ragged_never_shifted(tmp_
     assert kept["invalid_line"].to_list() == [None, f"ragged line 3: {len(off.HEADER) + 1} fields, expected {len(off.HEADER)}",
                                               f"ragged line 4: {len(off.HEADER) - 1} fields, expected {len(off.HEADER)}", None]
     assert kept["row"].to_list() == [0, 1, 2, 3]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(0, 700), min_size=1, max_size=40), st.integers(0, 300), st.booleans())
+def test_tabs_are_counted_exactly_per_line_whatever_the_expected_count(tabs, expected, crlf):
+    """tabs_per_line's 8-bit count (modulo 256, then checked against the block's total) gives every line's
+    exact count: lines with the expected count, with 256 or 512 more (the same modulo 256), fewer, and blank
+    ones; and the 16-bit count gives the same."""
+    from foodcls.offdata.read import tabs_per_line
+
+    lines = [expected + 256 * (t % 3) if t % 5 == 0 else t for t in tabs]  # many lines at expected + 256·j
+    lines = [expected if t % 7 == 1 else n for t, n in zip(tabs, lines)]
+    block = b"".join((b"x\t" * n + b"y" + (b"\r" if crlf else b"") + b"\n") if n or t % 2 else b"\n" for t, n in zip(tabs, lines))
+    exact = [line.count(b"\t") for line in block.split(b"\n")[:-1]]
+    assert tabs_per_line(block, expected).tolist() == exact
+    assert tabs_per_line(block).tolist() == exact
 
 
 def test_the_build_keeps_no_product_of_a_line_with_shifted_fields(tmp_path):

@@ -124,21 +124,36 @@ def line_problem(line: bytes, width: int) -> str | None:
 
 
 TAB = b"\t"
+MAX_RECOUNTED_LINES = 256  # lines of a block counted one by one (tabs_per_line) before it is counted in 16 bits
 INVALID = "invalid_line"  # with keep_invalid: why a row of the export could not be read (else null)
 
 
-def tabs_per_line(block: bytes) -> np.ndarray:
+def tabs_per_line(block: bytes, expected: int | None = None) -> np.ndarray:
     """The number of tabs on each line of a block that ends with a line end. Checked per line, not per block:
     a line with a tab too many and another with one too few add up to the right total, and were kept with
-    shifted columns (a jerky's protein read from the next field). Counted in numpy, in 16 bits (summing the
-    bytes in 64 bits took 115 ms per 32 MB block, in 16 bits 19 ms; numpy releases the GIL meanwhile), and
-    exactly for a line too long for 16 bits."""
+    shifted columns (a jerky's protein read from the next field). Counted in numpy (which releases the GIL
+    meanwhile), exactly for a line too long for 16 bits.
+
+    With `expected` (the tabs of a well-formed line) under 256, counted in 8 bits first, which is 7x faster
+    than in 16 (3 ms against 24 per 32 MB block; in 64 bits it was 115): that gives each count modulo 256.
+    A line whose count differs from `expected` modulo 256 is recounted exactly; each other line has
+    expected + 256·j tabs with j ≥ 0, so the block's total number of tabs is what those counts add up to only
+    when every j is 0. Otherwise (or with many lines to recount) the block is counted in 16 bits."""
     raw = np.frombuffer(block, dtype=np.uint8)
     ends = np.flatnonzero(raw == ord("\n"))
     if not len(ends):
         return np.zeros(0, np.int64)
     starts = np.concatenate([[0], ends[:-1] + 1])  # each line's segment runs to the next start: never empty
-    counts = np.add.reduceat((raw == ord("\t")).view(np.uint8), starts, dtype=np.uint16).astype(np.int64)
+    is_tab = (raw == ord("\t")).view(np.uint8)
+    if expected is not None and 0 <= expected < 256:
+        counts = np.add.reduceat(is_tab, starts, dtype=np.uint8).astype(np.int64)  # modulo 256
+        odd = np.flatnonzero(counts != expected)
+        if len(odd) <= MAX_RECOUNTED_LINES:
+            for i in odd.tolist():
+                counts[i] = block.count(TAB, int(starts[i]), int(ends[i]))
+            if int(np.count_nonzero(is_tab)) == int(counts.sum()):
+                return counts
+    counts = np.add.reduceat(is_tab, starts, dtype=np.uint16).astype(np.int64)
     for i in np.flatnonzero(ends - starts >= np.iinfo(np.uint16).max).tolist():
         counts[i] = block.count(TAB, int(starts[i]), int(ends[i]))
     return counts
@@ -149,7 +164,7 @@ def _parse_tsv_block(block: bytes, indices: dict[str, int], width: int, stats: S
     """The well-formed lines of a block (whole lines) as a frame. A ragged line is counted; with keep_invalid
     it stays in its place as a row of nulls whose invalid_line says why and where, so that a caller can
     account for every line. Blank lines are skipped."""
-    tabs = tabs_per_line(block)
+    tabs = tabs_per_line(block, width - 1)
     first_line = stats.lines + 1
     stats.lines += len(tabs)
     if not block or block.isspace():  # (isspace stops at the first other byte; strip would copy the block)
