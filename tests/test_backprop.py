@@ -110,7 +110,7 @@ def test_logits_match_the_torch_model_for_shared_and_per_model_inputs():
 def test_the_name_tables_gradients_match_autograd_of_an_embedding_bag_before_the_mlp():
     """The name feature: each model's mean of its names' bucket vectors beside the nutrients; the explicit
     gradients of the network and the sparse gradient of the table match autograd's dense ones."""
-    from foodcls.training.names import name_vectors
+    from foodcls.training.names import bag_vectors, step_bags
 
     torch.manual_seed(5)
     k, rows, buckets, dim, m = 2, 30, 50, 3, 6
@@ -124,7 +124,7 @@ def test_the_name_tables_gradients_match_autograd_of_an_embedding_bag_before_the
     inputs = with_ones(torch.cat([x, torch.zeros(k, rows, dim, dtype=torch.float64)], dim=2))
     grads, (table_rows, table_values, table_runs) = loss_gradients(stacked(models), "relu", inputs, columns(F.one_hot(y, 4).double()),
                                                        None, names=ids, table=tables.clone())
-    assert torch.equal(name_vectors(tables, ids)[:, 1], torch.zeros(k, dim, dtype=torch.float64))
+    assert torch.equal(bag_vectors(tables, step_bags(ids, rows, buckets, torch.float64)[0])[:, 1], torch.zeros(k, dim, dtype=torch.float64))
     assert torch.equal(table_runs, table_rows // buckets)
     for i, model in enumerate(models):
         table = tables[i].clone().requires_grad_(True)
@@ -144,7 +144,7 @@ def test_a_blocks_step_bags_are_each_steps_own():
     """A block's steps worked out at once (names.step_bags): each step reads the same vectors as its slice of
     names read alone, with pads, empty names and a shorter last step; its table gradient sums each row's
     contributions as a dense one-hot sum does."""
-    from foodcls.training.names import bag_vectors, name_vectors, step_bags, table_gradient
+    from foodcls.training.names import bag_vectors, step_bags, table_gradient
 
     torch.manual_seed(3)
     k, rows, buckets, dim, m, batch = 3, 23, 40, 4, 5, 6
@@ -159,11 +159,13 @@ def test_a_blocks_step_bags_are_each_steps_own():
         part = ids[:, step * batch : (step + 1) * batch]
         alone = step_bags(part, part.shape[1], buckets, torch.float64)[0]
         assert all(torch.equal(a, b) for a, b in zip(bag, alone))
-        torch.testing.assert_close(bag_vectors(tables, bag), name_vectors(tables, part), rtol=0, atol=1e-15)
+        real = (part != buckets).double()
+        per_id = real / real.sum(2, keepdim=True).clamp(min=1)  # each id's weight in its name's mean
+        padded = torch.cat([tables, torch.zeros(k, 1, dim, dtype=torch.float64)], dim=1)
+        means = (torch.stack([padded[i][part[i]] for i in range(k)]) * per_id.unsqueeze(3)).sum(2)
+        torch.testing.assert_close(bag_vectors(tables, bag), means, rtol=0, atol=1e-15)
         vector_grad = torch.randn(k, part.shape[1], dim, dtype=torch.float64)
         grad = table_gradient(bag, vector_grad, buckets)
-        real = (part != buckets).double()
-        per_id = real / real.sum(2, keepdim=True).clamp(min=1)
         flat = (part + torch.arange(k).view(-1, 1, 1) * buckets).where(part != buckets, k * buckets)
         dense = torch.zeros(k * buckets + 1, dim, dtype=torch.float64).index_add_(
             0, flat.reshape(-1), (vector_grad.unsqueeze(2) * per_id.unsqueeze(3)).reshape(-1, dim))[:-1]

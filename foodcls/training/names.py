@@ -5,9 +5,10 @@ sparse: a batch of 32 names touches a few hundred of 32,768 rows, and the optimi
 (optim.py: lazy updates, as torch's SparseAdam and fastText do).
 
 Ids come from text.ngram_ids, computed once per file in numpy: training and predict read the same ids. What a
-step needs from them (the rows each id reads, its weight, the distinct rows the step touches) is worked out for
-a block of steps at once (step_bags): per step, those were a dozen small operations and one sort, a third of
-a named epoch's time.
+step needs from them (each n-gram's row and weight and the name it belongs to, the pads left out) is worked out
+for a block of steps at once (step_bags): per step, over every slot, pads included, it was a dozen small
+operations, and with the sort of the rows a step touched, a third of a named epoch's time. Only that sort is
+still per step (sorting a block's keys at once measured twice as slow).
 """
 
 from __future__ import annotations
@@ -48,16 +49,6 @@ def initial_table(hashing: NameHashing, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, 2]).uniform(-bound, bound, (hashing.buckets, hashing.dim)).astype(np.float32)
 
 
-def bag_index(ids: torch.Tensor, buckets: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """For ids (k, B, M) of k runs (pad = buckets): the rows of the k tables laid end to end (k·buckets, dim)
-    that each id reads (a pad reads row 0 with weight 0), and each id's weight, 1 / the name's n-grams."""
-    real = ids != buckets
-    counts = real.sum(dim=2, keepdim=True).clamp_(min=1)
-    offsets = torch.arange(ids.shape[0], device=ids.device).view(-1, 1, 1) * buckets
-    index = torch.where(real, ids.long() + offsets, offsets)
-    return index, real.to(dtype) / counts
-
-
 def step_bags(ids: torch.Tensor, batch: int, buckets: int, dtype: torch.dtype = torch.float32) -> list[StepBag]:
     """The StepBag of each step of `batch` rows in ids (k, rows, M), in order, worked out for them all at once.
     Pads are left out here: most training rows can have no name (nameless files, name dropout), and their pads
@@ -88,17 +79,8 @@ def _bags(ids: torch.Tensor, buckets: int, dtype: torch.dtype) -> list[StepBag]:
     return [StepBag(*parts) for parts in zip(rows.split(sizes), weights.split(sizes), names.split(sizes), starts.unbind(0))]
 
 
-def name_vectors(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Each name's mean vector (k, B, dim) in its run's table (an empty name: zeros), for ids (k, B, M)."""
-    index, weights = bag_index(ids, table.shape[1], table.dtype)
-    k, buckets, dim = table.shape
-    vectors = functional.embedding_bag(index.view(-1, index.shape[2]), table.view(k * buckets, dim), mode="sum",
-                                       per_sample_weights=weights.view(-1, weights.shape[2]))
-    return vectors.view(k, ids.shape[1], dim)
-
-
 def bag_vectors(table: torch.Tensor, bag: StepBag) -> torch.Tensor:
-    """name_vectors of a step's names (k, B, dim), from its StepBag."""
+    """Each name's mean vector (k, B, dim) in its run's table (an empty name: zeros), from a step's StepBag."""
     k, buckets, dim = table.shape
     vectors = functional.embedding_bag(bag.rows, table.view(k * buckets, dim), bag.starts, mode="sum", per_sample_weights=bag.weights)
     return vectors.view(k, -1, dim)
