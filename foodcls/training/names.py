@@ -66,8 +66,8 @@ def _bags(ids: torch.Tensor, buckets: int, dtype: torch.dtype) -> list[StepBag]:
     steps, k, b, width = ids.shape
     real = ids != buckets
     counts = real.sum(dim=3)  # (S, k, B): each name's n-grams
-    offsets = torch.arange(k, device=ids.device).view(1, k, 1, 1) * buckets
-    rows = (ids.long() + offsets).masked_select(real)  # in step, run, row, slot order
+    offsets = torch.arange(k, dtype=ids.dtype, device=ids.device).view(1, k, 1, 1) * buckets
+    rows = (ids + offsets).masked_select(real).long()  # in step, run, row, slot order (int32 until the pads are out)
     # Each n-gram's name (its place among the block's names), then that name's weight and place in its step:
     # from the names' counts, not two more masks over every slot.
     name_of = torch.repeat_interleave(torch.arange(counts.numel(), device=ids.device), counts.view(-1))
