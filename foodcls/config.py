@@ -170,8 +170,9 @@ class TrainConfig(_Section):
     # suggestions' precision at this on the calibration rows (products of no class count as errors).
     suggest_precision: Annotated[StrictFloat, Field(gt=0, le=1)] | None = None
     # Which score says "in one of the named classes" (suggest, the open-set figures): probability,
-    # not_other (1 − p(other)), max_logit, energy, knn; null: not_other with an `other` class, else probability.
-    open_set_score: Literal["probability", "not_other", "max_logit", "energy", "knn"] | None = None
+    # not_other (1 − p(other)), max_logit, energy, knn, entropy (minus the probabilities' entropy); null:
+    # not_other with an `other` class, else probability.
+    open_set_score: Literal["probability", "not_other", "max_logit", "energy", "knn", "entropy"] | None = None
 
 
 class TrackingConfig(_Section):

@@ -49,6 +49,23 @@ def test_thresholds_are_the_lowest_score_that_keeps_the_precision_ties_never_spl
     assert not suggestions(other, np.array([1.0]), CLASSES, {c: 0.0 for c in CLASSES[:4]})[0]
 
 
+def test_the_entropy_score_is_minus_the_entropy_and_ranks_a_diffuse_answer_last():
+    from foodcls.inference.suggest import OPEN_SET_SCORES, open_set_scores
+
+    probabilities = np.array([[0.6, 0.1, 0.1, 0.1, 0.1],   # a beverage at 0.6, the rest spread over four classes
+                              [0.6, 0.0, 0.0, 0.4, 0.0],   # at 0.6 too, against a dessert at 0.4 (zeros: 0·log 0 = 0)
+                              [0.0, 0.0, 1.0, 0.0, 0.0]])  # certain
+    scores = open_set_scores("entropy", probabilities, np.zeros((1, 3, 5)), CLASSES)
+    by_hand = [0.6 * np.log(0.6) + 4 * 0.1 * np.log(0.1), 0.6 * np.log(0.6) + 0.4 * np.log(0.4), 0.0]
+    np.testing.assert_allclose(scores, by_hand, rtol=1e-12)
+    assert scores[2] > scores[1] > scores[0] and "entropy" in OPEN_SET_SCORES
+    # The top probability cannot tell the first two apart; the score can: the diffuse one (an `other`
+    # product here) falls below the threshold that keeps precision 0.9.
+    labels = np.array([4, 0, 2])
+    assert suggest_thresholds(probabilities, labels, scores, CLASSES, 0.9) == {"beverages": scores[1], "meats": None, "snacks": 0.0, "desserts": None}
+    assert suggestions(probabilities, scores, CLASSES, {"beverages": scores[1], "snacks": 0.0}).tolist() == [False, True, True]
+
+
 def test_a_checkpoint_of_the_previous_release_loads_and_answers_as_it_did():
     checkpoint = FIXTURES / "previous-release" / "best.safetensors"
     expected = json.loads((FIXTURES / "previous-release" / "predictions.json").read_text())
