@@ -198,6 +198,30 @@ def test_a_name_config_on_data_without_names_is_one_line_naming_the_file(config_
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+def test_a_ragged_stack_of_name_runs_matches_each_run_alone(named_dir, tmp_path):
+    """Runs with fewer rows finish their epoch first: the others step on alone, the name tables kept whole (only
+    the stepping runs' rows move, with their own learning rate and weight decay). Each run ends as trained
+    alone, to float rounding (a padded last batch sums in another order: test_train says so for nutrients)."""
+    from foodcls.training.fit import train, train_many
+
+    data = read_labelled_csv(named_dir / "train.csv")
+    configs = []
+    # The longest run last: the runs still stepping are then not the first ones (their places in the subset differ).
+    for i, (share, setting) in enumerate(((0.3, "train.weight_decay=0.01"), (0.6, "train.lr=0.02"), (1.0, "train.lr=0.01"))):
+        keep = np.arange(int(len(data.labels) * share))
+        path = tmp_path / f"train{i}.csv"
+        write_labelled_csv(path, LabelledData(data.features[keep], data.labels[keep], data.feature_names, "",
+                                              columns={"name": data.columns["name"][keep]}), ("name",))
+        configs.append(_config(named_dir, tmp_path / f"r{i}.yaml", f"data.train={path}", f"train.seed={i}", setting, "train.epochs=3"))
+    stacked = train_many([(c, f"r{i}") for i, c in enumerate(configs)], tmp_path / "stacked")
+    for i, config in enumerate(configs):
+        alone = train(config, runs_root=tmp_path / f"alone{i}", name="solo")
+        a, b = load_checkpoint(stacked[i].last_checkpoint).arrays, load_checkpoint(alone.last_checkpoint).arrays
+        assert set(a) == set(b)
+        for key in ("name.embedding", "net.0.weight", "optim.name.exp_avg", "optim.name.exp_avg_sq"):
+            np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-6, err_msg=f"run {i}: {key}")
+
+
 def test_name_dropout_and_nameless_files(named_dir, demo_dir, tmp_path):
     """A synthetic mix without names trains a name model (declared nameless, each row an empty bag); name
     dropout empties some names each epoch, reproducibly, stacked as solo and across a resume."""

@@ -91,7 +91,7 @@ def loss_gradients(
     layers: list[torch.Tensor], activation: str, x_rows: torch.Tensor, one_hot: torch.Tensor,
     row_weight: torch.Tensor | None, rows: torch.Tensor | None = None, weights_t: list[torch.Tensor] | None = None,
     hidden: list[Hidden] | None = None, names: torch.Tensor | None = None, table: torch.Tensor | None = None,
-    bag: StepBag | None = None,
+    bag: StepBag | None = None, bag_runs: torch.Tensor | None = None,
 ) -> list[torch.Tensor] | tuple[list[torch.Tensor], TableGradient]:
     """Gradients of the (weighted) mean cross-entropy of each model, one per layer (k, out, in + 1): the
     weights' gradient, then the bias's in the last column.
@@ -109,13 +109,16 @@ def loss_gradients(
     names (k, B, M) and table (k, buckets, dim): the batch's name ids and the runs' bucket vectors (names.py);
     x_rows then has dim columns before the ones, where the names' vectors are written, and the result is
     (gradients, the sparse gradient of the tables). bag: the batch's names already worked out (names.step_bags),
-    in place of names."""
+    in place of names. bag_runs: when the layers are some runs of a stack (a ragged epoch's last steps), which
+    ones — the bag and the table are then the whole stack's (the other runs' names empty)."""
     act_in_place = TORCH_ACTIVATIONS[activation][2]
     n = x_rows.shape[1]
     if names is not None and bag is None:
         bag = step_bags(names, names.shape[1], table.shape[1], table.dtype)[0]
     if bag is not None:
         vectors = bag_vectors(table, bag)
+        if bag_runs is not None:
+            vectors = vectors.index_select(0, bag_runs)
         first_name = x_rows.shape[2] - 1 - table.shape[2]  # the name's columns: after the nutrients, before the ones
         x_rows[:, :, first_name:-1] = vectors
     hidden = hidden if hidden is not None else hidden_buffers(layers, n)
@@ -141,6 +144,8 @@ def loss_gradients(
     for i in range(len(layers) - 1, -1, -1):
         if i == 0 and bag is not None:  # the loss's gradient with respect to each name vector, then its rows'
             vector_grad = torch.bmm(transposed[0][:, first_name : first_name + table.shape[2]], grad).transpose(1, 2)
+            if bag_runs is not None:  # the whole stack's, zeros for the runs not stepping (their names are empty)
+                vector_grad = vector_grad.new_zeros(table.shape[0], *vector_grad.shape[1:]).index_copy_(0, bag_runs, vector_grad)
             name_grad = table_gradient(bag, vector_grad, table.shape[1])
         if i == 0 and 5 <= x.shape[1] < 12 <= grad.shape[1]:
             # The same product computed transposed: MKL's sgemm took 13-38 µs for (32 or 64)×256 by 256×(5-10),

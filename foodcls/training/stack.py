@@ -189,16 +189,15 @@ class Stack:
             x_batches = xs.split(b, dim=1)
             target_batches = one_hot.split(b, dim=2)
             weight_batches = weights.split(b, dim=1) if weights is not None else [None] * len(block)
-            id_batches = ids.split(b, dim=1) if ids is not None else [None] * len(block)
-            # The names of the steps every run takes, worked out for the block at once (names.step_bags).
-            active_steps = max(0, min(block.stop, all_active) - block.start)
-            bags = step_bags(ids[:, : active_steps * b], b, self.hashing.buckets, xs.dtype) if ids is not None and active_steps else []
+            # The block's names, worked out at once (names.step_bags); in a ragged epoch's last steps, the runs done
+            # with it have padding rows there, empty names.
+            bags = step_bags(ids, b, self.hashing.buckets, xs.dtype) if ids is not None else [None] * len(block)
             for j, step in enumerate(block):
                 rows = (self.n_rows - step * b).clamp(0, b).view(-1, 1, 1).to(xs.dtype) if self.ragged else None
                 if step < all_active:
                     grads, table_grad = _split(loss_gradients(self.layers, self.activation, x_batches[j], target_batches[j],
                                                               weight_batches[j], rows, weights_t, self._workspace(x_batches[j].shape[1])[0],
-                                                              table=self.optimizer.table, bag=bags[j] if bags else None))
+                                                              table=self.optimizer.table, bag=bags[j]))
                     norms.add(grads)
                     self.optimizer.step(grads, table_grad=table_grad)
                 else:
@@ -213,7 +212,7 @@ class Stack:
                     grads, table_grad = _split(loss_gradients(
                         tail.layers, self.activation, pick(x_batches[j]), pick(target_batches[j]),
                         pick(weight_batches[j]) if weights is not None else None, pick(rows), tail.weights_t,
-                        tail.hidden(x_batches[j].shape[1]), pick(id_batches[j]) if ids is not None else None, self.optimizer.table))
+                        tail.hidden(x_batches[j].shape[1]), table=self.optimizer.table, bag=bags[j], bag_runs=tail.index))
                     norms.add_some(grads, tail.index, len(self.members))
                     self.optimizer.step(grads, table_grad=table_grad)
         if tail is not None:
