@@ -12,7 +12,8 @@ probabilities (probability, not_other, entropy: suggest.open_set_scores), thresh
     foodcls cv --config configs/off_suggest.yaml --group-by source      # writes runs/cv-off_suggest-…
     python scripts/calibration_maps.py runs/cv-off_suggest-<stamp> [--precision 0.9]
 
-Needs the baselines extra (scikit-learn, scipy).
+Needs the baselines extra (scikit-learn, scipy). The softmax, NLL and temperature fit are foodcls's own
+(inference/calibration.py).
 """
 
 from __future__ import annotations
@@ -23,32 +24,25 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from scipy.optimize import minimize, minimize_scalar
+from scipy.optimize import minimize
 from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import roc_auc_score
 
-from foodcls.inference.calibration import expected_calibration_error
+from foodcls.inference.calibration import expected_calibration_error, fit_temperature, nll, softmax
 from foodcls.inference.predict import load_predictor
 from foodcls.inference.suggest import open_set_scores, suggest_thresholds, suggestion_figures, suggestions
 
 Map = Callable[[np.ndarray], np.ndarray]
 
 
-def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def nll(p: np.ndarray, y: np.ndarray) -> float:
-    return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
-
-
 def tempered(p: np.ndarray, t: float) -> np.ndarray:
-    return softmax(np.log(p + 1e-12) / t)
+    """Probabilities p re-tempered: softmax(log p / t), as the checkpoint's own temperature acts on logits."""
+    return softmax(np.log(p + 1e-12), t)
 
 
 def fitted_temperature(p: np.ndarray, y: np.ndarray) -> float:
-    return float(minimize_scalar(lambda t: nll(tempered(p, t), y), bounds=(0.05, 20), method="bounded").x)
+    """The temperature for probabilities p, fitted as training fits the checkpoint's (calibration.fit_temperature)."""
+    return fit_temperature(np.log(p + 1e-12), y)
 
 
 def identity(p: np.ndarray, y: np.ndarray, other: int) -> Map:

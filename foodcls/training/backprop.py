@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from foodcls.training.names import StepBag, TableGradient, bag_vectors, step_bags, table_gradient
+from foodcls.training.names import StepBag, TableGradient, bag_vectors, table_gradient
 
 # The torch side of inference/network.py's ACTIVATIONS (same keys, checked by tests/test_layout.py):
 # forward; dL/d(pre-activation) from dL/d(output) and the output (grad may be overwritten); the forward in place.
@@ -90,8 +90,8 @@ def smooth_targets(one_hot: torch.Tensor, smoothing: float) -> torch.Tensor:
 def loss_gradients(
     layers: list[torch.Tensor], activation: str, x_rows: torch.Tensor, one_hot: torch.Tensor,
     row_weight: torch.Tensor | None, rows: torch.Tensor | None = None, weights_t: list[torch.Tensor] | None = None,
-    hidden: list[Hidden] | None = None, names: torch.Tensor | None = None, table: torch.Tensor | None = None,
-    bag: StepBag | None = None, bag_runs: torch.Tensor | None = None,
+    hidden: list[Hidden] | None = None, table: torch.Tensor | None = None, bag: StepBag | None = None,
+    bag_runs: torch.Tensor | None = None,
 ) -> list[torch.Tensor] | tuple[list[torch.Tensor], TableGradient]:
     """Gradients of the (weighted) mean cross-entropy of each model, one per layer (k, out, in + 1): the
     weights' gradient, then the bias's in the last column.
@@ -106,15 +106,12 @@ def loss_gradients(
     once; rows (k, 1, 1), when given, is the number of real rows per model (the rest is padding and
     one_hot is zero there), else all B rows are real.
 
-    names (k, B, M) and table (k, buckets, dim): the batch's name ids and the runs' bucket vectors (names.py);
-    x_rows then has dim columns before the ones, where the names' vectors are written, and the result is
-    (gradients, the sparse gradient of the tables). bag: the batch's names already worked out (names.step_bags),
-    in place of names. bag_runs: when the layers are some runs of a stack (a ragged epoch's last steps), which
+    bag and table (k, buckets, dim): the batch's names, worked out by names.step_bags, and the runs' bucket
+    vectors (names.py); x_rows then has dim columns before the ones, where the names' vectors are written, and
+    the result is (gradients, the sparse gradient of the tables). bag_runs: when the layers are some runs of a stack (a ragged epoch's last steps), which
     ones — the bag and the table are then the whole stack's (the other runs' names empty)."""
     act_in_place = TORCH_ACTIVATIONS[activation][2]
     n = x_rows.shape[1]
-    if names is not None and bag is None:
-        bag = step_bags(names, names.shape[1], table.shape[1], table.dtype)[0]
     if bag is not None:
         vectors = bag_vectors(table, bag)
         if bag_runs is not None:
