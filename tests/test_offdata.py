@@ -395,3 +395,35 @@ def test_ragged_quoted_csv_and_json_lines_are_kept_as_invalid_rows_when_asked(tm
     assert frame["code"].to_list() == ["1", None, "2"]
     assert frame["invalid_line"].to_list() == [None, "line 3: not a product's JSON object", None]
     assert stats.ragged == 1 and stats.rows == 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(width=32), min_size=1, max_size=40), st.sampled_from(["nested", "flat"]))
+def test_parquet_float32_values_are_read_as_their_text_would_be(values, layout):
+    # A float32 is read as its shortest decimal (12.3, not 12.300000190734863): the value a text export of the same
+    # product gives; NaN and infinities are unknown, as in text. (Taking the float32 as it is fails this.)
+    import numpy as np
+
+    from foodcls.offdata.clean import with_nutrients
+    from foodcls.offdata.parquet import column_expressions
+
+    n = len(values)
+    text = {"code": [str(i) for i in range(n)], "categories_tags": [None] * n, "product_name": [None] * n,
+            "generic_name": [None] * n, "brands": [None] * n}
+    if layout == "nested":
+        entry = pl.Struct({"name": pl.String, "100g": pl.Float32})
+        nutriments = [[{"name": "proteins", "100g": v}, {"name": "energy-kcal", "100g": v}] for v in values]
+        frame = pl.DataFrame({**text, "nutriments": nutriments, "additives_n": list(range(n))},
+                             schema_overrides={"nutriments": pl.List(entry)})
+    else:
+        frame = pl.DataFrame({**text, "proteins_100g": values, "energy-kcal_100g": values, "additives_n": list(range(n))},
+                             schema_overrides={"proteins_100g": pl.Float32, "energy-kcal_100g": pl.Float32})
+        frame = frame.with_columns(pl.lit(None, pl.Float64).alias(c) for c in ("carbohydrates_100g", "fat_100g"))
+    read = frame.lazy().select(column_expressions(dict(frame.schema), Path("x.parquet"), ("code", "protein", "additives")))
+    missing = [c for c in ("carbs", "fat", "sugars", "saturated_fat", "salt", "fiber", "energy_kj")
+               if c not in read.collect_schema()]
+    nutrients = with_nutrients(read.with_columns(pl.lit(None, pl.String).alias(c) for c in missing)).collect()
+    expected = [float(str(np.float32(v))) if np.isfinite(v) else None for v in values]
+    assert nutrients["protein"].to_list() == expected
+    assert nutrients["energy"].to_list() == expected  # energy-kcal, the same road
+    assert nutrients["additives"].to_list() == [float(i) for i in range(n)]

@@ -8,6 +8,7 @@ from typing import TypeVar
 import polars as pl
 
 from foodcls.features import ALL_FEATURES, KJ_PER_KCAL, KJ_RATIO, MACROS, NUTRIENTS, PARTS, SEED_FEATURES, TOLERANCE_G
+from foodcls.offdata.columns import NUMBER_COLUMNS
 from foodcls.offdata.rules import LabelRules, label_expressions
 
 Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
@@ -37,9 +38,13 @@ MANGLED_BARCODE = r"^\d+(?:[.,]\d+)?[eE][+-]?\d+$"  # 8.01E+12: a spreadsheet tu
 GRAMS = tuple(n for n in ALL_FEATURES if NUTRIENTS[n].unit == "g per 100 g")
 
 
-def _number(column: str) -> pl.Expr:
-    """Decimal point or comma; non-numeric, NaN and infinities become null (counted as missing)."""
-    value = pl.col(column).str.strip_chars().str.replace(",", ".", literal=True).cast(pl.Float64, strict=False)
+def _number(column: str, dtype: pl.DataType) -> pl.Expr:
+    """A column of numbers as they are (the Parquet export's), or of text: decimal point or comma, spaces around;
+    non-numeric, NaN and infinities become null (counted as missing)."""
+    if dtype.is_numeric():
+        value = pl.col(column).cast(pl.Float64)
+    else:
+        value = pl.col(column).str.strip_chars().str.replace(",", ".", literal=True).cast(pl.Float64, strict=False)
     return pl.when(value.is_finite()).then(value).otherwise(None)
 
 
@@ -47,7 +52,7 @@ def _energy_copied() -> pl.Expr:
     """An export that gives the same figure as kcal and as kJ copied one into the other (a spreadsheet
     sample puts a juice's 59 kJ in both); the macros, at 4/4/9 kcal per g, decide which unit it was:
     the kJ reading where it lies nearer them in ratio, i.e. where the figure exceeds √4.184 × theirs."""
-    kcal, kj = _number("energy_kcal"), _number("energy_kj")
+    kcal, kj = pl.col("energy_kcal"), pl.col("energy_kj")
     from_macros = 4 * pl.col("protein") + 4 * pl.col("carbs") + 9 * pl.col("fat")
     return ((kcal == kj) & (kcal > 0) & (kcal > KJ_RATIO * from_macros)).fill_null(False)
 
@@ -55,8 +60,9 @@ def _energy_copied() -> pl.Expr:
 def _energy() -> pl.Expr:
     """kcal per 100 g: energy-kcal_100g, else energy_100g (kJ) ÷ 4.184; a kJ figure copied into the kcal
     field is converted (needs the macro columns)."""
-    kcal = pl.when(pl.col("energy_copied")).then(_number("energy_kj") / KJ_PER_KCAL).otherwise(_number("energy_kcal"))
-    return pl.coalesce(kcal, _number("energy_kj") / KJ_PER_KCAL)
+    kj = pl.col("energy_kj") / KJ_PER_KCAL
+    kcal = pl.when(pl.col("energy_copied")).then(kj).otherwise(pl.col("energy_kcal"))
+    return pl.coalesce(kcal, kj)
 
 
 def _content_key() -> pl.Expr:
@@ -85,8 +91,10 @@ def _duplicate_keys() -> tuple[pl.Expr, pl.Expr]:
 
 def with_nutrients(batch: Frame) -> Frame:
     """Add the nine nutrients as numbers (null where unknown or not a number), energy in kcal, and
-    energy_copied (a kJ figure found in the kcal field and converted). Works lazily too."""
-    numbers = [_number(c).alias(c) for c in NUMERIC if c != "energy"]
+    energy_copied (a kJ figure found in the kcal field and converted); energy_kcal and energy_kj become
+    numbers too. Works lazily too."""
+    schema = batch.collect_schema()
+    numbers = [_number(c, schema[c]).alias(c) for c in NUMBER_COLUMNS]
     frame = batch.with_columns(*numbers)
     return frame.with_columns(_energy_copied().alias("energy_copied")).with_columns(_energy().alias("energy"))
 

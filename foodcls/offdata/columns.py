@@ -24,6 +24,8 @@ EXPORT_NAMES: dict[str, tuple[str, ...]] = {
     "energy_kj": ("energy_100g", "energy-kj_100g"),
 }
 COLUMNS = tuple(EXPORT_NAMES)
+# The columns that hold numbers (the nutrients per 100 g, the additives count, energy as kcal and as kJ).
+NUMBER_COLUMNS = tuple(c for c in EXPORT_NAMES if c not in ("code", "product_name", "generic_name", "brands", "categories_tags"))
 REQUIRED = ("code", "categories_tags", "protein", "carbs", "fat", "additives")
 
 

@@ -2,8 +2,9 @@
 
 `nutriments` is a list of structs {name, value, 100g, serving, unit, …}: each nutrient we use is the
 `100g` field of the entry with its name. `product_name` is a list of {lang, text}; `categories_tags`
-a list of tags. A Parquet file with flat `<name>_100g` columns (the CSV layout) is read too. Values
-are turned into strings, as every other reader yields them, so one cleaning step serves all formats.
+a list of tags. A Parquet file with flat `<name>_100g` columns (the CSV layout) is read too. Numbers stay
+numbers (float64, each float32 rounded as its text would be: the values of every format are the same), text
+stays text; the cleaning step (offdata/clean.py) takes either.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import polars as pl
 
 from foodcls.errors import DataError, first_line
-from foodcls.offdata.columns import EXPORT_NAMES, REQUIRED, missing_required
+from foodcls.offdata.columns import EXPORT_NAMES, NUMBER_COLUMNS, REQUIRED, missing_required
 from foodcls.offdata.sniff import DAMAGED_STREAM_ERRORS, ExportFormat, decompressed
 
 # Rows per batch handed to Python (each batch costs a fixed few ms); the environment variable is for tests.
@@ -43,6 +44,15 @@ NUTRIMENT_NAMES = {
 
 def _text(expr: pl.Expr) -> pl.Expr:
     return expr.cast(pl.String)
+
+
+def _number(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """A number column as float64. A float32 (the export's nutriments) goes through its shortest decimal, as a
+    text export writes it and the cleaning step of text reads it: 12.3 g stays 12.3, not 12.300000190734863
+    — the same value from every format of the same export."""
+    if dtype == pl.Float32:
+        return expr.cast(pl.String).cast(pl.Float64, strict=False)
+    return expr.cast(pl.Float64) if dtype.is_numeric() else _text(expr)
 
 
 def _list_of_structs(dtype: pl.DataType, *fields: str) -> bool:
@@ -68,12 +78,14 @@ def _tags_expr(dtype: pl.DataType) -> pl.Expr:
 
 
 def column_expressions(schema: dict[str, pl.DataType], path: Path, required: tuple[str, ...] = REQUIRED) -> list[pl.Expr]:
-    """Our columns (as strings) from the Parquet schema; a one-line error when a required one is missing."""
+    """Our columns (numbers as float64, the rest as text) from the Parquet schema; a one-line error when a required
+    one is missing."""
     nested = "nutriments" in schema and _list_of_structs(schema["nutriments"], "name", "100g")
+    per_100g = next((f.dtype for f in schema["nutriments"].inner.fields if f.name == "100g"), None) if nested else None
     found: dict[str, pl.Expr] = {}
     for column, export_names in EXPORT_NAMES.items():
         if nested and column in NUTRIMENT_NAMES:
-            found[column] = _text(_nutriment(NUTRIMENT_NAMES[column]))
+            found[column] = _number(_nutriment(NUTRIMENT_NAMES[column]), per_100g)
             continue
         name = next((n for n in export_names if n in schema), None)
         if name is None:
@@ -84,6 +96,8 @@ def column_expressions(schema: dict[str, pl.DataType], path: Path, required: tup
             found[column] = _tags_expr(schema[name])
         elif isinstance(schema[name], (pl.List, pl.Struct)):
             raise DataError(f"{path}: column {name} is {schema[name]}, expected a single value per product")
+        elif column in NUMBER_COLUMNS:
+            found[column] = _number(pl.col(name), schema[name])
         else:
             found[column] = _text(pl.col(name))
     missing = missing_required(found, required)

@@ -343,8 +343,8 @@ def _read_guarded(path: Path, batches: Iterator[pl.DataFrame]) -> Iterator[pl.Da
 
 def read_export(path: str | Path, stats: SourceStats, transform: Transform = lambda frame: frame, *,
                 keep_invalid: bool = False, required: tuple[str, ...] = REQUIRED, checksum: bool = True) -> Iterator[pl.DataFrame]:
-    """Batches with columns row, code, product_name, brands, categories_tags, the nutrients (strings), in
-    file order, passed through transform (lazily, on the fast path). A line that cannot be read (ragged,
+    """Batches with columns row, code, product_name, brands, categories_tags, the nutrients (text; numbers from
+    Parquet), in file order, passed through transform (lazily, on the fast path). A line that cannot be read (ragged,
     not JSON) is counted in stats and left out, or with keep_invalid kept in its place as a row of nulls
     whose invalid_line says why (every other row has it null). required: the columns without which the file
     is refused (one line naming them). checksum: stats.sha256 is the file's (a datacard's provenance; it
