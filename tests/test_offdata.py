@@ -449,3 +449,17 @@ def test_reading_keeps_large_blocks_on_the_heap_for_the_next_one():
     assert libc.mallinfo2().hblkhd == mapped  # not a mapping of its own
     del block
     assert libc.mallinfo2().fordblks >= 40 << 20  # freed, and kept
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1200), st.integers(1, 6000)), min_size=0, max_size=4))
+def test_line_ends_are_every_line_end_whatever_the_lengths(runs):
+    # Runs of lines of one length each: long ones (bytes.find's road), then perhaps thousands of short ones (the
+    # switch to numpy's road, every 4,096 lines), in any order; blank lines too.
+    import numpy as np
+
+    from foodcls.offdata.read import line_ends
+
+    block = b"".join((b"x\t" * (length // 2) + b"y" * (length % 2) + b"\n") * count for length, count in runs)
+    raw = np.frombuffer(block, dtype=np.uint8)
+    assert line_ends(block, raw).tolist() == np.flatnonzero(raw == ord("\n")).tolist()

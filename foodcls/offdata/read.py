@@ -124,8 +124,26 @@ def line_problem(line: bytes, width: int) -> str | None:
 
 
 TAB = b"\t"
+LONG_LINE = 256  # bytes: lines longer on average have their ends found by bytes.find (line_ends)
 MAX_RECOUNTED_LINES = 256  # lines of a block counted one by one (tabs_per_line) before it is counted in 16 bits
 INVALID = "invalid_line"  # with keep_invalid: why a row of the export could not be read (else null)
+
+
+def line_ends(block: bytes, raw: np.ndarray) -> np.ndarray:
+    """The positions of the block's line ends. An export's lines run to thousands of bytes: bytes.find (memchr)
+    skips from one to the next in a third of the time numpy takes to compare every byte and gather the matches;
+    where the lines turn out short (under LONG_LINE bytes on average, checked every 4,096), numpy's road
+    finds the rest."""
+    ends: list[int] = []
+    find = block.find
+    position = find(b"\n")
+    while position != -1:
+        ends.append(position)
+        if len(ends) % 4096 == 0 and position < len(ends) * LONG_LINE:
+            rest = np.flatnonzero(raw[position + 1 :] == ord("\n")) + (position + 1)
+            return np.concatenate([np.array(ends, dtype=np.int64), rest])
+        position = find(b"\n", position + 1)
+    return np.array(ends, dtype=np.int64)
 
 
 def tabs_per_line(block: bytes, expected: int | None = None) -> np.ndarray:
@@ -140,7 +158,7 @@ def tabs_per_line(block: bytes, expected: int | None = None) -> np.ndarray:
     expected + 256·j tabs with j ≥ 0, so the block's total number of tabs is what those counts add up to only
     when every j is 0. Otherwise (or with many lines to recount) the block is counted in 16 bits."""
     raw = np.frombuffer(block, dtype=np.uint8)
-    ends = np.flatnonzero(raw == ord("\n"))
+    ends = line_ends(block, raw)
     if not len(ends):
         return np.zeros(0, np.int64)
     starts = np.concatenate([[0], ends[:-1] + 1])  # each line's segment runs to the next start: never empty
