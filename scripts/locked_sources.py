@@ -3,7 +3,7 @@ score the two locked exports (products of the four classes, and products in none
 
     python scripts/locked_sources.py [--shared ../shared/data/off-exports] [--workdir /tmp/foodcls-locked]
                                      [--locked off-search-2018-mixed.tsv off-search-2019-snacks.tsv]
-                                     [--recipes off off_rich off_open] [--cv] [--seeds N]
+                                     [--recipes off off_rich off_open] [--cv] [--seeds N] [--set KEY=VALUE ...]
 
 In the work directory: data/off (`data build --other` of the design exports), locked/ (the locked exports'
 build, less any barcode the design exports hold, split into in-class.csv and other.csv), runs/. With --cv
@@ -62,6 +62,8 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=["off", "off_rich", "off_open"])
     parser.add_argument("--cv", action="store_true", help="first cross-validate each recipe by source on the design exports")
     parser.add_argument("--seeds", type=int, default=1, help="train each recipe with train.seed 0…N-1")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every recipe, as `foodcls train --set` (e.g. model.ensemble=3)")
     args = parser.parse_args()
     from foodcls.config import load_config
     from foodcls.experiments.cv import run_cv
@@ -83,17 +85,18 @@ def main() -> None:
     for recipe in args.recipes:
         config_path = REPO / "configs" / f"{recipe}.yaml"
         if args.cv:
-            report = run_cv(config_path, group_by="source", runs_root=work / "runs", workers=2)
+            report = run_cv(config_path, group_by="source", overrides=args.overrides, runs_root=work / "runs", workers=2)
             print(json.dumps({"recipe": recipe, "cv_pooled": report["pooled"]}))
         seen = []
         for seed in range(args.seeds):
-            result = train(load_config(config_path, [f"train.seed={seed}"]), runs_root=work / "runs", name=f"{recipe}-seed{seed}")
+            config = load_config(config_path, [*args.overrides, f"train.seed={seed}"])
+            result = train(config, runs_root=work / "runs", name=f"{recipe}-seed{seed}")
             figures = evaluate_checkpoint(result.best_checkpoint, [in_class], other)
             keep = ("n", "accuracy", "balanced_accuracy", "per_class", "calibration", "ece", "nll", "brier", "conformal",
                     "risk_coverage", "open_set", "suggestions", "warnings")
-            print(json.dumps({"recipe": recipe, "seed": seed, "run_dir": str(result.run_dir), **{k: figures.get(k) for k in keep}}))
+            print(json.dumps({"recipe": recipe, "overrides": args.overrides, "seed": seed, "run_dir": str(result.run_dir), **{k: figures.get(k) for k in keep}}))
             seen.append(headline(figures))
-        print(json.dumps({"recipe": recipe, "seeds": args.seeds, "mean_sd": {
+        print(json.dumps({"recipe": recipe, "overrides": args.overrides, "seeds": args.seeds, "mean_sd": {
             key: [round(float(np.mean(v)), 4), round(float(np.std(v, ddof=1)), 4) if len(v) > 1 else 0.0]
             for key in seen[0] if None not in (v := [s[key] for s in seen])}}))
 

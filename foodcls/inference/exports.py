@@ -171,7 +171,7 @@ def _predictions(predictor: Predictor, batch, features: list[str], options: Trus
     columns = {name: batch[name] for name in TEXT_COLUMNS}
     columns["predicted"] = pl.Series("predicted", predicted.tolist(), dtype=pl.String)
     for k, name in enumerate(classes):
-        columns[f"p_{name}"] = pl.Series(f"p_{name}", probabilities[:, k]).fill_nan(None)
+        columns[f"p_{name}"] = pl.Series(f"p_{name}", probabilities[:, k], nan_to_null=True)
     columns["decision"] = pl.Series("decision", decision.tolist(), dtype=pl.String)
     columns["suggest"] = pl.Series("suggest", suggest)
     if sets is not None:
