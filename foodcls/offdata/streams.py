@@ -31,10 +31,11 @@ KEEP_FREED_BYTES, HEAP_UP_TO_BYTES = 128 << 20, 256 << 20
 def reuse_freed_blocks() -> bool:
     """Let the process reuse the memory of the blocks it frees. glibc gives each allocation over 32 MB (a read
     block, a block joined to the last one's partial line) pages of its own and hands them back when it is freed,
-    so every block's pages were faulted in and zeroed anew: 2.0 of the 3.1 CPU-s that reading a million TSV rows
-    (2.5 GB) took, as system time. With the blocks on the heap and the heap kept, 0.5. The process's peak memory
-    is the same (benchmarks/predict_speed.py: peak RSS); what is freed stays with the process until it ends.
-    Once per process; False where the C library is not glibc (nothing changed)."""
+    so every block's pages are faulted in and zeroed anew. On this VM that is at times slow: predict on a million
+    TSV rows spent 3.2–5.2 s of system time in it (13.2 / 10.0 s wall), against 1.0 with the blocks on the heap
+    (9.3 / 8.5 s); at quiet times the faults are cheap (~1 s) and the runs the same. The cost: the heap kept,
+    peak RSS 381 against 311 MB at a million rows (423 MB at four million; the goal is 500). Once per process;
+    False where the C library is not glibc (nothing changed)."""
     if not sys.platform.startswith("linux"):
         return False
     try:
