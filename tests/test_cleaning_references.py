@@ -111,8 +111,13 @@ def test_decimal_commas_and_non_numbers():
     from foodcls.offdata.clean import _number
 
     frame = pl.DataFrame({"x": [" 1,5 ", "2.25", "abc", "nan", "inf", "", None, "1,2,3", "1.5e1"]})
-    values = frame.select(_number("x")).to_series().to_list()
+    values = frame.select(_number("x", pl.String)).to_series().to_list()
     assert values[:2] == [1.5, 2.25] and values[2:8] == [None] * 6 and values[8] == 15.0  # NaN, inf: unknown
+    # A column of numbers (the Parquet export's) is taken as it is, NaN and infinities unknown as in text.
+    numbers = pl.DataFrame({"x": [1.5, float("nan"), float("inf"), None, -2.0]}, schema={"x": pl.Float32})
+    assert numbers.select(_number("x", pl.Float32)).to_series().to_list() == [1.5, None, None, None, -2.0]
+    counts = pl.DataFrame({"x": [0, 3, None]}, schema={"x": pl.Int32})
+    assert counts.select(_number("x", pl.Int32)).to_series().to_list() == [0.0, 3.0, None]
 
 
 def test_the_name_joins_a_generic_name_that_says_more_and_cleans_control_characters():
