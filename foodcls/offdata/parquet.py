@@ -47,12 +47,12 @@ def _text(expr: pl.Expr) -> pl.Expr:
 
 
 def _number(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
-    """A number column as float64. A float32 (the export's nutriments) goes through its shortest decimal, as a
-    text export writes it and the cleaning step of text reads it: 12.3 g stays 12.3, not 12.300000190734863
-    — the same value from every format of the same export."""
+    """A number column as it is (the cleaning step, clean._number, makes it float64), text as text. A float32
+    (the export's nutriments) goes through its shortest decimal, as a text export writes it and the cleaning
+    step of text reads it: 12.3 g stays 12.3, not 12.300000190734863 — the same value from every format."""
     if dtype == pl.Float32:
         return expr.cast(pl.String).cast(pl.Float64, strict=False)
-    return expr.cast(pl.Float64) if dtype.is_numeric() else _text(expr)
+    return expr if dtype.is_numeric() else _text(expr)
 
 
 def _list_of_structs(dtype: pl.DataType, *fields: str) -> bool:
@@ -78,7 +78,7 @@ def _tags_expr(dtype: pl.DataType) -> pl.Expr:
 
 
 def column_expressions(schema: dict[str, pl.DataType], path: Path, required: tuple[str, ...] = REQUIRED) -> list[pl.Expr]:
-    """Our columns (numbers as float64, the rest as text) from the Parquet schema; a one-line error when a required
+    """Our columns (numbers as numbers, the rest as text) from the Parquet schema; a one-line error when a required
     one is missing."""
     nested = "nutriments" in schema and _list_of_structs(schema["nutriments"], "name", "100g")
     per_100g = next((f.dtype for f in schema["nutriments"].inner.fields if f.name == "100g"), None) if nested else None

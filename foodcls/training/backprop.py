@@ -108,8 +108,9 @@ def loss_gradients(
 
     bag and table (k, buckets, dim): the batch's names, worked out by names.step_bags, and the runs' bucket
     vectors (names.py); x_rows then has dim columns before the ones, where the names' vectors are written, and
-    the result is (gradients, the sparse gradient of the tables). bag_runs: when the layers are some runs of a stack (a ragged epoch's last steps), which
-    ones — the bag and the table are then the whole stack's (the other runs' names empty)."""
+    the result is (gradients, the sparse gradient of the tables). bag_runs: when the layers are some runs of a
+    stack (a ragged epoch's last steps), which ones — the bag and the table are then the whole stack's (the
+    other runs' names empty)."""
     act_in_place = TORCH_ACTIVATIONS[activation][2]
     n = x_rows.shape[1]
     if bag is not None:
