@@ -90,7 +90,8 @@ class DataConfig(_Section):
 
 class NameConfig(_Section):
     """How the product's name enters the network (data.features holding `name`; text.py): each word's character
-    n-grams of ngram_min…ngram_max, hashed into `buckets`, at most max_ngrams a name; a learnt vector of `dim`
+    n-grams of ngram_min…ngram_max (with `words`, the whole words too), hashed into `buckets`, at most
+    max_ngrams a name; a learnt vector of `dim`
     per bucket, their mean concatenated with the scaled nutrients."""
 
     buckets: Annotated[StrictInt, Field(ge=16, le=1 << 22)] = 1 << 15  # how many hashed n-gram ids
@@ -98,6 +99,12 @@ class NameConfig(_Section):
     ngram_max: Annotated[StrictInt, Field(ge=1, le=8)] = 4  # the longest
     max_ngrams: Annotated[StrictInt, Field(ge=1, le=1024)] = 96  # a name's n-grams kept (bigrams first)
     dim: Annotated[StrictInt, Field(ge=1, le=256)] = 16  # each bucket's learnt vector
+    words: StrictBool = False  # each whole word hashed as an id too, before its n-grams (fastText's word + subwords)
+
+    def stored(self) -> dict[str, int | bool]:
+        """As a checkpoint's metadata holds it: `words` only when set, so that a checkpoint without whole words
+        is byte for byte what it was before the key existed (and resumes from one compare equal)."""
+        return self.model_dump(exclude={"words"} if not self.words else set())
 
     @model_validator(mode="after")
     def _range(self) -> NameConfig:

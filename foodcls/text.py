@@ -6,8 +6,12 @@ A name is folded first — NFKD, combining marks dropped (é → e), casefold (�
 not a letter or a digit a word break (punctuation, control characters), at most MAX_NAME_CHARS — then each
 word, wrapped in boundary marks (`<fraise>`), gives its n-grams of ngram_min…ngram_max characters, hashed by
 64-bit FNV-1a over the code points and the length (a stable hash, never Python's salted hash()), modulo the
-buckets. A name's ids are its first max_ngrams n-grams (bigrams first, then longer ones), padded with the id
-`buckets`: an empty or missing name is an empty bag, whose vector is zeros. Numpy only."""
+buckets. With `words`, each whole word (marks included) is hashed too, as one id of its own (fastText's word
+beside its subwords: a word is more than its n-grams, and a short one like "jus" has no n-gram of its own
+length); a word's hash mixes in a tag no n-gram length has, so "<de>" the word and "<de>" the 4-gram differ.
+A name's ids are its words (with `words`), then its n-grams (bigrams first, then longer ones), the first
+max_ngrams of them, padded with the id `buckets`: an empty or missing name is an empty bag, whose vector is
+zeros. Numpy only."""
 
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from foodcls.features import NAME  # noqa: F401 - the feature, and the column of
 MAX_NAME_CHARS = 200  # a longer name is cut here (a 100,000-character name costs no more than a long one)
 WORD_START, WORD_END = "\x02", "\x03"  # boundary marks; no folded name holds them (control characters break words)
 FNV_OFFSET, FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
+WORD_TAG = np.uint64(0x100)  # mixed into a whole word's hash as an n-gram's length n (≤ 8) is into an n-gram's
 
 
 @dataclass(frozen=True)
@@ -34,8 +39,9 @@ class NameHashing:
     ngram_max: int = 4
     max_ngrams: int = 96
     dim: int = 16  # the learnt vector of a bucket
+    words: bool = False  # each whole word an id too (before the n-grams); False in checkpoints older than it
 
-    def to_json(self) -> dict[str, int]:
+    def to_json(self) -> dict[str, int | bool]:
         return asdict(self)
 
     @property
@@ -97,7 +103,9 @@ def ngram_ids(names: Sequence[object], hashing: NameHashing) -> np.ndarray:
     points = np.frombuffer("".join(marked).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
     owner = np.repeat(np.arange(len(names)), lengths)  # the name each code point belongs to
     word = np.cumsum(points == ord(WORD_START))  # the word each code point belongs to
-    before = np.zeros(len(names), dtype=np.int64)  # each name's n-grams of the shorter lengths: their slots come first
+    before = np.zeros(len(names), dtype=np.int64)  # each name's ids already placed (words, shorter n-grams) come first
+    if hashing.words:
+        before = _place_words(out, points, owner, len(names), hashing)
     for n in range(hashing.ngram_min, hashing.ngram_max + 1):
         if total < n:
             break
@@ -116,11 +124,33 @@ def ngram_ids(names: Sequence[object], hashing: NameHashing) -> np.ndarray:
     return out
 
 
+def _place_words(out: np.ndarray, points: np.ndarray, owner: np.ndarray, names: int, hashing: NameHashing) -> np.ndarray:
+    """Write each whole word's id into the first slots of its name's row; return how many each name got."""
+    starts = np.flatnonzero(points == ord(WORD_START))
+    lengths = np.flatnonzero(points == ord(WORD_END)) - starts + 1  # the marks included
+    owners = owner[starts]
+    by_length = np.argsort(-lengths, kind="stable")  # the words still being hashed at step t are a prefix
+    h = np.full(len(starts), FNV_OFFSET ^ WORD_TAG, dtype=np.uint64)
+    ordered_starts, ordered_lengths = starts[by_length], lengths[by_length]
+    active = len(starts)
+    for t in range(int(ordered_lengths[0]) if len(starts) else 0):
+        while ordered_lengths[active - 1] <= t:
+            active -= 1
+        h[:active] = (h[:active] ^ points[ordered_starts[:active] + t]) * FNV_PRIME
+    ids = np.empty_like(h)
+    ids[by_length] = h % np.uint64(hashing.buckets)
+    counts = np.bincount(owners, minlength=names)
+    slot = np.arange(len(starts)) - (np.cumsum(counts) - counts)[owners]
+    keep = slot < hashing.max_ngrams
+    out[owners[keep], slot[keep]] = ids[keep].astype(np.int32)
+    return counts
+
+
 def ngrams(name: object, hashing: NameHashing) -> list[tuple[str, int]]:
     """One name's n-grams as text (boundary marks shown as < and >) with their ids, in ngram_ids' order:
-    what `--explain` names."""
+    what `--explain` names. A whole word (with `words`) is shown in brackets: [de], not the 4-gram <de>."""
     marked = _marked(name)
-    grams = []
+    grams = [f"[{word.lstrip(WORD_START)}]" for word in marked.split(WORD_END)[:-1]] if hashing.words else []
     for n in range(hashing.ngram_min, hashing.ngram_max + 1):
         for word in marked.split(WORD_END):
             word += WORD_END

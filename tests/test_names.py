@@ -45,6 +45,40 @@ def test_the_hash_is_stable_and_names_fold_as_documented():
 
 
 
+def _reference_ids(name: str, hashing: NameHashing) -> list[int]:
+    """ngram_ids of one name, written out plainly: FNV-1a over each whole word (tagged) and each n-gram."""
+    def fnv(text: str, mix: int) -> int:
+        h = 0xCBF29CE484222325 ^ mix
+        for c in text:
+            h = ((h ^ ord(c)) * 0x100000001B3) % (1 << 64)
+        return h % hashing.buckets
+
+    words = [f"\x02{w}\x03" for w in fold(name).split(" ") if w]
+    ids = [fnv(w, 0x100) for w in words] if hashing.words else []
+    for n in range(hashing.ngram_min, hashing.ngram_max + 1):
+        ids += [fnv(w[i : i + n], n) for w in words for i in range(len(w) - n + 1)]
+    ids = ids[: hashing.max_ngrams]
+    return ids + [hashing.pad] * (hashing.max_ngrams - len(ids))
+
+
+@given(st.lists(st.text(alphabet=st.sampled_from("ab é-Ωجx"), max_size=40), min_size=1, max_size=6),
+       st.booleans(), st.integers(1, 3), st.integers(0, 3), st.integers(1, 40))
+def test_ngram_ids_are_the_plain_fnv_of_each_word_and_ngram(names, words, ngram_min, extra, max_ngrams):
+    hashing = NameHashing(buckets=997, ngram_min=ngram_min, ngram_max=ngram_min + extra, max_ngrams=max_ngrams, words=words)
+    assert ngram_ids(names, hashing).tolist() == [_reference_ids(name, hashing) for name in names]
+    assert [bucket for _, bucket in ngrams(names[0], hashing)] == [i for i in _reference_ids(names[0], hashing) if i != hashing.pad]
+
+
+def test_whole_words_come_first_and_are_shown_in_brackets():
+    words = NameHashing(words=True)
+    ids = ngram_ids(["Sirop de fraise"], words)[0]
+    # Written down once, as above: the words' ids, then the same n-grams as without words.
+    assert ids[:3].tolist() == [24303, 819, 32620]
+    assert ids[3:11].tolist() == [6468, 20207, 3176, 19200, 11512, 20386, 12993, 23924]
+    assert [text for text, _ in ngrams("Sirop de fraise", words)][:5] == ["[sirop]", "[de]", "[fraise]", "<s", "si"]
+    assert ngram_ids(["de"], words)[0][0] != ngram_ids(["de"], NameHashing(ngram_min=4))[0][0]  # the word ≠ the 4-gram <de>
+
+
 @given(st.text(alphabet=st.characters(max_codepoint=127), max_size=450))
 def test_ascii_names_take_a_quicker_road_to_the_same_words(name):
     from foodcls.text import _words
@@ -165,6 +199,29 @@ def test_onnx_explain_serve_and_export_predict_agree_with_predict_on_named_produ
     written = list(csv.DictReader(out.open()))
     assert [float(written[0][f"p_{c}"]) for c in predictor.classes] == pytest.approx(expected[0].tolist(), abs=1e-6)
     assert [float(written[1][f"p_{c}"]) for c in predictor.classes] == pytest.approx(expected[1].tolist(), abs=1e-6)
+
+
+def test_a_model_reading_whole_words_stores_it_and_onnx_and_explain_agree(named_dir, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from foodcls.inference.explain import integrated_gradients
+    from foodcls.inference.export import export
+    from foodcls.training.fit import train
+
+    run = train(_config(named_dir, tmp_path / "w.yaml", "model.name.words=true", "train.epochs=3"), runs_root=tmp_path / "runs", name="words")
+    assert load_checkpoint(run.best_checkpoint).meta["name"]["words"] is True
+    predictor = load_predictor(run.best_checkpoint)
+    assert predictor.name.hashing.words
+    rows, names = np.array([[0.1, 60, 0, 0], [20, 1, 12, 2]], dtype=np.float32), ["Sirop de fraise", "Jambon cuit"]
+    session = ort.InferenceSession(str(export(run.best_checkpoint, tmp_path / "w.onnx")))
+    got, _ = session.run(None, {"features": rows, "name_ids": ngram_ids(names, predictor.name.hashing).astype(np.int64)})
+    assert got == pytest.approx(predictor.probabilities(rows, names), abs=1e-5)
+    assert json.loads(session.get_modelmeta().custom_metadata_map["name"])["words"] is True
+    explanation = integrated_gradients(predictor, rows[0].astype(np.float64), name=names[0])
+    shown = [text for text, _ in ngrams(names[0], predictor.name.hashing)]
+    assert {text for text, _ in explanation.ngrams} <= set(shown) and shown[:3] == ["[sirop]", "[de]", "[fraise]"]
+    # The same run read as if its words were not hashed gives other answers: the ids differ, the model reads them.
+    plain = ngram_ids(names, NameHashing(**{**predictor.name.hashing.to_json(), "words": False}))
+    assert not np.array_equal(plain, ngram_ids(names, predictor.name.hashing))
 
 
 def test_bad_names_are_handled_never_a_traceback(named_run, tmp_path):

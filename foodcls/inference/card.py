@@ -85,8 +85,8 @@ def model_card(run_dir: str | Path, summary: dict[str, Any] | None = None) -> st
         + ".",
         f"- Inputs, per 100 g: {', '.join(predictor.features)}; an unknown value is filled with its training median "
         f"({', '.join(f'{k} {v:g}' for k, v in predictor.fill_values.items())})"
-        + (f"; and the product's name: hashed character {name.hashing.ngram_min}–{name.hashing.ngram_max}-grams "
-           f"({name.hashing.buckets:,} buckets), the mean of their learnt {name.hashing.dim}-vectors (zeros without a name)"
+        + (f"; and the product's name: hashed {'whole words and ' if name.hashing.words else ''}character "
+           f"{name.hashing.ngram_min}–{name.hashing.ngram_max}-grams ({name.hashing.buckets:,} buckets), the mean of their learnt {name.hashing.dim}-vectors (zeros without a name)"
            if name is not None else "") + ".",
         f"- Classes, in output order: {', '.join(predictor.classes)}."
         + (" `other` stands for products in none of the named classes." if predictor.has_other else

@@ -85,11 +85,12 @@ def _name_model(checkpoint: Checkpoint, members: int, stacked: bool) -> NameMode
         return None
     try:
         hashing = NameHashing(**meta)
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in hashing.to_json().values()):
+        numbers = [v for k, v in hashing.to_json().items() if k != "words"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in numbers) or not isinstance(hashing.words, bool):
             raise TypeError
     except TypeError:
         raise CheckpointError(f"{checkpoint.path}: checkpoint metadata: name must give buckets, ngram_min, ngram_max, "
-                              f"max_ngrams and dim, got {meta!r}") from None
+                              f"max_ngrams and dim (and words, true or false), got {meta!r}") from None
     table = checkpoint.arrays.get(NAME_TABLE)
     tables = table[None] if table is not None and not stacked else table
     if tables is None or tables.shape != (members, hashing.buckets, hashing.dim) or tables.dtype.kind != "f" or not np.isfinite(tables).all():

@@ -341,7 +341,7 @@ def _resume_locked(run_dir: Path, lock, overrides: list[str] | tuple[str, ...], 
         if not same_network(checkpoint.meta["model"], config):
             raise ConfigError("--set: the model section cannot change on resume")
         if (list(checkpoint.meta["classes"]) != list(config.data.classes) or list(checkpoint.meta["features"]) != list(config.nutrients)
-                or checkpoint.meta.get("name") != (config.model.name.model_dump() if config.uses_name else None)):
+                or checkpoint.meta.get("name") != (config.model.name.stored() if config.uses_name else None)):
             raise ConfigError("--set: data.classes and data.features cannot change on resume (the network's inputs and outputs)")
     splits = load_splits(config)
     _resolve_device(config.train.device)

@@ -63,7 +63,7 @@ def model_meta(config: Config, epoch: int, metrics: dict[str, Any]) -> dict[str,
         "metrics": metrics,
         "foodcls_version": __version__,
         "torch_version": torch.__version__,
-        **({"name": config.model.name.model_dump()} if config.uses_name else {}),
+        **({"name": config.model.name.stored()} if config.uses_name else {}),
         # Columns that are not nutrients: a scikit-learn FoodClassifier's (foodcls/sklearn.py), any numbers.
         **({"generic_features": True} if any(f not in NUTRIENTS for f in config.nutrients) else {}),
     }
