@@ -102,8 +102,8 @@ class NameConfig(_Section):
     words: StrictBool = False  # each whole word hashed as an id too, before its n-grams (fastText's word + subwords)
 
     def stored(self) -> dict[str, int | bool]:
-        """As a checkpoint's metadata holds it: `words` only when set, so that a checkpoint without whole words
-        is byte for byte what it was before the key existed (and resumes from one compare equal)."""
+        """As a checkpoint's `name` metadata holds it: `words` only when set, so that the entry of a model without
+        whole words reads as before the key existed (and a resume from an older checkpoint compares equal)."""
         return self.model_dump(exclude={"words"} if not self.words else set())
 
     @model_validator(mode="after")
@@ -119,6 +119,9 @@ class ModelConfig(_Section):
     # K networks (seeds train.seed … train.seed + K − 1) trained side by side in one lockstep stack; the
     # checkpoint holds them all and predicts the mean of their probabilities.
     ensemble: Annotated[StrictInt, Field(ge=1, le=64)] = 1
+    # With the name feature: the ensemble's last N members never read the name (train.name_dropout 1 and name
+    # vectors of zeros: nutrient-only networks) and are averaged with the members that do.
+    nameless_members: Annotated[StrictInt, Field(ge=0, le=63)] = 0
     name: NameConfig = NameConfig()  # used when data.features holds `name`
 
 
@@ -158,7 +161,8 @@ class TrainConfig(_Section):
     feature_dropout: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.0
     # With the name feature: each training row's name is left out (an empty bag) with this probability, drawn
     # anew each epoch, so the network does not lean on the names it saw (new sources name things otherwise).
-    name_dropout: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.0
+    # At 1 the name is never read: the name vectors start (and stay) at zeros, so predict reads none either.
+    name_dropout: Annotated[StrictFloat, Field(ge=0, le=1)] = 0.0
     # The resumable last checkpoint (and the best) are written when this many seconds have passed since
     # the previous write, at the end and on interrupt; checkpoint_every adds a write every N epochs.
     checkpoint_seconds: Annotated[StrictFloat, Field(ge=0)] = 5.0
@@ -237,6 +241,11 @@ class Config(_Section):
     def _names_to_drop(self) -> Config:
         if self.train.name_dropout > 0 and not self.uses_name:
             raise ValueError(f"train.name_dropout: {self.train.name_dropout} without `name` in data.features (no names to drop)")
+        if self.model.nameless_members and not self.uses_name:
+            raise ValueError(f"model.nameless_members: {self.model.nameless_members} without `name` in data.features")
+        if self.model.nameless_members >= self.model.ensemble:
+            raise ValueError(f"model.nameless_members: {self.model.nameless_members} must be under model.ensemble "
+                             f"({self.model.ensemble}): at least one member reads the name")
         return self
 
     @property

@@ -224,6 +224,23 @@ def test_a_model_reading_whole_words_stores_it_and_onnx_and_explain_agree(named_
     assert not np.array_equal(plain, ngram_ids(names, predictor.name.hashing))
 
 
+def test_nameless_members_read_the_nutrients_alone(named_dir, tmp_path):
+    from foodcls.training.fit import train
+
+    run = train(_config(named_dir, tmp_path / "e.yaml", "model.ensemble=3", "model.nameless_members=1", "train.epochs=3"),
+                runs_root=tmp_path / "runs", name="mixed")
+    tables = load_checkpoint(run.best_checkpoint).arrays["name.embedding"]
+    assert tables.shape[0] == 3 and not tables[2].any() and tables[0].any() and tables[1].any()  # the last member: zeros
+    member = load_predictor(run.run_dir / "members" / "m3")
+    rows = np.array([[0.1, 60, 0, 0], [20, 1, 12, 2]], dtype=np.float32)
+    assert np.array_equal(member.probabilities(rows, ["Sirop de fraise", "Jambon"]), member.probabilities(rows, None))
+    named = load_predictor(run.run_dir / "members" / "m1")
+    assert not np.allclose(named.probabilities(rows, ["Sirop de fraise", "Jambon"]), named.probabilities(rows, None))
+    assert "the last 1 reading the nutrients alone" in (run.run_dir / "MODEL_CARD.md").read_text()
+    refused = run_cli("train", "--config", tmp_path / "e.yaml", "--set", "model.nameless_members=3")
+    assert refused.returncode != 0 and refused.stderr.count("\n") == 1 and "model.nameless_members: 3 must be under model.ensemble" in refused.stderr
+
+
 def test_bad_names_are_handled_never_a_traceback(named_run, tmp_path):
     for name in ("x" * 100_000, "\x01\x1b[31mred\x07", ""):  # (a NUL cannot be an argument: serve gets one below)
         result = run_cli("predict", "--checkpoint", named_run.run_dir, "--protein", 1, "--carbs", 50, "--fat", 1, "--additives", 0,

@@ -82,6 +82,7 @@ def model_card(run_dir: str | Path, summary: dict[str, Any] | None = None) -> st
         f"- Layers {' → '.join(map(str, sizes))} ({parameters:,} parameters), {predictor.activation} activations, softmax output"
         + (f" divided by a temperature of {predictor.temperature:.3f} (calibrated on {fitted_on})" if predictor.temperature != 1.0 else "")
         + (f"; an ensemble of {predictor.members} networks (seeds {train.get('seed')}…), their probabilities averaged" if predictor.members > 1 else "")
+        + (f", the last {model.get('nameless_members')} reading the nutrients alone (no name)" if model.get("nameless_members") else "")
         + ".",
         f"- Inputs, per 100 g: {', '.join(predictor.features)}; an unknown value is filled with its training median "
         f"({', '.join(f'{k} {v:g}' for k, v in predictor.fill_values.items())})"

@@ -42,12 +42,14 @@ FOLDS_FILE = "folds.json"  # RUN/sources/folds.json: each fold directory's sourc
 
 
 def part_config(config: Config, index: int) -> Config:
-    """A part's config: one network, seed + index, no calibration of its own, logged nowhere. (Copied with these
+    """A part's config: one network, seed + index, no calibration of its own, logged nowhere; one of the
+    ensemble's nameless members drops every name (train.name_dropout 1). (Copied with these
     keys set, not validated again: they keep a valid config valid, and a scikit-learn FoodClassifier's columns
     are not the nutrients' vocabulary.)"""
+    nameless = index >= config.model.ensemble - config.model.nameless_members  # (model.nameless_members)
     train = config.train.model_copy(update={"seed": config.train.seed + index, "calibration": "none", "suggest_precision": None,
-                                            "open_set_score": None})
-    return config.model_copy(update={"model": config.model.model_copy(update={"ensemble": 1}), "train": train,
+                                            "open_set_score": None, **({"name_dropout": 1.0} if nameless else {})})
+    return config.model_copy(update={"model": config.model.model_copy(update={"ensemble": 1, "nameless_members": 0}), "train": train,
                                      "tracking": config.tracking.model_copy(update={"mlflow": None})})
 
 

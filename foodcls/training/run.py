@@ -154,6 +154,8 @@ class Run:
             return None
         if source is not None and NAME_TABLE in source.arrays:
             return source.arrays[NAME_TABLE].astype(np.float32).copy()
+        if self.config.train.name_dropout >= 1:  # never reads a name: zeros, so that predict reads none either
+            return np.zeros((self.hashing.buckets, self.hashing.dim), np.float32)
         return initial_table(self.hashing, self.config.train.seed)
 
     def inputs(self, split: str, out: np.ndarray | None = None) -> np.ndarray:
