@@ -102,9 +102,10 @@ class NameConfig(_Section):
     words: StrictBool = False  # each whole word hashed as an id too, before its n-grams (fastText's word + subwords)
 
     def stored(self) -> dict[str, int | bool]:
-        """As a checkpoint's `name` metadata holds it: `words` only when set, so that the entry of a model without
-        whole words reads as before the key existed (and a resume from an older checkpoint compares equal)."""
-        return self.model_dump(exclude={"words"} if not self.words else set())
+        """As a checkpoint's `name` metadata holds it: the hashing's own form (text.NameHashing.to_json)."""
+        from foodcls.text import NameHashing  # here, not at the top: text.py pulls in numpy, which loading a config need not
+
+        return NameHashing(**self.model_dump()).to_json()
 
     @model_validator(mode="after")
     def _range(self) -> NameConfig:

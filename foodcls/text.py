@@ -42,7 +42,9 @@ class NameHashing:
     words: bool = False  # each whole word an id too (before the n-grams); False in checkpoints older than it
 
     def to_json(self) -> dict[str, int | bool]:
-        return asdict(self)
+        """As checkpoints, ONNX metadata and serve give it: `words` only when set, so that a model without whole
+        words reads as before the key existed (and a resume from an older checkpoint compares equal)."""
+        return {k: v for k, v in asdict(self).items() if k != "words" or v}
 
     @property
     def pad(self) -> int:
