@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +142,10 @@ def test_an_ensemble_calibrated_across_sources_is_one_checkpoint_that_averages_i
     assert summary["calibration"]["method"] == "sources" and "suggestions" in summary["evaluation"]["test"]
     assert {"learning_curves.png", "confusion_matrix.png", "MODEL_CARD.md"} <= {p.name for p in run.run_dir.iterdir()}
     assert not (members[0] / "MODEL_CARD.md").exists()  # a part writes no card of its own
+    # Its training time is the one stack's (12 parts stepping together), within the run's own span: never their sum.
+    parts = [json.loads(p.read_text())["train_seconds"] for p in run.run_dir.glob("*/**/summary.json")]
+    span = datetime.fromisoformat(summary["finished_at"]) - datetime.fromisoformat(summary["started_at"])
+    assert len(parts) == 12 and summary["train_seconds"] == max(parts) <= span.total_seconds() + 1
 
 
 def test_an_ensemble_agrees_across_onnx_explain_serve_and_predict(calibrated_ensemble, tmp_path):
