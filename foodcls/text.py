@@ -98,14 +98,14 @@ def _marked(name: object) -> str:
 # A batch's short ASCII names (most names) are marked in one pass over them all, joined by a separator that a
 # name holding it sends back to the one-by-one road: str's own loops instead of ~3 µs of Python per name.
 _SEPARATOR = "\x00"
-_QUICK_BREAKS = str.maketrans({c: " " for c in range(1, 128) if not chr(c).isalnum()})  # the separator stays
+_QUICK_BREAKS = {c: v for c, v in _ASCII_BREAKS.items() if c != ord(_SEPARATOR)}  # _words' breaks; the separator stays
 
 
 def _marked_all(names: Sequence[object]) -> list[str]:
     """[_marked(name) for name in names], the same strings."""
     quick = [i for i, name in enumerate(names) if isinstance(name, str) and len(name) <= MAX_NAME_CHARS and name.isascii()]
     text = _SEPARATOR.join([names[i] for i in quick])  # type: ignore[misc]
-    if len(quick) < 2 or text.count(_SEPARATOR) != len(quick) - 1:  # (a name held the separator)
+    if len(quick) < 2 or text.count(_SEPARATOR) != len(quick) - 1:  # (one name, or a name held the separator)
         return [_marked(name) for name in names]
     text = " ".join(filter(None, text.lower().translate(_QUICK_BREAKS).split(" ")))  # words apart by one space
     text = text.replace(f" {_SEPARATOR}", _SEPARATOR).replace(f"{_SEPARATOR} ", _SEPARATOR)
@@ -186,19 +186,24 @@ def ngrams(name: object, hashing: NameHashing) -> list[tuple[str, int]]:
 
 
 def bag_means(table: np.ndarray, ids: np.ndarray, pad: int) -> np.ndarray:
-    """Each row's mean vector of its ids' rows of table (buckets, D); an empty bag gives zeros. Summed a slot at
-    a time over blocks of BAG_BLOCK rows (one (block, D) gather each, for the slots some bag of the block fills): no (rows,
-    slots, D) array, and the block's sums stay in cache between slots — a third of the time of whole columns
-    over 100,000 rows. The sums are the same: each row's ids are added in slot order."""
-    padded = np.concatenate([table, np.zeros((1, table.shape[1]), table.dtype)])  # the pad id's row: zeros
-    counts = (ids != pad).sum(axis=1)
-    out = np.zeros((len(ids), table.shape[1]), dtype=np.float32)
-    gathered = np.empty((min(BAG_BLOCK, len(ids)), table.shape[1]), dtype=np.float32)
+    """Each row's mean vector of its ids' rows of table (buckets, D); an empty bag gives zeros."""
+    return padded_bag_means(np.concatenate([table, np.zeros((1, table.shape[1]), table.dtype)]), ids, pad)
+
+
+def padded_bag_means(padded: np.ndarray, ids: np.ndarray, pad: int) -> np.ndarray:
+    """bag_means over a table that already ends with the pad id's row of zeros (pad + 1 rows), so that a caller
+    keeping one (a checkpoint's NameModel) copies no table per call. Summed a slot at a time over blocks of
+    BAG_BLOCK rows (one (block, D) gather each, for the slots some bag of the block fills): no (rows, slots, D)
+    array, and the block's sums stay in cache between slots — a third of the time of whole columns over 100,000
+    rows. The sums are the same: each row's ids are added in slot order."""
+    real = ids != pad
+    out = np.zeros((len(ids), padded.shape[1]), dtype=np.float32)
+    gathered = np.empty((min(BAG_BLOCK, len(ids)), padded.shape[1]), dtype=np.float32)
     for start in range(0, len(ids), BAG_BLOCK):
         block, sums = ids[start : start + BAG_BLOCK], out[start : start + BAG_BLOCK]
         rows = gathered[: len(block)]
-        for slot in np.flatnonzero((block != pad).any(axis=0)):
+        for slot in np.flatnonzero(real[start : start + BAG_BLOCK].any(axis=0)):
             np.take(padded, block[:, slot], axis=0, out=rows)
             sums += rows
-    out /= np.maximum(counts, 1)[:, None]
+    out /= np.maximum(real.sum(axis=1), 1)[:, None]
     return out

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
 from foodcls.labels import OTHER
 from foodcls.preprocessing import Preprocessing
-from foodcls.text import NameHashing, bag_means, ngram_ids
+from foodcls.text import NameHashing, ngram_ids, padded_bag_means
 
 
 PREDICT_BLOCK = 16_384  # rows per block of Predictor.outputs (the same numbers as one block: rows are apart)
@@ -71,10 +72,16 @@ class NameModel:
         if names is None:
             return np.zeros((len(self.tables), n, self.hashing.dim), dtype=np.float32)
         ids = ngram_ids(names, self.hashing)
+        means = padded_bag_means(self._side_by_side, ids, self.hashing.pad)
+        return means.reshape(len(ids), len(self.tables), self.hashing.dim).transpose(1, 0, 2)
+
+    @cached_property
+    def _side_by_side(self) -> np.ndarray:
+        """The members' tables side by side, (buckets + 1, K * dim), the pad id's row of zeros last: one gather per
+        slot for all K members. Built once per checkpoint, not per call (Predictor.outputs calls in blocks)."""
         members, buckets, dim = self.tables.shape
-        # The members' tables side by side, (buckets, K * dim): one gather per slot for all of them.
-        means = bag_means(self.tables.transpose(1, 0, 2).reshape(buckets, members * dim), ids, self.hashing.pad)
-        return means.reshape(len(ids), members, dim).transpose(1, 0, 2)
+        side_by_side = self.tables.transpose(1, 0, 2).reshape(buckets, members * dim)
+        return np.concatenate([side_by_side, np.zeros((1, members * dim), side_by_side.dtype)])
 
 
 @dataclass(frozen=True)
